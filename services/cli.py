@@ -1,0 +1,143 @@
+"""`parley`: operator commands. `migrate` and `seed` for any deployment, `dev` for a local stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from services.common import db, ids, objectstore
+from services.common.settings import ServiceSettings
+
+DEMO_VOICE = Path(__file__).parent / "common" / "assets" / "demo_voice.wav"
+DEMO_PERSONA = (
+    "You are {name}, {role}. You are warm, curious and concise. Your words are spoken aloud, "
+    "so answer in a few short sentences without lists, markdown or emoji."
+)
+
+
+async def seed(settings: ServiceSettings) -> None:
+    """The demo avatar and its reference voice; idempotent."""
+    key = objectstore.voice_key(ids.DEMO_AVATAR_ID)
+    async with objectstore.ObjectStore(settings) as store:
+        await store.ensure_bucket()
+        if not await store.exists(key):
+            await store.put(key, DEMO_VOICE.read_bytes(), "audio/wav")
+    pool = await db.create_pool(settings.database_url)
+    try:
+        await db.Repo(pool).upsert_avatar(
+            db.Avatar(
+                id=ids.DEMO_AVATAR_ID,
+                name="Ada",
+                role_title="Parley's demo avatar",
+                persona_prompt=DEMO_PERSONA,
+                language="en",
+                voice_key=key,
+                owner_id=None,
+            )
+        )
+    finally:
+        await pool.close()
+
+
+def dev(args: argparse.Namespace) -> int:
+    """Run the whole stack here: pip nats-server, Postgres, S3 stand-in, five services."""
+    from services import devstack
+
+    state = Path(args.state_dir).resolve()
+    nats = devstack.NatsServer(state / "nats").start()
+    pg = None
+    database_url = os.environ.get("DATABASE_URL") or os.environ.get("PARLEY_DATABASE_URL")
+    if not database_url:
+        pg = devstack.PostgresCluster(state / "postgres").start()
+        database_url = pg.url
+    s3 = devstack.S3StandIn().start()
+    env = {
+        "PARLEY_NATS_URL": nats.url,
+        "PARLEY_DATABASE_URL": database_url,
+        "PARLEY_S3_ENDPOINT_URL": os.environ.get("PARLEY_S3_ENDPOINT_URL", s3.url),
+        "PARLEY_S3_ACCESS_KEY_ID": os.environ.get("PARLEY_S3_ACCESS_KEY_ID", "dev"),
+        "PARLEY_S3_SECRET_ACCESS_KEY": os.environ.get("PARLEY_S3_SECRET_ACCESS_KEY", "dev"),
+        "PARLEY_S3_REGION": os.environ.get("PARLEY_S3_REGION", "us-east-1"),
+        "COQUI_TOS_AGREED": os.environ.get("COQUI_TOS_AGREED", "1"),
+    }
+    if args.test_models:
+        env.update(test_model_env(Path(args.model_cache)))
+    os.environ.update(env)
+    procs = {}
+    try:
+        db.migrate(database_url)
+        asyncio.run(seed(ServiceSettings()))
+        procs = devstack.start_services(env, state / "logs")
+        gw = procs["gateway"]
+        gw_port = gw.port
+        print(f"Parley is up: web client http://127.0.0.1:{gw_port}/  websocket ws://127.0.0.1:{gw_port}/v1/ws")
+        print(f"API docs http://127.0.0.1:{gw_port}/docs  logs in {state / 'logs'}  (Ctrl-C stops everything)")
+        stop = False
+
+        def _stop(*_):
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        while not stop:
+            dead = [n for n, p in procs.items() if p.proc.poll() is not None]
+            if dead:
+                print(f"service(s) exited: {', '.join(dead)}; see {state / 'logs'}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        for p in procs.values():
+            p.stop()
+        s3.stop()
+        if pg:
+            pg.stop()
+        nats.stop()
+
+
+def test_model_env(cache: Path) -> dict[str, str]:
+    """Tiny random-weight models built locally: the real engines, no download, nonsense speech."""
+    from tools.testmodels.whisper import build_whisper
+    from tools.testmodels.xtts import build_xtts
+
+    whisper = build_whisper(cache / "whisper-tiny")
+    xtts = build_xtts(cache / "xtts-tiny")
+    return {
+        "PARLEY_STT_MODEL": str(whisper),
+        "PARLEY_STT_DEVICE": "cpu",
+        "PARLEY_STT_COMPUTE_TYPE": "int8",
+        "PARLEY_STT_MAX_NEW_TOKENS": "12",
+        "PARLEY_TTS_MODEL": str(xtts),
+        "PARLEY_TTS_DEVICE": "cpu",
+        "PARLEY_TTS_LATENT_CACHE_DIR": str(cache / "latents"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="parley", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply database migrations (PARLEY_DATABASE_URL)")
+    sub.add_parser("seed", help="create the demo avatar and upload its reference voice")
+    d = sub.add_parser("dev", help="run the whole stack locally without Docker")
+    d.add_argument("--state-dir", default=".cache/dev")
+    d.add_argument("--test-models", action="store_true",
+                   help="use tiny random-weight models built locally (offline; speech is nonsense)")
+    d.add_argument("--model-cache", default=os.environ.get("PARLEY_MODEL_CACHE", ".cache/models"))
+    args = parser.parse_args(argv)
+    if args.command == "migrate":
+        print(f"applied {db.migrate(ServiceSettings().database_url)} migration(s)")
+        return 0
+    if args.command == "seed":
+        asyncio.run(seed(ServiceSettings()))
+        return 0
+    return dev(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

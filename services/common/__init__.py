@@ -1,0 +1,1 @@
+"""What every Parley service shares: the bus contract, settings, logging, metrics, storage."""

@@ -1,0 +1,129 @@
+"""The process shell every service shares: HTTP health/metrics, start-up, and drain on SIGTERM.
+
+Each service is a `Service` subclass. `serve()` runs it under uvicorn: `/healthz` answers as
+soon as the process is up (liveness), `/readyz` only once `start()` has finished (models
+loaded, streams declared, consumers running), `/metrics` serves Prometheus. On SIGTERM
+uvicorn stops accepting requests and the lifespan's shutdown calls `drain()`, which stops
+taking new work and lets work in flight finish before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import logs
+from .settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    name = "service"
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.ready = False
+        self.failed: str | None = None
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        """Stop taking work and finish what is in flight. Default: nothing to drain."""
+
+    async def close(self) -> None:
+        """Release connections after draining."""
+
+    def status(self) -> dict:
+        return {}
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    svc: Service = request.app.state.service
+    body = {"ready": svc.ready, "service": svc.name, **svc.status()}
+    if svc.failed:
+        body["error"] = svc.failed
+    return JSONResponse(body, status_code=200 if svc.ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+OPS_ROUTES = [
+    Route("/healthz", healthz),
+    Route("/readyz", readyz),
+    Route("/metrics", metrics),
+]
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette):
+    """Start in the background so liveness answers while models load."""
+    svc: Service = app.state.service
+
+    async def _start() -> None:
+        try:
+            await svc.start()
+            svc.ready = True
+            log.info("%s ready", svc.name)
+        except Exception as exc:
+            svc.failed = f"{type(exc).__name__}: {exc}"
+            log.exception("%s failed to start", svc.name)
+            raise
+
+    task = asyncio.create_task(_start())
+    try:
+        yield
+    finally:
+        svc.ready = False
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        elif task.exception() is None:
+            log.info("%s draining", svc.name)
+            try:
+                await asyncio.wait_for(svc.drain(), svc.settings.drain_timeout_s)
+            except TimeoutError:
+                log.warning("%s drain timed out", svc.name)
+        await svc.close()
+        log.info("%s stopped", svc.name)
+
+
+def ops_app(service: Service) -> Starlette:
+    app = Starlette(routes=list(OPS_ROUTES), lifespan=lifespan)
+    app.state.service = service
+    return app
+
+
+def serve(service: Service, app: Starlette | None = None) -> None:
+    """Run a service until SIGTERM/SIGINT. The app defaults to the ops endpoints alone."""
+    s = service.settings
+    logs.setup(service.name, s.log_level, s.log_json)
+    if app is None:
+        app = ops_app(service)
+    config = uvicorn.Config(
+        app,
+        host=s.http_host,
+        port=s.http_port,
+        log_level=s.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(s.drain_timeout_s),
+        ws_max_size=1 << 20,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,283 @@
+"""Every message that crosses the bus, as versioned msgspec structs.
+
+One module for all services so that a producer and its consumers can never disagree on a
+field. JSON payloads are msgspec-encoded structs; raw audio travels as the message body with
+its metadata in NATS headers (see `AudioMeta`), never base64 inside JSON.
+
+Versioning: each struct carries `v`. Additive changes (new optional fields) keep the version;
+consumers ignore unknown fields, so old consumers keep working while producers roll forward.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, TypeVar
+
+import msgspec
+
+SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+Status = Literal["streaming", "complete", "interrupted", "failed"]
+TurnSource = Literal["voice", "text"]
+
+
+def now() -> float:
+    """Wall-clock seconds; stage timestamps are compared across processes on one host/cluster."""
+    return time.time()
+
+
+class Msg(msgspec.Struct, kw_only=True):
+    v: int = SCHEMA_VERSION
+
+
+# --- Session control (core NATS request/reply and control subjects) -------------------------
+
+
+class SttOpen(Msg):
+    """Gateway asks an STT worker to own a live session's audio."""
+
+    conversation_id: str
+    session_id: str
+    language: str | None = None
+    end_of_turn_ms: int | None = None
+
+
+class SttOpened(Msg):
+    ok: bool
+    worker_id: str = ""
+    error: str = ""
+
+
+class SessionControl(Msg):
+    """Control that must overtake queued work: end a live session, or cancel a reply."""
+
+    conversation_id: str
+    session_id: str = ""
+    action: Literal["end", "cancel"] = "end"
+    message_id: str = ""
+    reason: str = ""
+
+
+class SignRequest(Msg):
+    """Gateway asks storage for URLs of stored objects (storage holds the bucket credentials)."""
+
+    keys: list[str]
+
+
+class SignReply(Msg):
+    urls: dict[str, str]
+
+
+# --- Facts (JetStream) ----------------------------------------------------------------------
+
+
+class UserTurn(Msg):
+    """A closed user turn, spoken or typed: what the orchestrator answers."""
+
+    conversation_id: str
+    message_id: str
+    session_id: str
+    turn_seq: int
+    source: TurnSource
+    text: str
+    language: str | None = None
+    confidence: float | None = None
+    speech_start_s: float | None = None
+    speech_end_s: float | None = None
+    # wall-clock stage marks (seconds since epoch): speech_end, eot, final, received ...
+    marks: dict[str, float] = {}
+
+
+class TtsJob(Msg):
+    """One sentence of a reply to synthesise; any TTS replica may take it."""
+
+    conversation_id: str
+    message_id: str
+    job_id: str
+    sentence_index: int
+    text: str
+    language: str
+    avatar_id: str
+    voice_key: str | None = None
+    created_at: float = 0.0
+
+
+class ReplyDone(Msg):
+    """A reply has stopped streaming (complete, interrupted or failed); storage assembles audio."""
+
+    conversation_id: str
+    message_id: str
+    user_message_id: str
+    avatar_id: str
+    status: Status
+    text: str
+    sentence_count: int
+    error: str = ""
+
+
+# --- Client events (published by services, relayed to the client by the gateway) -----------
+
+
+class Event(msgspec.Struct, kw_only=True, tag_field="type"):
+    """Base of everything the gateway relays to a client as a JSON event."""
+
+    v: int = SCHEMA_VERSION
+    conversation_id: str
+
+
+class SpeechStarted(Event, tag="speech.started"):
+    session_id: str
+    utterance_seq: int
+    start_s: float
+
+
+class SpeechStopped(Event, tag="speech.stopped"):
+    session_id: str
+    utterance_seq: int
+    end_s: float
+
+
+class TranscriptFinal(Event, tag="transcript.final"):
+    session_id: str
+    utterance_seq: int
+    message_id: str
+    text: str
+    language: str | None = None
+    confidence: float | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    speech_end_at: float | None = None
+
+
+class UserMessage(Event, tag="user.message"):
+    """A typed user message was accepted onto the bus."""
+
+    message_id: str
+    text: str
+
+
+class ReplyStarted(Event, tag="reply.started"):
+    message_id: str
+    user_message_id: str
+    avatar_id: str
+    avatar_name: str = ""
+
+
+class ReplyDelta(Event, tag="reply.delta"):
+    message_id: str
+    seq: int
+    text: str
+
+
+class ReplySentence(Event, tag="reply.sentence"):
+    message_id: str
+    sentence_index: int
+    text: str
+
+
+class ReplyCompleted(Event, tag="reply.done"):
+    message_id: str
+    status: Status
+    text: str
+    sentence_count: int
+
+
+class SentenceFailed(Event, tag="audio.sentence_failed"):
+    message_id: str
+    sentence_index: int
+    error: str
+
+
+class AudioStored(Event, tag="audio.stored"):
+    message_id: str
+    key: str
+    url: str
+    duration_s: float
+
+
+class ErrorEvent(Event, tag="error"):
+    code: str
+    message: str
+    message_id: str | None = None
+    retryable: bool = False
+
+
+ClientEvent = (
+    SpeechStarted
+    | SpeechStopped
+    | TranscriptFinal
+    | UserMessage
+    | ReplyStarted
+    | ReplyDelta
+    | ReplySentence
+    | ReplyCompleted
+    | SentenceFailed
+    | AudioStored
+    | ErrorEvent
+)
+
+
+# --- Audio metadata in headers --------------------------------------------------------------
+
+
+class AudioMeta(msgspec.Struct, kw_only=True, frozen=True):
+    """Metadata of a PCM16 mono body, carried in NATS headers next to the raw bytes."""
+
+    conversation_id: str
+    message_id: str = ""
+    session_id: str = ""
+    sentence_index: int = 0
+    chunk_seq: int = 0
+    sample_rate: int = 16000
+    last: bool = False
+    status: Literal["ok", "failed"] = "ok"
+
+    def headers(self, msg_id: str | None = None) -> dict[str, str]:
+        h = {
+            "Parley-V": str(SCHEMA_VERSION),
+            "Parley-Conversation": self.conversation_id,
+            "Parley-Message": self.message_id,
+            "Parley-Session": self.session_id,
+            "Parley-Sentence": str(self.sentence_index),
+            "Parley-Chunk": str(self.chunk_seq),
+            "Parley-Rate": str(self.sample_rate),
+            "Parley-Last": "1" if self.last else "0",
+            "Parley-Status": self.status,
+        }
+        if msg_id:
+            h["Nats-Msg-Id"] = msg_id
+        return h
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str] | None) -> AudioMeta:
+        h = headers or {}
+        try:
+            return cls(
+                conversation_id=h["Parley-Conversation"],
+                message_id=h.get("Parley-Message", ""),
+                session_id=h.get("Parley-Session", ""),
+                sentence_index=int(h.get("Parley-Sentence", "0")),
+                chunk_seq=int(h.get("Parley-Chunk", "0")),
+                sample_rate=int(h.get("Parley-Rate", "16000")),
+                last=h.get("Parley-Last") == "1",
+                status="failed" if h.get("Parley-Status") == "failed" else "ok",
+            )
+        except (KeyError, ValueError) as exc:
+            raise msgspec.ValidationError(f"bad audio headers: {exc}") from exc
+
+
+_json_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(ClientEvent)
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _json_encoder.encode(msg)
+
+
+def decode(data: bytes, type_: type[T]) -> T:
+    return msgspec.json.decode(data, type=type_)
+
+
+def decode_event(data: bytes) -> ClientEvent:
+    return _event_decoder.decode(data)

@@ -1,0 +1,33 @@
+"""Settings shared by every service, read from the environment (prefix PARLEY_)."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", env_file=".env", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/parley"
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    log_level: str = "INFO"
+    log_json: bool = False
+    instance_id: str = Field(default_factory=socket.gethostname)
+    drain_timeout_s: float = 20.0
+
+    s3_endpoint_url: str | None = None
+    s3_region: str = "auto"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_bucket: str = "parley"
+    s3_public_base_url: str | None = None
+    s3_url_expiry_s: int = 3600

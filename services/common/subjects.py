@@ -1,0 +1,120 @@
+"""The subject map and the JetStream streams behind it.
+
+Subjects carry the conversation id as their third token so that a gateway can subscribe to
+one conversation and a future partitioner can route by it. See docs/architecture.md for each
+subject's delivery guarantee.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
+
+
+def audio_in(conv: str) -> str:
+    """Client microphone PCM16 (JetStream AUDIO_IN, short-lived, for takeover replay)."""
+    return f"parley.audio.{conv}"
+
+
+def live(conv: str, kind: str) -> str:
+    """Latency-critical, superseded media and tokens (core NATS, at most once)."""
+    return f"parley.live.{conv}.{kind}"
+
+
+def live_all(conv: str) -> str:
+    return f"parley.live.{conv}.>"
+
+
+def event(conv: str, kind: str) -> str:
+    """Final-form client events (JetStream EVENTS: kept for resume)."""
+    return f"parley.event.{conv}.{kind}"
+
+
+def event_all(conv: str) -> str:
+    return f"parley.event.{conv}.>"
+
+
+def turn(conv: str) -> str:
+    return f"parley.turn.{conv}"
+
+
+def tts_job(conv: str) -> str:
+    return f"parley.tts.{conv}"
+
+
+def speech(conv: str, message_id: str, sentence_index: int) -> str:
+    """A whole synthesised sentence (or its failure marker) for storage to assemble."""
+    return f"parley.speech.{conv}.{message_id}.{sentence_index}"
+
+
+def reply_done(conv: str) -> str:
+    return f"parley.reply.{conv}"
+
+
+def control(conv: str) -> str:
+    """Session end and reply cancellation: core NATS, overtakes queued work."""
+    return f"parley.ctl.{conv}"
+
+
+STT_OPEN = "parley.stt.open"
+STORAGE_SIGN = "parley.storage.sign"
+CANCEL_BUCKET = "parley_cancelled"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: list[str]
+    retention: RetentionPolicy = RetentionPolicy.LIMITS
+    storage: StorageType = StorageType.FILE
+    max_age_s: float = 0
+    max_msgs_per_subject: int = -1
+    duplicate_window_s: float = 120
+    max_msg_size: int = -1
+    discard: DiscardPolicy = DiscardPolicy.OLD
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+STREAMS: list[StreamSpec] = [
+    StreamSpec(
+        "PARLEY_AUDIO_IN",
+        ["parley.audio.*"],
+        storage=StorageType.MEMORY,
+        max_age_s=120,
+        duplicate_window_s=0,
+        description="live mic audio, kept briefly so another STT worker can replay an utterance",
+    ),
+    StreamSpec(
+        "PARLEY_TURNS",
+        ["parley.turn.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        description="closed user turns (final transcripts and typed text) for the orchestrator",
+    ),
+    StreamSpec(
+        "PARLEY_TTS",
+        ["parley.tts.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        description="one job per reply sentence for any TTS worker",
+    ),
+    StreamSpec(
+        "PARLEY_SPEECH",
+        ["parley.speech.*.*.*"],
+        max_age_s=3600,
+        max_msgs_per_subject=1,
+        description="each synthesised sentence's audio, read back by subject when a reply is stored",
+    ),
+    StreamSpec(
+        "PARLEY_REPLIES",
+        ["parley.reply.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        description="replies that stopped streaming, for storage to assemble and upload",
+    ),
+    StreamSpec(
+        "PARLEY_EVENTS",
+        ["parley.event.*.*"],
+        max_age_s=900,
+        description="final-form client events, kept for the resume window",
+    ),
+]

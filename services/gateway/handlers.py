@@ -1,0 +1,430 @@
+"""Gateway: one `ClientSession` per WebSocket, relaying between the client and the bus.
+
+The gateway is the natural supervisor of a live session: it asks an STT worker to own the
+session's audio, publishes the client's frames, and relays the conversation's events and
+reply audio back. Reply audio is released to the client in sentence order (TTS workers may
+synthesise a reply's sentences in parallel), then an `audio.end` marker, then `audio.stored`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+from fastapi import WebSocket, WebSocketDisconnect
+from nats.aio.msg import Msg as NatsMsg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from services.common import bus as busmod
+from services.common import db, ids, metrics, schemas, subjects
+from services.common.audio import AudioError, pcm16_to_array
+from services.common.logs import ctx
+from services.common.runtime import Service
+from services.common.schemas import AudioMeta
+
+from . import protocol
+from .config import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+class Gateway(Service):
+    name = "gateway"
+
+    def __init__(self, settings: GatewaySettings):
+        super().__init__(settings)
+        self.settings: GatewaySettings = settings
+        self.sessions: set[ClientSession] = set()
+
+    async def start(self) -> None:
+        s = self.settings
+        self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
+        self.repo = db.Repo(self.pool)
+        self.bus = await busmod.connect(s, self.name)
+        await busmod.ensure_streams(self.bus)
+
+    def status(self) -> dict:
+        return {"sessions": len(self.sessions)}
+
+    async def drain(self) -> None:
+        for session in list(self.sessions):
+            await session.close(protocol.CLOSE_GOING_AWAY, "server shutting down")
+
+    async def close(self) -> None:
+        if hasattr(self, "bus"):
+            await self.bus.close()
+        if hasattr(self, "pool"):
+            await self.pool.close()
+
+    async def sign(self, keys: list[str]) -> dict[str, str]:
+        """Audio URLs are issued by the storage service, which holds the bucket credentials."""
+        if not keys:
+            return {}
+        try:
+            reply = await self.bus.nc.request(
+                subjects.STORAGE_SIGN, schemas.encode(schemas.SignRequest(keys=keys)), timeout=2.0
+            )
+            return schemas.decode(reply.data, schemas.SignReply).urls
+        except (NatsTimeout, NoRespondersError):
+            return {}
+
+
+@dataclass
+class _Reply:
+    """Playout state of one reply message: which sentence may be sent next."""
+
+    next_sentence: int = 0
+    sentence_count: int | None = None
+    held: dict[int, list[tuple[AudioMeta, bytes]]] = field(default_factory=dict)
+    finished: set[int] = field(default_factory=set)
+    stored: schemas.AudioStored | None = None
+    ended: bool = False
+    first_audio_sent: bool = False
+    user_message_id: str | None = None
+
+
+class ClientSession:
+    def __init__(self, ws: WebSocket, gateway: Gateway):
+        self.ws = ws
+        self.gw = gateway
+        self.bus = gateway.bus
+        self.settings = gateway.settings
+        self.conv = ""
+        self.session_id = ids.new_id()
+        self.out: asyncio.Queue = asyncio.Queue()
+        self.seq = 0
+        self.audio_seq = 0
+        self.text_seq = 0
+        self.replies: dict[str, _Reply] = {}
+        self.interrupted: set[str] = set()
+        self.speech_end_at: dict[str, float] = {}
+        self._subs: list = []
+        self._closed = False
+
+    # --- outgoing ---------------------------------------------------------------------------
+
+    def send_event(self, ev: schemas.Event | dict) -> None:
+        """Queue an event; one sender task writes to the socket so frames never interleave."""
+        body = msgspec.to_builtins(ev) if isinstance(ev, msgspec.Struct) else dict(ev)
+        self.seq += 1
+        body["seq"] = self.seq
+        self.out.put_nowait(("text", msgspec.json.encode(body).decode()))
+
+    def error(self, code: str, message: str, **extra) -> None:
+        ev = {"type": "error", "v": schemas.SCHEMA_VERSION, "conversation_id": self.conv or None,
+              "code": code, "message": message, **extra}
+        self.send_event(ev)
+
+    async def _sender(self) -> None:
+        while True:
+            kind, payload = await self.out.get()
+            if kind == "close":
+                return
+            if kind == "text":
+                await self.ws.send_text(payload)
+            else:
+                await self.ws.send_bytes(payload)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        start = await self._await_start()
+        if start is None:
+            return
+        if not await self._setup(start):
+            return
+        self.gw.sessions.add(self)
+        metrics.ACTIVE_SESSIONS.labels("gateway").set(len(self.gw.sessions))
+        sender = asyncio.create_task(self._sender())
+        try:
+            await self._receive_loop()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.gw.sessions.discard(self)
+            metrics.ACTIVE_SESSIONS.labels("gateway").set(len(self.gw.sessions))
+            await self._teardown()
+            self.out.put_nowait(("close", None))
+            try:
+                await asyncio.wait_for(sender, 5)
+            except Exception:
+                sender.cancel()
+
+    async def _await_start(self) -> protocol.Start | None:
+        try:
+            raw = await asyncio.wait_for(self.ws.receive_text(), self.settings.start_timeout_s)
+        except TimeoutError:
+            await self.ws.close(protocol.CLOSE_START_TIMEOUT, "no session.start in time")
+            return None
+        except (WebSocketDisconnect, KeyError, RuntimeError):
+            await self._safe_close(protocol.CLOSE_BAD_START, "the first message must be a JSON session.start")
+            return None
+        try:
+            msg = protocol.decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            await self._safe_close(protocol.CLOSE_BAD_START, f"bad session.start: {exc}"[:120])
+            return None
+        if not isinstance(msg, protocol.Start):
+            await self._safe_close(protocol.CLOSE_BAD_START, "the first message must be session.start")
+            return None
+        if msg.protocol not in protocol.SUPPORTED_VERSIONS:
+            await self._safe_close(protocol.CLOSE_UNSUPPORTED_VERSION, f"protocol {msg.protocol} unsupported")
+            return None
+        return msg
+
+    async def _safe_close(self, code: int, reason: str) -> None:
+        try:
+            await self.ws.close(code, reason)
+        except Exception:
+            pass
+
+    async def _setup(self, start: protocol.Start) -> bool:
+        repo = self.gw.repo
+        self.user_id = ids.user_id_for(start.user)
+        await repo.ensure_user(self.user_id, start.user)
+        if start.conversation_id:
+            try:
+                owner = await repo.conversation_owner(start.conversation_id)
+            except Exception:
+                owner = None
+            if owner is None:
+                await self._safe_close(protocol.CLOSE_NOT_FOUND, "no such conversation")
+                return False
+            if owner != self.user_id:
+                await self._safe_close(protocol.CLOSE_FORBIDDEN, "not your conversation")
+                return False
+            self.conv = start.conversation_id
+        else:
+            avatar_ids = start.avatar_ids or [self.settings.default_avatar_id]
+            for aid in avatar_ids:
+                try:
+                    avatar = await repo.get_avatar(aid)
+                except Exception:
+                    avatar = None
+                if avatar is None or avatar.owner_id not in (None, self.user_id):
+                    await self._safe_close(protocol.CLOSE_NOT_FOUND, f"no such avatar: {aid}"[:120])
+                    return False
+            self.conv = ids.new_id()
+            await repo.create_conversation(self.conv, self.user_id, avatar_ids)
+        self._subs.append(await self.bus.nc.subscribe(subjects.live_all(self.conv), cb=self._on_bus))
+        self._subs.append(await self.bus.nc.subscribe(subjects.event_all(self.conv), cb=self._on_bus))
+        stt_ok = await self._open_stt(start)
+        self.send_event(
+            {
+                "type": "session.started",
+                "v": schemas.SCHEMA_VERSION,
+                "protocol": protocol.PROTOCOL_VERSION,
+                "conversation_id": self.conv,
+                "session_id": self.session_id,
+                "audio_in": {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1},
+                "audio_out": {"encoding": "pcm_s16le", "sample_rate": 24000, "channels": 1},
+                "speech_input": stt_ok,
+            }
+        )
+        log.info("session started", extra=ctx(conversation_id=self.conv, session_id=self.session_id))
+        return True
+
+    async def _open_stt(self, start: protocol.Start) -> bool:
+        req = schemas.SttOpen(
+            conversation_id=self.conv,
+            session_id=self.session_id,
+            language=start.language,
+            end_of_turn_ms=start.end_of_turn_ms,
+        )
+        last = "no speech recognition worker answered"
+        for _ in range(self.settings.stt_open_attempts):
+            try:
+                reply = await self.bus.nc.request(
+                    subjects.STT_OPEN, schemas.encode(req), timeout=self.settings.stt_open_timeout_s
+                )
+                opened = schemas.decode(reply.data, schemas.SttOpened)
+                if opened.ok:
+                    return True
+                last = opened.error
+            except (NatsTimeout, NoRespondersError):
+                pass
+            await asyncio.sleep(0.1)
+        code = "no_capacity" if last == "no_capacity" else "stt_unavailable"
+        self.error(code, f"speech input is unavailable: {last}; typed text still works", retryable=True)
+        return False
+
+    async def _teardown(self) -> None:
+        self._closed = True
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        if self.conv:
+            try:
+                await self.bus.publish(
+                    subjects.control(self.conv),
+                    schemas.SessionControl(conversation_id=self.conv, session_id=self.session_id, action="end"),
+                )
+            except Exception:
+                log.warning("could not announce session end", extra=ctx(conversation_id=self.conv))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.out.put_nowait(("close", None))
+        await self._safe_close(code, reason)
+
+    # --- incoming ---------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                await self._on_audio(message["bytes"])
+            elif message.get("text") is not None:
+                await self._on_text(message["text"])
+
+    async def _on_audio(self, frame: bytes) -> None:
+        if len(frame) > self.settings.max_audio_frame_bytes:
+            self.error("frame_too_large", f"audio frames are limited to {self.settings.max_audio_frame_bytes} bytes")
+            return
+        try:
+            pcm16_to_array(frame)
+        except AudioError as exc:
+            self.error("bad_audio_frame", str(exc))
+            return
+        meta = AudioMeta(conversation_id=self.conv, session_id=self.session_id, chunk_seq=self.audio_seq)
+        self.audio_seq += 1
+        await self.bus.nc.publish(subjects.audio_in(self.conv), frame, headers=meta.headers())
+
+    async def _on_text(self, raw: str) -> None:
+        try:
+            msg = protocol.decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            self.error("unknown_message", f"message not understood: {exc}")
+            return
+        except msgspec.DecodeError as exc:
+            self.error("malformed_json", f"not valid JSON: {exc}")
+            return
+        if isinstance(msg, protocol.Text):
+            await self._on_user_text(msg)
+        elif isinstance(msg, protocol.Interrupt):
+            await self._on_interrupt(msg)
+        elif isinstance(msg, protocol.End):
+            await self.close(1000, "session ended")
+        else:
+            self.error("unexpected_message", "session.start was already received")
+
+    async def _on_user_text(self, msg: protocol.Text) -> None:
+        text = msg.text.strip()
+        if not text:
+            self.error("empty_text", "text messages must not be empty")
+            return
+        if len(text) > self.settings.max_text_chars:
+            self.error("text_too_long", f"text messages are limited to {self.settings.max_text_chars} characters")
+            return
+        seq = msg.client_seq if msg.client_seq is not None else self.text_seq
+        self.text_seq = seq + 1
+        message_id = ids.user_message_id(self.conv, self.session_id, "text", seq)
+        turn = schemas.UserTurn(
+            conversation_id=self.conv,
+            message_id=message_id,
+            session_id=self.session_id,
+            turn_seq=seq,
+            source="text",
+            text=text,
+            marks={"received": time.time()},
+        )
+        await self.bus.publish_fact(subjects.turn(self.conv), turn, msg_id=message_id)
+        self.send_event(schemas.UserMessage(conversation_id=self.conv, message_id=message_id, text=text))
+
+    async def _on_interrupt(self, msg: protocol.Interrupt) -> None:
+        targets = [msg.message_id] if msg.message_id else [m for m, r in self.replies.items() if not r.ended]
+        for mid in targets:
+            self.interrupted.add(mid)
+        await self.bus.publish(
+            subjects.control(self.conv),
+            schemas.SessionControl(
+                conversation_id=self.conv,
+                session_id=self.session_id,
+                action="cancel",
+                message_id=msg.message_id or "",
+                reason="client interrupt",
+            ),
+        )
+
+    # --- from the bus -----------------------------------------------------------------------
+
+    async def _on_bus(self, msg: NatsMsg) -> None:
+        if self._closed:
+            return
+        if msg.subject.endswith(".audio") and msg.subject.startswith("parley.live."):
+            self._on_reply_audio(AudioMeta.from_headers(msg.headers), msg.data)
+            return
+        try:
+            ev = schemas.decode_event(msg.data)
+        except msgspec.DecodeError:
+            log.warning("undecodable event on %s", msg.subject)
+            return
+        if isinstance(ev, schemas.TranscriptFinal) and ev.speech_end_at:
+            self.speech_end_at[ev.message_id] = ev.speech_end_at
+        if isinstance(ev, schemas.ReplyStarted):
+            self.replies.setdefault(ev.message_id, _Reply()).user_message_id = ev.user_message_id
+        elif isinstance(ev, schemas.ReplyCompleted):
+            reply = self.replies.setdefault(ev.message_id, _Reply())
+            reply.sentence_count = ev.sentence_count
+            self.send_event(ev)
+            self._advance(ev.message_id, reply)
+            return
+        elif isinstance(ev, schemas.SentenceFailed):
+            reply = self.replies.setdefault(ev.message_id, _Reply())
+            reply.finished.add(ev.sentence_index)
+            self.send_event(ev)
+            self._advance(ev.message_id, reply)
+            return
+        elif isinstance(ev, schemas.AudioStored):
+            reply = self.replies.setdefault(ev.message_id, _Reply())
+            if not reply.ended:
+                reply.stored = ev  # the URL follows the end-of-message marker
+                return
+        self.send_event(ev)
+
+    def _on_reply_audio(self, meta: AudioMeta, pcm: bytes) -> None:
+        if meta.message_id in self.interrupted:
+            return
+        reply = self.replies.setdefault(meta.message_id, _Reply())
+        if meta.sentence_index < reply.next_sentence:
+            return
+        reply.held.setdefault(meta.sentence_index, []).append((meta, pcm))
+        if meta.last:
+            reply.finished.add(meta.sentence_index)
+        self._advance(meta.message_id, reply)
+
+    def _advance(self, message_id: str, reply: _Reply) -> None:
+        """Send what may be played now, in sentence order; then the end marker and the URL."""
+        while True:
+            for meta, pcm in reply.held.pop(reply.next_sentence, []):
+                if pcm:
+                    self._send_audio(message_id, reply, meta, pcm)
+            if reply.next_sentence in reply.finished:
+                reply.next_sentence += 1
+                continue
+            break
+        if not reply.ended and reply.sentence_count is not None and reply.next_sentence >= reply.sentence_count:
+            reply.ended = True
+            self.send_event(
+                {"type": "audio.end", "v": schemas.SCHEMA_VERSION, "conversation_id": self.conv,
+                 "message_id": message_id, "sentence_count": reply.sentence_count}
+            )
+            if reply.stored is not None:
+                self.send_event(reply.stored)
+
+    def _send_audio(self, message_id: str, reply: _Reply, meta: AudioMeta, pcm: bytes) -> None:
+        if not reply.first_audio_sent:
+            reply.first_audio_sent = True
+            spoke_at = self.speech_end_at.pop(reply.user_message_id or "", None)
+            if spoke_at:
+                metrics.VOICE_TO_VOICE_SECONDS.observe(time.time() - spoke_at)
+        frame = protocol.audio_frame(message_id, meta.sentence_index, meta.chunk_seq, meta.sample_rate, pcm)
+        self.out.put_nowait(("bytes", frame))

@@ -1,0 +1,74 @@
+"""Client protocol v1: what a client may send, and the binary audio frame it receives.
+
+docs/protocol.md is the reference; this module is its code.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+
+class ClientMessage(msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fields=False):
+    pass
+
+
+class Start(ClientMessage, tag="session.start"):
+    protocol: int = PROTOCOL_VERSION
+    user: str = "anonymous"
+    conversation_id: str | None = None
+    avatar_ids: list[str] = []
+    language: str | None = None
+    end_of_turn_ms: int | None = None
+
+
+class Text(ClientMessage, tag="text"):
+    text: str
+    client_seq: int | None = None
+
+
+class Interrupt(ClientMessage, tag="interrupt"):
+    message_id: str | None = None
+
+
+class End(ClientMessage, tag="session.end"):
+    pass
+
+
+Incoming = Start | Text | Interrupt | End
+decoder = msgspec.json.Decoder(Incoming)
+
+# Server -> client audio: a 28-byte little-endian header, then PCM16 mono samples.
+#   u8 version (1) | u8 kind (1 = reply audio) | 16 bytes message id (UUID)
+#   | u16 sentence index | u32 chunk sequence | u32 sample rate
+AUDIO_HEADER = struct.Struct("<BB16sHII")
+AUDIO_KIND = 1
+
+
+def audio_frame(message_id: str, sentence_index: int, chunk_seq: int, sample_rate: int, pcm: bytes) -> bytes:
+    head = AUDIO_HEADER.pack(
+        PROTOCOL_VERSION, AUDIO_KIND, uuid.UUID(message_id).bytes, sentence_index, chunk_seq, sample_rate
+    )
+    return head + pcm
+
+
+def parse_audio_frame(frame: bytes) -> tuple[str, int, int, int, bytes]:
+    """For clients and tests: (message id, sentence index, chunk seq, sample rate, pcm)."""
+    version, kind, mid, idx, seq, rate = AUDIO_HEADER.unpack_from(frame)
+    if version != PROTOCOL_VERSION or kind != AUDIO_KIND:
+        raise ValueError(f"unknown audio frame version {version} kind {kind}")
+    return str(uuid.UUID(bytes=mid)), idx, seq, rate, frame[AUDIO_HEADER.size :]
+
+
+# WebSocket close codes (4000-4999 are the application's).
+CLOSE_BAD_START = 4400
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_UNSUPPORTED_VERSION = 4406
+CLOSE_START_TIMEOUT = 4408
+CLOSE_GOING_AWAY = 1001

@@ -1,0 +1,1 @@
+"""The conversation orchestrator: persona + history -> streamed LLM reply -> sentences to TTS."""

@@ -1,0 +1,19 @@
+"""Orchestrator settings. Any OpenAI-compatible endpoint: vLLM, Ollama, llama.cpp, OpenRouter, OpenAI."""
+
+from __future__ import annotations
+
+from services.common.settings import ServiceSettings
+
+
+class LlmSettings(ServiceSettings):
+    http_port: int = 8003
+    llm_base_url: str = "http://127.0.0.1:11434/v1"
+    llm_api_key: str | None = None
+    llm_model: str = "llama3.2"
+    llm_temperature: float = 0.7
+    llm_max_tokens: int = 400
+    llm_connect_timeout_s: float = 5.0
+    llm_first_token_timeout_s: float = 15.0
+    llm_total_timeout_s: float = 120.0
+    llm_history_messages: int = 10
+    llm_concurrency: int = 64

@@ -1,0 +1,202 @@
+"""The LLM side of the orchestrator: a streaming OpenAI-compatible client and sentence cutting.
+
+Errors are a small written-out hierarchy (after httpx's) so the handler can tell the client
+what went wrong and store the turn as failed instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pysbd
+from httpx_sse import SSEError, aconnect_sse
+
+
+class LLMError(Exception):
+    code = "llm_error"
+    retryable = False
+
+
+class LLMConnectError(LLMError):
+    code = "llm_unreachable"
+    retryable = True
+
+
+class LLMTimeout(LLMError):
+    code = "llm_timeout"
+    retryable = True
+
+
+class LLMAuthError(LLMError):
+    code = "llm_auth"
+
+
+class LLMRateLimited(LLMError):
+    code = "llm_rate_limited"
+    retryable = True
+
+
+class LLMServerError(LLMError):
+    code = "llm_server_error"
+    retryable = True
+
+
+class LLMBadResponse(LLMError):
+    code = "llm_bad_response"
+
+
+def _status_error(status: int, body: str) -> LLMError:
+    text = f"LLM endpoint answered {status}: {body[:200]}"
+    if status in (401, 403):
+        return LLMAuthError(text)
+    if status == 429:
+        return LLMRateLimited(text)
+    if status >= 500:
+        return LLMServerError(text)
+    return LLMError(text)
+
+
+class ChatClient:
+    """Streams chat completions; retries only before the first token, never after."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        *,
+        temperature: float = 0.7,
+        max_tokens: int = 400,
+        connect_timeout_s: float = 5.0,
+        first_token_timeout_s: float = 15.0,
+        total_timeout_s: float = 120.0,
+        retries: int = 2,
+    ):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(total_timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        self.model = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.first_token_timeout_s = first_token_timeout_s
+        self.total_timeout_s = total_timeout_s
+        self.retries = retries
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
+        attempt = 0
+        while True:
+            got_token = False
+            try:
+                async for delta in self._stream_once(messages):
+                    got_token = True
+                    yield delta
+                return
+            except LLMError as exc:
+                if got_token or not exc.retryable or attempt >= self.retries:
+                    raise
+                attempt += 1
+                await asyncio.sleep(0.2 * 2**attempt)
+
+    async def _stream_once(self, messages: list[dict]) -> AsyncIterator[str]:
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total_timeout_s
+        try:
+            async with aconnect_sse(self.http, "POST", "chat/completions", json=body) as source:
+                resp = source.response
+                if resp.status_code != 200:
+                    raw = await resp.aread()
+                    raise _status_error(resp.status_code, raw.decode(errors="replace"))
+                events = source.aiter_sse().__aiter__()
+                first = True
+                while True:
+                    limit = self.first_token_timeout_s if first else deadline - loop.time()
+                    try:
+                        sse = await asyncio.wait_for(events.__anext__(), timeout=max(limit, 0.001))
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError as exc:
+                        raise LLMTimeout("no token in time" if first else "reply took too long") from exc
+                    if sse.data.strip() == "[DONE]":
+                        return
+                    delta = _delta(sse.data)
+                    if delta:
+                        first = False
+                        yield delta
+        except httpx.ConnectError as exc:
+            raise LLMConnectError(f"cannot reach the LLM endpoint: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise LLMTimeout(f"LLM endpoint timed out: {exc}") from exc
+        except (SSEError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise LLMBadResponse(f"malformed or broken stream: {exc}") from exc
+
+
+def _delta(data: str) -> str:
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise LLMBadResponse(f"stream chunk is not JSON: {data[:80]!r}") from exc
+    if "error" in chunk:
+        raise LLMServerError(f"LLM stream error: {chunk['error']}")
+    try:
+        choices = chunk.get("choices") or []
+        if not choices:
+            return ""
+        return (choices[0].get("delta") or {}).get("content") or ""
+    except (AttributeError, TypeError) as exc:
+        raise LLMBadResponse(f"unexpected chunk shape: {data[:80]!r}") from exc
+
+
+_MARKUP = re.compile(r"[*_#`>~]+|\[(.*?)\]\([^)]*\)")
+_TERMINATORS = re.compile(r"[.!?;:…。！？]['\")\]]*\s")
+
+
+def speakable(text: str) -> str:
+    """Markdown marks and link targets are for the eye; keep them out of the spoken text."""
+    return " ".join(_MARKUP.sub(lambda m: m.group(1) or "", text).split())
+
+
+class SentenceCutter:
+    """Cuts a token stream into sentences as soon as each is complete.
+
+    pysbd knows abbreviations, decimals, URLs and e-mail addresses, so a sentence is only
+    released once a later one has begun (the last segment may still be growing).
+    """
+
+    def __init__(self, language: str = "en"):
+        try:
+            self._seg = pysbd.Segmenter(language=language, clean=False)
+        except ValueError:
+            self._seg = pysbd.Segmenter(language="en", clean=False)
+        self._buf = ""
+
+    def push(self, delta: str) -> list[str]:
+        self._buf += delta
+        if not _TERMINATORS.search(self._buf):
+            return []
+        parts = self._seg.segment(self._buf)
+        if len(parts) < 2:
+            return []
+        done, self._buf = parts[:-1], parts[-1]
+        return [p.strip() for p in done if p.strip()]
+
+    def flush(self) -> list[str]:
+        rest, self._buf = self._buf.strip(), ""
+        return [rest] if rest else []

@@ -1,0 +1,1 @@
+"""Reply audio storage: assemble each reply's sentences into a WAV, upload it, link it."""

@@ -1,0 +1,131 @@
+"""Storage worker: for each finished reply, read its sentences' audio back from PARLEY_SPEECH
+by subject, upload one WAV under a deterministic key, record the key on the message, and tell
+the client its URL. Every step is idempotent, so a redelivered reply costs a HEAD request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+from nats.aio.msg import Msg as NatsMsg
+from nats.js.errors import NotFoundError
+
+from services.common import bus as busmod
+from services.common import db, metrics, objectstore, schemas, subjects
+from services.common.logs import ctx
+from services.common.runtime import Service
+from services.common.schemas import AudioMeta
+
+from .config import StorageSettings
+from .engine import SentenceAudio, assemble
+
+log = logging.getLogger(__name__)
+
+
+class StorageService(Service):
+    name = "storage"
+
+    def __init__(self, settings: StorageSettings):
+        super().__init__(settings)
+        self.settings: StorageSettings = settings
+
+    async def start(self) -> None:
+        s = self.settings
+        self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
+        self.repo = db.Repo(self.pool)
+        self.store = await objectstore.ObjectStore(s).__aenter__()
+        self.bus = await busmod.connect(s, self.name)
+        await busmod.ensure_streams(self.bus)
+        self._sign_sub = await self.bus.nc.subscribe(subjects.STORAGE_SIGN, queue="storage", cb=self._on_sign)
+        self.worker = busmod.Worker(
+            self.bus,
+            busmod.WorkQueue("PARLEY_REPLIES", "storage", "parley.reply.*", ack_wait_s=60, max_deliver=60),
+            self.handle_reply,
+            concurrency=s.storage_concurrency,
+            give_up=self._give_up,
+            service=self.name,
+        )
+        await self.worker.start()
+
+    async def _sentence(self, conv: str, message_id: str, index: int) -> SentenceAudio | None:
+        try:
+            raw = await self.bus.js.get_last_msg("PARLEY_SPEECH", subjects.speech(conv, message_id, index))
+        except NotFoundError:
+            return None
+        meta = AudioMeta.from_headers(raw.headers)
+        return SentenceAudio(index, raw.data or b"", meta.sample_rate, meta.status == "ok")
+
+    async def handle_reply(self, msg: NatsMsg) -> None:
+        done = schemas.decode(msg.data, schemas.ReplyDone)
+        if done.sentence_count == 0:
+            return
+        conv, mid = done.conversation_id, done.message_id
+        found = await asyncio.gather(*(self._sentence(conv, mid, i) for i in range(done.sentence_count)))
+        sentences = [s for s in found if s is not None]
+        missing = done.sentence_count - len(sentences)
+        if missing:
+            if _age_s(msg) < self.settings.storage_sentence_wait_s:
+                raise busmod.Retry(
+                    f"{missing} sentence(s) not synthesised yet",
+                    delay_s=min(0.05 * 2 ** (msg.metadata.num_delivered - 1), 2.0),
+                )
+            log.warning("storing reply without %d sentence(s)", missing, extra=ctx(message_id=mid))
+        wav, duration, _ = assemble(sentences)
+        if not wav:
+            return
+        key = objectstore.reply_audio_key(conv, mid)
+        if not await self.store.exists(key):
+            await self.store.put(key, wav, "audio/wav")
+        await self.repo.set_audio(mid, key, duration)
+        url = await self.store.url(key)
+        await self.bus.publish_event(
+            schemas.AudioStored(conversation_id=conv, message_id=mid, key=key, url=url, duration_s=duration),
+            msg_id=f"stored.{mid}",
+        )
+        metrics.EVENTS.labels("storage", "reply_audio_stored").inc()
+
+    async def _give_up(self, msg: NatsMsg, exc: BaseException) -> None:
+        done = schemas.decode(msg.data, schemas.ReplyDone)
+        await self.bus.publish_event(
+            schemas.ErrorEvent(
+                conversation_id=done.conversation_id,
+                code="audio_store_failed",
+                message=f"the reply's audio could not be stored: {exc}",
+                message_id=done.message_id,
+            ),
+            msg_id=f"store-fail.{done.message_id}",
+        )
+
+    async def _on_sign(self, msg: NatsMsg) -> None:
+        try:
+            req = schemas.decode(msg.data, schemas.SignRequest)
+            urls = {k: await self.store.url(k) for k in req.keys}
+        except Exception as exc:
+            log.warning("sign request failed: %s", exc)
+            urls = {}
+        await msg.respond(schemas.encode(schemas.SignReply(urls=urls)))
+
+    def status(self) -> dict:
+        return {"in_flight": self.worker.in_flight if hasattr(self, "worker") else 0}
+
+    async def drain(self) -> None:
+        await self._sign_sub.unsubscribe()
+        await self.worker.drain(self.settings.drain_timeout_s)
+
+    async def close(self) -> None:
+        if hasattr(self, "bus"):
+            await self.bus.close()
+        if hasattr(self, "store"):
+            await self.store.__aexit__(None, None, None)
+        if hasattr(self, "pool"):
+            await self.pool.close()
+
+
+def _age_s(msg: NatsMsg) -> float:
+    """Seconds since JetStream first stored the message (its metadata timestamp)."""
+    stamp = msg.metadata.timestamp
+    if isinstance(stamp, dt.datetime):
+        return (dt.datetime.now(dt.UTC) - stamp).total_seconds()
+    return 0.0

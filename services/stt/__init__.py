@@ -1,0 +1,1 @@
+"""Speech recognition workers: end-of-turn detection on live audio, faster-whisper transcripts."""

@@ -1,0 +1,25 @@
+"""STT worker settings (environment, prefix PARLEY_STT_ for engine knobs)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.common.settings import ServiceSettings
+
+
+class SttSettings(ServiceSettings):
+    http_port: int = 8002
+    stt_model: str = Field("large-v3-turbo", description="faster-whisper model name or local path")
+    stt_device: str = "auto"
+    stt_compute_type: str = "default"
+    stt_beam_size: int = 1
+    stt_language: str | None = None
+    stt_max_new_tokens: int | None = None
+    stt_cpu_threads: int = 0
+    stt_num_workers: int = 1
+    stt_download_root: str | None = None
+    stt_capacity: int = 32
+    vad_threshold: float = 0.5
+    vad_end_of_turn_ms: int = 300
+    vad_min_speech_ms: int = 250
+    vad_pad_ms: int = 200

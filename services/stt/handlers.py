@@ -1,0 +1,269 @@
+"""STT worker: owns live sessions' audio, detects end of turn, publishes final transcripts.
+
+A gateway asks for a worker on `parley.stt.open` (queue group: one worker answers). The
+worker reads the session's audio from the short-lived AUDIO_IN stream through an ordered
+consumer (gaps are detected and re-fetched by the client library), runs streaming VAD per
+session, and transcribes each closed utterance off the event loop. The final transcript is
+published twice: as the `UserTurn` fact the orchestrator consumes, and as the client event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+from nats.aio.msg import Msg as NatsMsg
+from nats.js.api import DeliverPolicy
+
+from services.common import bus as busmod
+from services.common import ids, metrics, schemas, subjects
+from services.common.logs import ctx
+from services.common.runtime import Service
+from services.common.schemas import AudioMeta
+
+from .config import SttSettings
+from .engine import Segmenter, SileroVad, SpeechStarted, UtteranceEnded, VadConfig, WhisperEngine
+
+log = logging.getLogger(__name__)
+
+
+class LiveSession:
+    """One conversation's live audio on this worker: VAD state and a transcription queue."""
+
+    def __init__(self, worker: SttService, req: schemas.SttOpen):
+        self.worker = worker
+        self.bus = worker.bus
+        self.conv = req.conversation_id
+        self.session_id = req.session_id
+        self.language = req.language or worker.settings.stt_language
+        s = worker.settings
+        cfg = VadConfig(
+            threshold=s.vad_threshold,
+            end_of_turn_ms=req.end_of_turn_ms or s.vad_end_of_turn_ms,
+            min_speech_ms=s.vad_min_speech_ms,
+            pad_ms=s.vad_pad_ms,
+        )
+        self.segmenter = Segmenter(worker.vad, cfg)
+        self.sample_rate = cfg.sample_rate
+        self.utterances: asyncio.Queue = asyncio.Queue()
+        self.bad_frames = 0
+        self._subs: list = []
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._subs.append(
+            await self.bus.js.subscribe(
+                subjects.audio_in(self.conv),
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.NEW,
+                cb=self._on_audio,
+            )
+        )
+        self._subs.append(await self.bus.nc.subscribe(subjects.control(self.conv), cb=self._on_control))
+        self._task = asyncio.create_task(self._transcribe_loop())
+
+    async def _on_audio(self, msg: NatsMsg) -> None:
+        try:
+            meta = AudioMeta.from_headers(msg.headers)
+            if meta.session_id != self.session_id:
+                return  # a previous session's frames still in the stream
+            events = self.segmenter.feed(msg.data)
+        except Exception as exc:
+            self.bad_frames += 1
+            log.warning("bad audio frame: %s", exc, extra=ctx(conversation_id=self.conv))
+            return
+        await self._handle(events)
+
+    async def _handle(self, events: list) -> None:
+        for ev in events:
+            if isinstance(ev, SpeechStarted):
+                await self.bus.publish_live(
+                    schemas.SpeechStarted(
+                        conversation_id=self.conv,
+                        session_id=self.session_id,
+                        utterance_seq=ev.utterance_index,
+                        start_s=ev.start_s,
+                    )
+                )
+            elif isinstance(ev, UtteranceEnded):
+                now = time.time()
+                fed_s = self.segmenter.samples_fed / self.sample_rate
+                marks = {"speech_end": now - max(0.0, fed_s - ev.end_s), "eot": now}
+                metrics.stage("end_of_turn", marks["eot"] - marks["speech_end"])
+                await self.bus.publish_live(
+                    schemas.SpeechStopped(
+                        conversation_id=self.conv,
+                        session_id=self.session_id,
+                        utterance_seq=ev.utterance_index,
+                        end_s=ev.end_s,
+                    )
+                )
+                await self.utterances.put((ev, marks))
+
+    async def _on_control(self, msg: NatsMsg) -> None:
+        try:
+            ctl = schemas.decode(msg.data, schemas.SessionControl)
+        except Exception:
+            return
+        if ctl.action == "end" and ctl.session_id in ("", self.session_id):
+            # Not awaited here: closing unsubscribes this very callback's subscription.
+            self.worker.spawn(self.worker.close_session(self.conv, flush=True))
+
+    async def _transcribe_loop(self) -> None:
+        while True:
+            item = await self.utterances.get()
+            if item is None:
+                return
+            ev, marks = item
+            try:
+                await self._transcribe(ev, marks)
+            except Exception:
+                log.exception("transcription failed", extra=ctx(conversation_id=self.conv))
+                await self.bus.publish_event(
+                    schemas.ErrorEvent(
+                        conversation_id=self.conv,
+                        code="transcription_failed",
+                        message=f"utterance {ev.utterance_index} could not be transcribed",
+                    ),
+                    msg_id=f"stt-fail.{self.session_id}.{ev.utterance_index}",
+                )
+
+    async def _transcribe(self, ev: UtteranceEnded, marks: dict) -> None:
+        t0 = time.perf_counter()
+        result = await asyncio.to_thread(self.worker.engine.transcribe, np.asarray(ev.audio), self.language)
+        metrics.stage("transcribe", time.perf_counter() - t0)
+        marks["final"] = time.time()
+        message_id = ids.user_message_id(self.conv, self.session_id, "voice", ev.utterance_index)
+        if not result.text:
+            await self.bus.publish_event(
+                schemas.ErrorEvent(
+                    conversation_id=self.conv,
+                    code="no_speech_recognized",
+                    message="speech was detected but nothing was recognised",
+                    message_id=message_id,
+                ),
+                msg_id=f"stt-empty.{message_id}",
+            )
+            return
+        await self.bus.publish_event(
+            schemas.TranscriptFinal(
+                conversation_id=self.conv,
+                session_id=self.session_id,
+                utterance_seq=ev.utterance_index,
+                message_id=message_id,
+                text=result.text,
+                language=result.language,
+                confidence=result.confidence,
+                start_s=ev.start_s,
+                end_s=ev.end_s,
+                speech_end_at=marks["speech_end"],
+            ),
+            msg_id=f"final.{message_id}",
+        )
+        await self.bus.publish_fact(
+            subjects.turn(self.conv),
+            schemas.UserTurn(
+                conversation_id=self.conv,
+                message_id=message_id,
+                session_id=self.session_id,
+                turn_seq=ev.utterance_index,
+                source="voice",
+                text=result.text,
+                language=result.language,
+                confidence=result.confidence,
+                speech_start_s=ev.start_s,
+                speech_end_s=ev.end_s,
+                marks=marks,
+            ),
+            msg_id=message_id,
+        )
+        metrics.EVENTS.labels("stt", "final_transcript").inc()
+
+    async def close(self, flush: bool) -> None:
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        if flush:
+            await self._handle(self.segmenter.flush())
+        await self.utterances.put(None)
+        if self._task:
+            await self._task
+
+
+class SttService(Service):
+    name = "stt"
+
+    def __init__(self, settings: SttSettings):
+        super().__init__(settings)
+        self.settings: SttSettings = settings
+        self.sessions: dict[str, LiveSession] = {}
+        self._background: set[asyncio.Task] = set()
+
+    def spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def start(self) -> None:
+        s = self.settings
+        self.engine = await asyncio.to_thread(
+            WhisperEngine,
+            s.stt_model,
+            device=s.stt_device,
+            compute_type=s.stt_compute_type,
+            beam_size=s.stt_beam_size,
+            language=s.stt_language,
+            max_new_tokens=s.stt_max_new_tokens,
+            cpu_threads=s.stt_cpu_threads,
+            num_workers=s.stt_num_workers,
+            download_root=s.stt_download_root,
+        )
+        self.vad = SileroVad.shared()
+        self.bus = await busmod.connect(s, self.name)
+        await busmod.ensure_streams(self.bus)
+        self._open_sub = await self.bus.nc.subscribe(subjects.STT_OPEN, queue="stt", cb=self._on_open)
+
+    async def _on_open(self, msg: NatsMsg) -> None:
+        try:
+            req = schemas.decode(msg.data, schemas.SttOpen)
+        except Exception as exc:
+            await msg.respond(schemas.encode(schemas.SttOpened(ok=False, error=f"bad request: {exc}")))
+            return
+        if not self.ready:
+            await msg.respond(schemas.encode(schemas.SttOpened(ok=False, error="draining")))
+            return
+        if req.conversation_id in self.sessions:
+            await self.close_session(req.conversation_id, flush=False)
+        elif len(self.sessions) >= self.settings.stt_capacity:
+            await msg.respond(schemas.encode(schemas.SttOpened(ok=False, error="no_capacity")))
+            return
+        session = LiveSession(self, req)
+        self.sessions[req.conversation_id] = session
+        await session.start()
+        metrics.ACTIVE_SESSIONS.labels("stt").set(len(self.sessions))
+        await msg.respond(schemas.encode(schemas.SttOpened(ok=True, worker_id=self.settings.instance_id)))
+        log.info("session opened", extra=ctx(conversation_id=req.conversation_id, session_id=req.session_id))
+
+    async def close_session(self, conv: str, flush: bool) -> None:
+        session = self.sessions.pop(conv, None)
+        if session is not None:
+            await session.close(flush)
+            metrics.ACTIVE_SESSIONS.labels("stt").set(len(self.sessions))
+
+    def status(self) -> dict:
+        return {"sessions": len(self.sessions), "capacity": self.settings.stt_capacity}
+
+    async def drain(self) -> None:
+        """Finish every utterance in progress; ownership handover comes with session takeover."""
+        if hasattr(self, "_open_sub"):
+            await self._open_sub.unsubscribe()
+        for conv in list(self.sessions):
+            await self.close_session(conv, flush=True)
+
+    async def close(self) -> None:
+        if hasattr(self, "bus"):
+            await self.bus.close()

@@ -1,0 +1,210 @@
+"""TTS worker: pulls sentence jobs, streams audio chunks live, keeps each whole sentence.
+
+Live chunks go out on core NATS the moment the model yields them (the client is waiting);
+the whole sentence is then stored in PARLEY_SPEECH (JetStream, de-duplicated by job id) for
+storage to assemble, and only after that is the job acked. A cancelled reply's jobs are
+skipped before synthesis starts and a stream in progress stops at the next chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.aio.msg import Msg as NatsMsg
+from nats.js.errors import KeyNotFoundError
+
+from services.common import bus as busmod
+from services.common import metrics, objectstore, schemas, subjects
+from services.common.audio import OUTPUT_RATE
+from services.common.logs import ctx
+from services.common.runtime import Service
+from services.common.schemas import AudioMeta
+
+from .config import TtsSettings
+from .engine import SynthesisError, XttsEngine
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+class TtsService(Service):
+    name = "tts"
+
+    def __init__(self, settings: TtsSettings):
+        super().__init__(settings)
+        self.settings: TtsSettings = settings
+        self._voice_bytes: dict[str, bytes] = {}
+
+    async def start(self) -> None:
+        s = self.settings
+        self.engine = XttsEngine(
+            s.tts_model,
+            device=_device(s.tts_device),
+            temperature=s.tts_temperature,
+            speed=s.tts_speed,
+            stream_chunk_size=s.tts_stream_chunk_size,
+            latent_cache_dir=s.tts_latent_cache_dir,
+        )
+        await asyncio.to_thread(self.engine.load)
+        self.store = await objectstore.ObjectStore(s).__aenter__()
+        self.bus = await busmod.connect(s, self.name)
+        await busmod.ensure_streams(self.bus)
+        self.cancelled = await self.bus.js.key_value(subjects.CANCEL_BUCKET)
+        self.worker = busmod.Worker(
+            self.bus,
+            busmod.WorkQueue("PARLEY_TTS", "tts", "parley.tts.*", ack_wait_s=30, max_deliver=3),
+            self.handle_job,
+            concurrency=s.tts_capacity,
+            give_up=self._give_up,
+            service=self.name,
+        )
+        await self.worker.start()
+
+    async def _is_cancelled(self, message_id: str) -> bool:
+        try:
+            await self.cancelled.get(message_id)
+            return True
+        except KeyNotFoundError:
+            return False
+
+    async def _voice(self, key: str):
+        """Reference audio is fetched once per key; the engine caches latents by content hash."""
+        if key not in self._voice_bytes:
+            self._voice_bytes[key] = await self.store.get(key)
+        return await asyncio.to_thread(self.engine.voice, self._voice_bytes[key])
+
+    async def handle_job(self, msg: NatsMsg) -> None:
+        job = schemas.decode(msg.data, schemas.TtsJob)
+        metrics.BUS_HOP_SECONDS.labels("tts_job").observe(max(0.0, time.time() - job.created_at))
+        if await self._is_cancelled(job.message_id):
+            await self._keep(job, b"", ok=False)
+            return
+        if not job.voice_key:
+            await self._fail(job, "the avatar has no reference voice")
+            return
+        voice = await self._voice(job.voice_key)
+        keep_alive = asyncio.create_task(busmod.keep_alive(msg))
+        try:
+            pcm = await self._synthesise(job, voice)
+        except SynthesisError as exc:
+            await self._fail(job, str(exc))
+            return
+        finally:
+            keep_alive.cancel()
+        await self._keep(job, pcm, ok=True)
+
+    async def _synthesise(self, job: schemas.TtsJob, voice) -> bytes:
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue = asyncio.Queue()
+        stop = False
+
+        def produce() -> None:
+            try:
+                for chunk in self.engine.stream(job.text, job.language, voice):
+                    loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+                    if stop:
+                        return
+            except BaseException as exc:
+                loop.call_soon_threadsafe(chunks.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(chunks.put_nowait, _END)
+
+        t0 = time.perf_counter()
+        producer = asyncio.create_task(asyncio.to_thread(produce))
+        subject = subjects.live(job.conversation_id, "audio")
+        parts: list[bytes] = []
+        seq = 0
+        try:
+            while (item := await chunks.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item if isinstance(item, SynthesisError) else SynthesisError(str(item))
+                if seq == 0:
+                    metrics.stage("tts_first_chunk", time.perf_counter() - t0)
+                    metrics.stage("tts_queue_to_first_chunk", time.time() - job.created_at)
+                data = item.tobytes()
+                parts.append(data)
+                meta = AudioMeta(
+                    conversation_id=job.conversation_id,
+                    message_id=job.message_id,
+                    sentence_index=job.sentence_index,
+                    chunk_seq=seq,
+                    sample_rate=OUTPUT_RATE,
+                )
+                await self.bus.nc.publish(subject, data, headers=meta.headers())
+                seq += 1
+                if seq % 4 == 0 and await self._is_cancelled(job.message_id):
+                    stop = True
+                    break
+        finally:
+            stop = True
+            await producer
+        last = AudioMeta(
+            conversation_id=job.conversation_id,
+            message_id=job.message_id,
+            sentence_index=job.sentence_index,
+            chunk_seq=seq,
+            sample_rate=OUTPUT_RATE,
+            last=True,
+        )
+        await self.bus.nc.publish(subject, b"", headers=last.headers())
+        metrics.stage("tts_sentence", time.perf_counter() - t0)
+        return b"".join(parts)
+
+    async def _keep(self, job: schemas.TtsJob, pcm: bytes, ok: bool) -> None:
+        """The whole sentence (or a marker that there is none) for storage to assemble."""
+        meta = AudioMeta(
+            conversation_id=job.conversation_id,
+            message_id=job.message_id,
+            sentence_index=job.sentence_index,
+            sample_rate=OUTPUT_RATE,
+            last=True,
+            status="ok" if ok else "failed",
+        )
+        await self.bus.js.publish(
+            subjects.speech(job.conversation_id, job.message_id, job.sentence_index),
+            pcm,
+            headers=meta.headers(msg_id=job.job_id),
+        )
+
+    async def _fail(self, job: schemas.TtsJob, reason: str) -> None:
+        log.warning("sentence failed: %s", reason, extra=ctx(message_id=job.message_id))
+        metrics.EVENTS.labels("tts", "sentence_failed").inc()
+        await self.bus.publish_event(
+            schemas.SentenceFailed(
+                conversation_id=job.conversation_id,
+                message_id=job.message_id,
+                sentence_index=job.sentence_index,
+                error=reason,
+            ),
+            msg_id=f"tts-fail.{job.job_id}",
+        )
+        await self._keep(job, b"", ok=False)
+
+    async def _give_up(self, msg: NatsMsg, exc: BaseException) -> None:
+        await self._fail(schemas.decode(msg.data, schemas.TtsJob), f"synthesis failed: {exc}")
+
+    def status(self) -> dict:
+        return {"in_flight": self.worker.in_flight if hasattr(self, "worker") else 0}
+
+    async def drain(self) -> None:
+        await self.worker.drain(self.settings.drain_timeout_s)
+
+    async def close(self) -> None:
+        if hasattr(self, "bus"):
+            await self.bus.close()
+        if hasattr(self, "store"):
+            await self.store.__aexit__(None, None, None)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"

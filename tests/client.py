@@ -1,0 +1,116 @@
+"""A protocol v1 test client: what any client of Parley does, written plainly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import websockets
+
+from services.gateway.protocol import parse_audio_frame
+
+
+@dataclass
+class AudioChunk:
+    message_id: str
+    sentence_index: int
+    chunk_seq: int
+    sample_rate: int
+    pcm: bytes
+
+
+@dataclass
+class Received:
+    """Everything the client saw, in arrival order."""
+
+    items: list = field(default_factory=list)  # dict events and AudioChunk
+
+    def events(self, type_: str | None = None) -> list[dict]:
+        return [i for i in self.items if isinstance(i, dict) and (type_ is None or i["type"] == type_)]
+
+    def audio(self, message_id: str | None = None) -> list[AudioChunk]:
+        return [i for i in self.items if isinstance(i, AudioChunk) and message_id in (None, i.message_id)]
+
+    def index(self, pred) -> int:
+        for n, item in enumerate(self.items):
+            if pred(item):
+                return n
+        raise AssertionError("no such item")
+
+
+class Client:
+    def __init__(self, url: str):
+        self.url = url
+        self.received = Received()
+        self._ws = None
+        self._reader: asyncio.Task | None = None
+        self._changed = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+
+    async def connect(self, **start) -> dict:
+        self._ws = await websockets.connect(self.url, max_size=None)
+        await self.send_json({"type": "session.start", **start})
+        self._reader = asyncio.create_task(self._read())
+        return await self.wait_for(lambda r: r.events("session.started"), 30)
+
+    async def send_json(self, obj: dict) -> None:
+        await self._ws.send(json.dumps(obj))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self._ws.send(data)
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self._ws:
+                if isinstance(frame, bytes):
+                    mid, idx, seq, rate, pcm = parse_audio_frame(frame)
+                    self.received.items.append(AudioChunk(mid, idx, seq, rate, pcm))
+                else:
+                    self.received.items.append(json.loads(frame))
+                self._changed.set()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self._ws.close_code
+            self.close_reason = self._ws.close_reason
+            self._changed.set()
+
+    async def wait_for(self, pred, timeout: float = 60.0):
+        """Until `pred(received)` is truthy; returns its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = pred(self.received)
+            if value:
+                return value
+            if self._reader is not None and self._reader.done():
+                raise AssertionError(f"connection closed ({self.close_code} {self.close_reason}) while waiting")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out; got: {[i if isinstance(i, dict) else 'audio' for i in self.received.items][-30:]}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def stream_wav(self, path: Path, frame_ms: int = 20, realtime: bool = True) -> None:
+        with wave.open(str(path)) as w:
+            assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
+            pcm = w.readframes(w.getnframes())
+        step = 16000 * 2 * frame_ms // 1000
+        start = time.monotonic()
+        for n, off in enumerate(range(0, len(pcm), step)):
+            await self._ws.send(pcm[off:off + step])
+            if realtime:
+                await asyncio.sleep(max(0.0, start + (n + 1) * frame_ms / 1000 - time.monotonic()))
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await self._reader

@@ -1,0 +1,129 @@
+"""Fixtures that start real infrastructure on free ports and remove it afterwards.
+
+nats-server (pip, pinned) with JetStream in a temp dir; a throwaway Postgres cluster, or the
+server in DATABASE_URL when given (a fresh database is created on it); moto's S3 server over
+HTTP; a local OpenAI-compatible fake LLM; tiny random-weight Whisper and XTTS models built
+into the git-ignored model cache; speech made with espeak-ng.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services import devstack
+from services.cli import seed, test_model_env
+from services.common import db
+from services.common.settings import ServiceSettings
+from tests.fakes.llm_server import FakeLLM
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_CACHE = Path(os.environ.get("PARLEY_MODEL_CACHE", ROOT / ".cache" / "models"))
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory):
+    server = devstack.NatsServer(tmp_path_factory.mktemp("nats")).start()
+    yield server
+    server.stop()
+
+
+async def _fresh_database(admin_url: str) -> str:
+    name = f"parley_test_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    given = os.environ.get("DATABASE_URL")
+    if given:
+        url = asyncio.run(_fresh_database(given))
+        db.migrate(url)
+        yield url
+        return
+    cluster = devstack.PostgresCluster().start()
+    db.migrate(cluster.url)
+    yield cluster.url
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    server = devstack.S3StandIn().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_llm():
+    server = FakeLLM().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_env():
+    return test_model_env(MODEL_CACHE)
+
+
+@pytest.fixture(scope="session")
+def base_env(nats_server, database_url, s3, fake_llm):
+    return {
+        "PARLEY_NATS_URL": nats_server.url,
+        "PARLEY_DATABASE_URL": database_url,
+        "PARLEY_S3_ENDPOINT_URL": s3.url,
+        "PARLEY_S3_ACCESS_KEY_ID": "test",
+        "PARLEY_S3_SECRET_ACCESS_KEY": "test",
+        "PARLEY_S3_REGION": "us-east-1",
+        "PARLEY_S3_BUCKET": "parley-test",
+        "PARLEY_LLM_BASE_URL": fake_llm.base_url,
+        "PARLEY_LLM_MODEL": "fake-model",
+        "PARLEY_LLM_FIRST_TOKEN_TIMEOUT_S": "10",
+        "PARLEY_DRAIN_TIMEOUT_S": "10",
+        "PARLEY_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(base_env, model_env, tmp_path_factory):
+    """Every service as its own process against the real infrastructure."""
+    env = {**base_env, **model_env}
+    settings = ServiceSettings.model_validate(
+        {k.removeprefix("PARLEY_").lower(): v for k, v in env.items() if k.startswith("PARLEY_")}
+    )
+    asyncio.run(seed(settings))
+    log_dir = tmp_path_factory.mktemp("logs")
+    procs = devstack.start_services(env, log_dir)
+    yield {"procs": procs, "env": env, "settings": settings, "logs": log_dir,
+           "ws_url": f"ws://127.0.0.1:{procs['gateway'].port}/v1/ws",
+           "http_url": procs["gateway"].base_url}
+    for p in procs.values():
+        p.stop()
+
+
+def make_speech(text: str, path: Path, trailing_silence_s: float = 1.5) -> Path:
+    """espeak-ng speech as 16 kHz mono PCM16 WAV, with silence after it for end-of-turn."""
+    raw = path.with_suffix(".raw.wav")
+    espeak = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", text], check=True, capture_output=True)
+    subprocess.run(["sox", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer",
+                    str(raw)], input=espeak.stdout, check=True)
+    subprocess.run(["sox", str(raw), str(path), "pad", "0.3", str(trailing_silence_s)], check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory):
+    return make_speech("Hello Ada. Please tell me something nice about the weather today.",
+                       tmp_path_factory.mktemp("speech") / "hello.wav")

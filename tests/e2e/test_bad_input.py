@@ -1,0 +1,69 @@
+"""Bad input in its first form: each gets an error event; the connection and services go on."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from tests.client import Client
+
+pytestmark = [pytest.mark.e2e, pytest.mark.engine]
+
+
+async def test_bad_frames_get_error_events_and_the_session_goes_on(stack):
+    client = Client(stack["ws_url"])
+    await client.connect(user="carol")
+    await client.send_raw("{not json")
+    await client.send_raw('{"type": "teleport"}')
+    await client.send_raw(b"\x01\x02\x03")
+    await client.send_raw(b"\x00" * 64001)
+    await client.send_raw('{"type": "text", "text": "   "}')
+    errors = await client.wait_for(lambda r: len(r.events("error")) >= 5 and r.events("error"), 10)
+    assert [e["code"] for e in errors] == [
+        "malformed_json", "unknown_message", "bad_audio_frame", "frame_too_large", "empty_text",
+    ]
+    await client.send_json({"type": "text", "text": "Still there?"})
+    await client.wait_for(lambda r: r.events("audio.stored"), 120)
+    await client.close()
+
+
+async def test_first_message_must_be_session_start(stack):
+    import websockets
+
+    async with websockets.connect(stack["ws_url"]) as ws:
+        await ws.send('{"type": "text", "text": "hi"}')
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd.code == 4400
+
+
+async def test_unknown_conversation_is_refused(stack):
+    client = Client(stack["ws_url"])
+    with pytest.raises(AssertionError):
+        await client.connect(user="dave", conversation_id="00000000-0000-0000-0000-000000000000")
+    assert client.close_code == 4404
+
+
+@pytest.mark.parametrize("mode,code", [("http_401", "llm_auth"), ("malformed", "llm_bad_response")])
+async def test_failing_llm_is_an_error_event_and_a_failed_reply(stack, fake_llm, mode, code):
+    client = Client(stack["ws_url"])
+    await client.connect(user="erin")
+    fake_llm.mode = mode
+    try:
+        await client.send_json({"type": "text", "text": "Are you there?"})
+        user_id = (await client.wait_for(lambda r: r.events("user.message"), 10))[0]["message_id"]
+        errors = await client.wait_for(lambda r: r.events("error"), 30)
+        done = await client.wait_for(lambda r: r.events("reply.done"), 30)
+    finally:
+        fake_llm.mode = "ok"
+    assert errors[0]["code"] == code
+    assert done[0]["status"] == "failed"
+    conn = await asyncpg.connect(stack["env"]["PARLEY_DATABASE_URL"])
+    try:
+        user_row = await conn.fetchrow("SELECT text FROM messages WHERE id=$1::uuid", user_id)
+        reply_row = await conn.fetchrow("SELECT status, error FROM messages WHERE reply_to=$1::uuid", user_id)
+    finally:
+        await conn.close()
+    assert user_row["text"] == "Are you there?"
+    assert reply_row["status"] == "failed" and code in reply_row["error"]
+    await client.close()
