@@ -125,5 +125,5 @@ def make_speech(text: str, path: Path, trailing_silence_s: float = 1.5) -> Path:
 
 @pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory):
-    return make_speech("Hello Ada. Please tell me something nice about the weather today.",
+    return make_speech("Hello Ada, please tell me something nice about the weather today",
                        tmp_path_factory.mktemp("speech") / "hello.wav")

@@ -166,7 +166,7 @@ class ReplyStarted(Event, tag="reply.started"):
 
 class ReplyDelta(Event, tag="reply.delta"):
     message_id: str
-    seq: int
+    delta_seq: int
     text: str
 
 

@@ -207,7 +207,7 @@ class Orchestrator(Service):
                     metrics.stage("llm_first_token", timings["first_token_s"])
                 text += delta
                 await self.bus.publish_live(
-                    schemas.ReplyDelta(conversation_id=conv, message_id=reply_id, seq=seq, text=delta)
+                    schemas.ReplyDelta(conversation_id=conv, message_id=reply_id, delta_seq=seq, text=delta)
                 )
                 seq += 1
                 for sentence in cutter.push(delta):

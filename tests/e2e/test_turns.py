@@ -36,7 +36,7 @@ async def _check_reply(client: Client, stack, user_message_id: str, user_text: s
     assert reply_id == ids.reply_id(user_message_id, ids.DEMO_AVATAR_ID)
 
     deltas = [e for e in r.events("reply.delta") if e["message_id"] == reply_id]
-    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert [d["delta_seq"] for d in deltas] == list(range(len(deltas)))
     text = "".join(d["text"] for d in deltas)
     assert text == reply_for(user_text)
     done = [e for e in r.events("reply.done") if e["message_id"] == reply_id]
