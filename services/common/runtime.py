@@ -110,6 +110,16 @@ def ops_app(service: Service) -> Starlette:
     return app
 
 
+class _Server(uvicorn.Server):
+    """A SIGTERM that was drained is a clean exit (status 0), not a re-raised signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
 def serve(service: Service, app: Starlette | None = None) -> None:
     """Run a service until SIGTERM/SIGINT. The app defaults to the ops endpoints alone."""
     s = service.settings
@@ -126,4 +136,4 @@ def serve(service: Service, app: Starlette | None = None) -> None:
         timeout_graceful_shutdown=int(s.drain_timeout_s),
         ws_max_size=1 << 20,
     )
-    uvicorn.Server(config).run()
+    _Server(config).run()

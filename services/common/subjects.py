@@ -48,6 +48,10 @@ def speech(conv: str, message_id: str, sentence_index: int) -> str:
     return f"parley.speech.{conv}.{message_id}.{sentence_index}"
 
 
+def speech_all(conv: str) -> str:
+    return f"parley.speech.{conv}.>"
+
+
 def reply_done(conv: str) -> str:
     return f"parley.reply.{conv}"
 

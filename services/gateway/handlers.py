@@ -27,6 +27,7 @@ from services.common.runtime import Service
 from services.common.schemas import AudioMeta
 
 from . import protocol
+from .playout import Frame, Playout
 from .config import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -75,14 +76,8 @@ class Gateway(Service):
 
 @dataclass
 class _Reply:
-    """Playout state of one reply message: which sentence may be sent next."""
-
-    next_sentence: int = 0
-    sentence_count: int | None = None
-    held: dict[int, list[tuple[AudioMeta, bytes]]] = field(default_factory=dict)
-    finished: set[int] = field(default_factory=set)
+    playout: Playout = field(default_factory=Playout)
     stored: schemas.AudioStored | None = None
-    ended: bool = False
     first_audio_sent: bool = False
     user_message_id: str | None = None
 
@@ -213,6 +208,7 @@ class ClientSession:
             await repo.create_conversation(self.conv, self.user_id, avatar_ids)
         self._subs.append(await self.bus.nc.subscribe(subjects.live_all(self.conv), cb=self._on_bus))
         self._subs.append(await self.bus.nc.subscribe(subjects.event_all(self.conv), cb=self._on_bus))
+        self._subs.append(await self.bus.nc.subscribe(subjects.speech_all(self.conv), cb=self._on_bus))
         stt_ok = await self._open_stt(start)
         self.send_event(
             {
@@ -340,7 +336,7 @@ class ClientSession:
         self.send_event(schemas.UserMessage(conversation_id=self.conv, message_id=message_id, text=text))
 
     async def _on_interrupt(self, msg: protocol.Interrupt) -> None:
-        targets = [msg.message_id] if msg.message_id else [m for m, r in self.replies.items() if not r.ended]
+        targets = [msg.message_id] if msg.message_id else [m for m, r in self.replies.items() if not r.playout.ended]
         for mid in targets:
             self.interrupted.add(mid)
         await self.bus.publish(
@@ -356,11 +352,21 @@ class ClientSession:
 
     # --- from the bus -----------------------------------------------------------------------
 
+    def _reply(self, message_id: str) -> _Reply:
+        return self.replies.setdefault(message_id, _Reply())
+
     async def _on_bus(self, msg: NatsMsg) -> None:
         if self._closed:
             return
-        if msg.subject.endswith(".audio") and msg.subject.startswith("parley.live."):
-            self._on_reply_audio(AudioMeta.from_headers(msg.headers), msg.data)
+        if msg.subject.startswith("parley.speech."):
+            meta = AudioMeta.from_headers(msg.headers)
+            self._play(meta.message_id, self._reply(meta.message_id).playout.whole(
+                meta.sentence_index, msg.data, meta.sample_rate, meta.status == "ok"))
+            return
+        if msg.subject.startswith("parley.live.") and msg.subject.endswith(".audio"):
+            meta = AudioMeta.from_headers(msg.headers)
+            self._play(meta.message_id, self._reply(meta.message_id).playout.chunk(
+                meta.sentence_index, meta.chunk_seq, msg.data, meta.last, meta.sample_rate))
             return
         try:
             ev = schemas.decode_event(msg.data)
@@ -369,62 +375,45 @@ class ClientSession:
             return
         if isinstance(ev, schemas.TranscriptFinal) and ev.speech_end_at:
             self.speech_end_at[ev.message_id] = ev.speech_end_at
-        if isinstance(ev, schemas.ReplyStarted):
-            self.replies.setdefault(ev.message_id, _Reply()).user_message_id = ev.user_message_id
+        elif isinstance(ev, schemas.ReplyStarted):
+            self._reply(ev.message_id).user_message_id = ev.user_message_id
         elif isinstance(ev, schemas.ReplyCompleted):
-            reply = self.replies.setdefault(ev.message_id, _Reply())
-            reply.sentence_count = ev.sentence_count
             self.send_event(ev)
-            self._advance(ev.message_id, reply)
+            self._play(ev.message_id, self._reply(ev.message_id).playout.count(ev.sentence_count))
             return
         elif isinstance(ev, schemas.SentenceFailed):
-            reply = self.replies.setdefault(ev.message_id, _Reply())
-            reply.finished.add(ev.sentence_index)
             self.send_event(ev)
-            self._advance(ev.message_id, reply)
+            self._play(ev.message_id, self._reply(ev.message_id).playout.failed(ev.sentence_index))
             return
         elif isinstance(ev, schemas.AudioStored):
-            reply = self.replies.setdefault(ev.message_id, _Reply())
-            if not reply.ended:
+            reply = self._reply(ev.message_id)
+            if not reply.playout.ended:
                 reply.stored = ev  # the URL follows the end-of-message marker
                 return
         self.send_event(ev)
 
-    def _on_reply_audio(self, meta: AudioMeta, pcm: bytes) -> None:
-        if meta.message_id in self.interrupted:
-            return
-        reply = self.replies.setdefault(meta.message_id, _Reply())
-        if meta.sentence_index < reply.next_sentence:
-            return
-        reply.held.setdefault(meta.sentence_index, []).append((meta, pcm))
-        if meta.last:
-            reply.finished.add(meta.sentence_index)
-        self._advance(meta.message_id, reply)
-
-    def _advance(self, message_id: str, reply: _Reply) -> None:
-        """Send what may be played now, in sentence order; then the end marker and the URL."""
-        while True:
-            for meta, pcm in reply.held.pop(reply.next_sentence, []):
-                if pcm:
-                    self._send_audio(message_id, reply, meta, pcm)
-            if reply.next_sentence in reply.finished:
-                reply.next_sentence += 1
-                continue
-            break
-        if not reply.ended and reply.sentence_count is not None and reply.next_sentence >= reply.sentence_count:
-            reply.ended = True
+    def _play(self, message_id: str, frames: list[Frame]) -> None:
+        """Send what may be heard now; then, once the reply is complete, the end marker and URL."""
+        reply = self._reply(message_id)
+        if message_id not in self.interrupted:
+            for frame in frames:
+                self._send_audio(message_id, reply, frame)
+        playout = reply.playout
+        if not playout.ended and playout.complete:
+            playout.ended = True
             self.send_event(
                 {"type": "audio.end", "v": schemas.SCHEMA_VERSION, "conversation_id": self.conv,
-                 "message_id": message_id, "sentence_count": reply.sentence_count}
+                 "message_id": message_id, "sentence_count": playout.sentence_count}
             )
             if reply.stored is not None:
                 self.send_event(reply.stored)
 
-    def _send_audio(self, message_id: str, reply: _Reply, meta: AudioMeta, pcm: bytes) -> None:
+    def _send_audio(self, message_id: str, reply: _Reply, frame: Frame) -> None:
         if not reply.first_audio_sent:
             reply.first_audio_sent = True
             spoke_at = self.speech_end_at.pop(reply.user_message_id or "", None)
             if spoke_at:
                 metrics.VOICE_TO_VOICE_SECONDS.observe(time.time() - spoke_at)
-        frame = protocol.audio_frame(message_id, meta.sentence_index, meta.chunk_seq, meta.sample_rate, pcm)
-        self.out.put_nowait(("bytes", frame))
+        self.out.put_nowait(
+            ("bytes", protocol.audio_frame(message_id, frame.sentence_index, frame.chunk_seq, frame.sample_rate, frame.pcm))
+        )

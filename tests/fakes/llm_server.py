@@ -31,7 +31,7 @@ class FakeLLM:
     def __init__(self) -> None:
         self.port = free_port()
         self.requests: list[dict] = []
-        self.mode = "ok"  # ok | http_500 | http_401 | malformed
+        self.mode = "ok"  # ok | http_500 | http_401 | malformed | silent
         self.token_delay_s = 0.005
         app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
@@ -61,6 +61,8 @@ class FakeLLM:
         words = reply_for(user_text).split(" ")
 
         async def stream():
+            if self.mode == "silent":
+                await asyncio.sleep(5)
             for i, word in enumerate(words):
                 if self.mode == "malformed" and i == 3:
                     yield "data: {not json\n\n"
