@@ -180,8 +180,11 @@ class S3StandIn:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> S3StandIn:
+        import logging
+
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
         wait_for_port(self.port)

@@ -28,6 +28,7 @@ class Received:
     """Everything the client saw, in arrival order."""
 
     items: list = field(default_factory=list)  # dict events and AudioChunk
+    times: list = field(default_factory=list)  # monotonic arrival time of each item
 
     def events(self, type_: str | None = None) -> list[dict]:
         return [i for i in self.items if isinstance(i, dict) and (type_ is None or i["type"] == type_)]
@@ -72,6 +73,7 @@ class Client:
                     self.received.items.append(AudioChunk(mid, idx, seq, rate, pcm))
                 else:
                     self.received.items.append(json.loads(frame))
+                self.received.times.append(time.monotonic())
                 self._changed.set()
         except websockets.ConnectionClosed:
             pass

@@ -41,7 +41,7 @@ class StorageService(Service):
         self._sign_sub = await self.bus.nc.subscribe(subjects.STORAGE_SIGN, queue="storage", cb=self._on_sign)
         self.worker = busmod.Worker(
             self.bus,
-            busmod.WorkQueue("PARLEY_REPLIES", "storage", "parley.reply.*", ack_wait_s=60, max_deliver=60),
+            busmod.WorkQueue("PARLEY_REPLIES", "storage", "parley.reply.*", ack_wait_s=60, max_deliver=200),
             self.handle_reply,
             concurrency=s.storage_concurrency,
             give_up=self._give_up,
@@ -69,7 +69,7 @@ class StorageService(Service):
             if _age_s(msg) < self.settings.storage_sentence_wait_s:
                 raise busmod.Retry(
                     f"{missing} sentence(s) not synthesised yet",
-                    delay_s=min(0.05 * 2 ** (msg.metadata.num_delivered - 1), 2.0),
+                    delay_s=min(0.05 * 2 ** (msg.metadata.num_delivered - 1), 0.5),
                 )
             log.warning("storing reply without %d sentence(s)", missing, extra=ctx(message_id=mid))
         wav, duration, _ = assemble(sentences)

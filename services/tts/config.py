@@ -12,5 +12,7 @@ class TtsSettings(ServiceSettings):
     tts_temperature: float = 0.75
     tts_speed: float = 1.0
     tts_stream_chunk_size: int = 20
-    tts_capacity: int = 2
+    # One XTTS stream runs at a time per engine (it keeps the prompt on the model between steps),
+    # so a worker takes one job at a time until batched decoding lands.
+    tts_capacity: int = 1
     tts_latent_cache_dir: str | None = None
