@@ -116,9 +116,14 @@ def main() -> None:
     procs = {}
     try:
         env = {
-            "PARLEY_NATS_URL": nats.url, "PARLEY_DATABASE_URL": pg.url, "PARLEY_S3_ENDPOINT_URL": s3.url,
-            "PARLEY_S3_ACCESS_KEY_ID": "bench", "PARLEY_S3_SECRET_ACCESS_KEY": "bench",
-            "PARLEY_S3_REGION": "us-east-1", "PARLEY_LLM_BASE_URL": llm.base_url, "PARLEY_LOG_LEVEL": "WARNING",
+            "PARLEY_NATS_URL": nats.url,
+            "PARLEY_DATABASE_URL": pg.url,
+            "PARLEY_S3_ENDPOINT_URL": s3.url,
+            "PARLEY_S3_ACCESS_KEY_ID": "bench",
+            "PARLEY_S3_SECRET_ACCESS_KEY": "bench",
+            "PARLEY_S3_REGION": "us-east-1",
+            "PARLEY_LLM_BASE_URL": llm.base_url,
+            "PARLEY_LOG_LEVEL": "WARNING",
         }
         if "PARLEY_STT_MODEL" not in os.environ:
             env.update(test_model_env(Path(os.environ.get("PARLEY_MODEL_CACHE", ROOT / ".cache" / "models"))))
@@ -126,8 +131,7 @@ def main() -> None:
         db.migrate(pg.url)
         asyncio.run(seed(ServiceSettings()))
         procs = devstack.start_services(env, work / "logs")
-        speech = make_speech("Hello Ada, please tell me something nice about the weather today",
-                             work / "speech.wav")
+        speech = make_speech("Hello Ada, please tell me something nice about the weather today", work / "speech.wav")
         with wave.open(str(speech.with_suffix(".raw.wav"))) as w:
             speech_s = 0.3 + w.getnframes() / w.getframerate()
         result = asyncio.run(run(args.turns, env, procs, speech, speech_s))
@@ -139,10 +143,15 @@ def main() -> None:
         pg.stop()
         nats.stop()
 
-    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                         "stt_model": os.environ.get("PARLEY_STT_MODEL"), "tts_model": os.environ.get("PARLEY_TTS_MODEL"),
-                         "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                               capture_output=True, text=True).stdout.strip()}
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "stt_model": os.environ.get("PARLEY_STT_MODEL"),
+        "tts_model": os.environ.get("PARLEY_TTS_MODEL"),
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

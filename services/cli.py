@@ -126,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("seed", help="create the demo avatar and upload its reference voice")
     d = sub.add_parser("dev", help="run the whole stack locally without Docker")
     d.add_argument("--state-dir", default=".cache/dev")
-    d.add_argument("--test-models", action="store_true",
-                   help="use tiny random-weight models built locally (offline; speech is nonsense)")
+    d.add_argument(
+        "--test-models",
+        action="store_true",
+        help="use tiny random-weight models built locally (offline; speech is nonsense)",
+    )
     d.add_argument("--model-cache", default=os.environ.get("PARLEY_MODEL_CACHE", ".cache/models"))
     args = parser.parse_args(argv)
     if args.command == "migrate":

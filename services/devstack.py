@@ -83,7 +83,7 @@ class NatsServer:
             f"""listen: 127.0.0.1:{self.port}
 http: 127.0.0.1:{self.monitor_port}
 max_payload: 8MB
-jetstream {{ store_dir: "{self.store_dir / 'js'}" }}
+jetstream {{ store_dir: "{self.store_dir / "js"}" }}
 """
         )
         self.proc = subprocess.Popen(
@@ -148,7 +148,13 @@ class PostgresCluster:
         if not (pgdata / "PG_VERSION").exists():
             self._run(str(bin_ / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres", "--no-sync")
         self._run(
-            str(bin_ / "pg_ctl"), "-D", str(pgdata), "-l", str(self.data_dir / "pg.log"), "-w", "-o",
+            str(bin_ / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-l",
+            str(self.data_dir / "pg.log"),
+            "-w",
+            "-o",
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{self.data_dir}' "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             "start",
@@ -211,8 +217,13 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServiceProcess:
-        env = {**os.environ, **self.env, "PARLEY_HTTP_PORT": str(self.port), "PARLEY_HTTP_HOST": "127.0.0.1",
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            **self.env,
+            "PARLEY_HTTP_PORT": str(self.port),
+            "PARLEY_HTTP_HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],

@@ -93,7 +93,9 @@ class Client:
                 raise AssertionError(f"connection closed ({self.close_code} {self.close_reason}) while waiting")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"timed out; got: {[i if isinstance(i, dict) else 'audio' for i in self.received.items][-30:]}")
+                raise AssertionError(
+                    f"timed out; got: {[i if isinstance(i, dict) else 'audio' for i in self.received.items][-30:]}"
+                )
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
@@ -107,7 +109,7 @@ class Client:
         step = 16000 * 2 * frame_ms // 1000
         start = time.monotonic()
         for n, off in enumerate(range(0, len(pcm), step)):
-            await self._ws.send(pcm[off:off + step])
+            await self._ws.send(pcm[off : off + step])
             if realtime:
                 await asyncio.sleep(max(0.0, start + (n + 1) * frame_ms / 1000 - time.monotonic()))
 

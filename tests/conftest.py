@@ -106,9 +106,14 @@ def stack(base_env, model_env, tmp_path_factory):
     asyncio.run(seed(settings))
     log_dir = tmp_path_factory.mktemp("logs")
     procs = devstack.start_services(env, log_dir)
-    yield {"procs": procs, "env": env, "settings": settings, "logs": log_dir,
-           "ws_url": f"ws://127.0.0.1:{procs['gateway'].port}/v1/ws",
-           "http_url": procs["gateway"].base_url}
+    yield {
+        "procs": procs,
+        "env": env,
+        "settings": settings,
+        "logs": log_dir,
+        "ws_url": f"ws://127.0.0.1:{procs['gateway'].port}/v1/ws",
+        "http_url": procs["gateway"].base_url,
+    }
     for p in procs.values():
         p.stop()
 
@@ -117,13 +122,18 @@ def make_speech(text: str, path: Path, trailing_silence_s: float = 1.5) -> Path:
     """espeak-ng speech as 16 kHz mono PCM16 WAV, with silence after it for end-of-turn."""
     raw = path.with_suffix(".raw.wav")
     espeak = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", text], check=True, capture_output=True)
-    subprocess.run(["sox", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer",
-                    str(raw)], input=espeak.stdout, check=True)
+    subprocess.run(
+        ["sox", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", str(raw)],
+        input=espeak.stdout,
+        check=True,
+    )
     subprocess.run(["sox", str(raw), str(path), "pad", "0.3", str(trailing_silence_s)], check=True)
     return path
 
 
 @pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory):
-    return make_speech("Hello Ada, please tell me something nice about the weather today",
-                       tmp_path_factory.mktemp("speech") / "hello.wav")
+    return make_speech(
+        "Hello Ada, please tell me something nice about the weather today",
+        tmp_path_factory.mktemp("speech") / "hello.wav",
+    )

@@ -167,9 +167,7 @@ class Worker:
             max_ack_pending=q.max_ack_pending,
             filter_subject=q.filter_subject,
         )
-        self._sub = await self.bus.js.pull_subscribe(
-            q.filter_subject, durable=q.durable, stream=q.stream, config=cfg
-        )
+        self._sub = await self.bus.js.pull_subscribe(q.filter_subject, durable=q.durable, stream=q.stream, config=cfg)
         self._loop_task = asyncio.create_task(self._loop(), name=f"worker-{q.durable}")
 
     @property
@@ -185,7 +183,7 @@ class Worker:
                 held += 1
             try:
                 msgs = await self._sub.fetch(held, timeout=1.0)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 msgs = []
             except Exception as exc:  # connection trouble: the client reconnects on its own
                 msgs = []

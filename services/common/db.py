@@ -22,7 +22,7 @@ def migrate(database_url: str) -> int:
     url = database_url
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            url = "postgresql+psycopg://" + url[len(prefix):]
+            url = "postgresql+psycopg://" + url[len(prefix) :]
     backend = get_backend(url)
     migrations = read_migrations(str(MIGRATIONS))
     with backend.lock():
@@ -79,7 +79,13 @@ class Repo:
             f"""INSERT INTO avatars ({AVATAR_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7)
                 ON CONFLICT (id) DO UPDATE SET name=$2, role_title=$3, persona_prompt=$4,
                     language=$5, voice_key=$6, updated_at=now()""",
-            a.id, a.name, a.role_title, a.persona_prompt, a.language, a.voice_key, a.owner_id,
+            a.id,
+            a.name,
+            a.role_title,
+            a.persona_prompt,
+            a.language,
+            a.voice_key,
+            a.owner_id,
         )
 
     async def get_avatar(self, avatar_id: str) -> Avatar | None:
@@ -95,9 +101,7 @@ class Repo:
 
     async def create_conversation(self, conv_id: str, user_id: str, avatar_ids: list[str]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO conversations (id, user_id) VALUES ($1, $2)", conv_id, user_id
-            )
+            await conn.execute("INSERT INTO conversations (id, user_id) VALUES ($1, $2)", conv_id, user_id)
             await conn.executemany(
                 "INSERT INTO conversation_avatars (conversation_id, avatar_id, position) VALUES ($1,$2,$3)",
                 [(conv_id, a, i) for i, a in enumerate(avatar_ids)],
@@ -116,28 +120,47 @@ class Repo:
         return [Avatar(**r) for r in rows]
 
     async def insert_user_message(
-        self, message_id: str, conv_id: str, source: str, session_id: str, turn_seq: int,
-        text: str, timings: dict,
+        self,
+        message_id: str,
+        conv_id: str,
+        source: str,
+        session_id: str,
+        turn_seq: int,
+        text: str,
+        timings: dict,
     ) -> None:
         await self.pool.execute(
             """INSERT INTO messages (id, conversation_id, role, source, session_id, turn_seq, text,
                                      status, timings)
                VALUES ($1,$2,'user',$3,$4,$5,$6,'complete',$7) ON CONFLICT (id) DO NOTHING""",
-            message_id, conv_id, source, session_id, turn_seq, text, timings,
+            message_id,
+            conv_id,
+            source,
+            session_id,
+            turn_seq,
+            text,
+            timings,
         )
 
     async def start_reply(self, reply_id: str, conv_id: str, user_message_id: str, avatar_id: str) -> None:
         await self.pool.execute(
             """INSERT INTO messages (id, conversation_id, role, avatar_id, reply_to, status)
                VALUES ($1,$2,'avatar',$3,$4,'streaming') ON CONFLICT (id) DO NOTHING""",
-            reply_id, conv_id, avatar_id, user_message_id,
+            reply_id,
+            conv_id,
+            avatar_id,
+            user_message_id,
         )
 
     async def finish_reply(self, reply_id: str, text: str, status: str, error: str | None, timings: dict) -> None:
         await self.pool.execute(
             """UPDATE messages SET text=$2, status=$3, error=$4, timings=timings || $5, updated_at=now()
                WHERE id=$1""",
-            reply_id, text, status, error, timings,
+            reply_id,
+            text,
+            status,
+            error,
+            timings,
         )
 
     async def reply_status(self, reply_id: str) -> str | None:
@@ -146,7 +169,9 @@ class Repo:
     async def set_audio(self, message_id: str, key: str, duration_s: float) -> None:
         await self.pool.execute(
             "UPDATE messages SET audio_key=$2, audio_duration_s=$3, updated_at=now() WHERE id=$1",
-            message_id, key, duration_s,
+            message_id,
+            key,
+            duration_s,
         )
 
     async def history(self, conv_id: str, limit: int) -> list[HistoryItem]:
@@ -156,7 +181,8 @@ class Repo:
                    WHERE conversation_id=$1 AND status IN ('complete', 'interrupted') AND text <> ''
                    ORDER BY created_at DESC LIMIT $2) t
                ORDER BY created_at""",
-            conv_id, limit,
+            conv_id,
+            limit,
         )
         return [HistoryItem(**r) for r in rows]
 

@@ -6,8 +6,28 @@ from prometheus_client import Counter, Gauge, Histogram
 
 # Sub-millisecond to several seconds: bus hops and whole voice-to-voice turns on one scale.
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
-    0.65, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.65,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    30.0,
 )
 
 STAGE_SECONDS = Histogram(
@@ -27,9 +47,7 @@ BUS_HOP_SECONDS = Histogram(
     ["hop"],
     buckets=LATENCY_BUCKETS,
 )
-HANDLER_ERRORS = Counter(
-    "parley_handler_errors_total", "Work-queue handler failures", ["service", "queue"]
-)
+HANDLER_ERRORS = Counter("parley_handler_errors_total", "Work-queue handler failures", ["service", "queue"])
 EVENTS = Counter("parley_events_total", "Things that happened", ["service", "event"])
 ACTIVE_SESSIONS = Gauge("parley_active_sessions", "Live sessions held by this process", ["service"])
 IN_FLIGHT = Gauge("parley_in_flight_jobs", "Work-queue messages being handled", ["service"])

@@ -53,6 +53,9 @@ class ObjectStore:
         if self._cm is not None:
             await self._cm.__aexit__(*exc)
 
+    async def aclose(self) -> None:
+        await self.__aexit__(None, None, None)
+
     async def ensure_bucket(self) -> None:
         try:
             await self.client.head_bucket(Bucket=self.bucket)

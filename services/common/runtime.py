@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,24 +28,38 @@ log = logging.getLogger(__name__)
 
 
 class Service:
+    """A service process: `start()` connects and registers what `drain()` and `close()` undo."""
+
     name = "service"
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
         self.ready = False
         self.failed: str | None = None
+        self.workers: list = []
+        self._closers: list[Callable[[], Awaitable[object]]] = []
 
     async def start(self) -> None:
         raise NotImplementedError
 
+    def on_close(self, fn: Callable[[], Awaitable[object]]) -> None:
+        """Register a release step; they run in reverse order of registration."""
+        self._closers.append(fn)
+
     async def drain(self) -> None:
-        """Stop taking work and finish what is in flight. Default: nothing to drain."""
+        """Stop taking work and finish what is in flight: every work-queue consumer by default."""
+        for worker in self.workers:
+            await worker.drain(self.settings.drain_timeout_s)
 
     async def close(self) -> None:
-        """Release connections after draining."""
+        for fn in reversed(self._closers):
+            try:
+                await fn()
+            except Exception:
+                log.exception("%s: error while closing", self.name)
 
     def status(self) -> dict:
-        return {}
+        return {"in_flight": sum(w.in_flight for w in self.workers)} if self.workers else {}
 
 
 async def healthz(request: Request) -> Response:

@@ -73,9 +73,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise HTTPException(503, "gateway is not ready")
         return gateway
 
-    async def current_user(
-        x_parley_user: Annotated[str | None, Header()] = None, g: Gateway = Depends(gw)
-    ) -> str:
+    async def current_user(x_parley_user: Annotated[str | None, Header()] = None, g: Gateway = Depends(gw)) -> str:
         if not x_parley_user:
             raise HTTPException(401, "missing X-Parley-User header")
         user_id = ids.user_id_for(x_parley_user)

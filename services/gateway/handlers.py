@@ -27,8 +27,8 @@ from services.common.runtime import Service
 from services.common.schemas import AudioMeta
 
 from . import protocol
-from .playout import Frame, Playout
 from .config import GatewaySettings
+from .playout import Frame, Playout
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ class Gateway(Service):
     async def start(self) -> None:
         s = self.settings
         self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
+        self.on_close(self.pool.close)
         self.repo = db.Repo(self.pool)
         self.bus = await busmod.connect(s, self.name)
+        self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
 
     def status(self) -> dict:
@@ -54,12 +56,6 @@ class Gateway(Service):
     async def drain(self) -> None:
         for session in list(self.sessions):
             await session.close(protocol.CLOSE_GOING_AWAY, "server shutting down")
-
-    async def close(self) -> None:
-        if hasattr(self, "bus"):
-            await self.bus.close()
-        if hasattr(self, "pool"):
-            await self.pool.close()
 
     async def sign(self, keys: list[str]) -> dict[str, str]:
         """Audio URLs are issued by the storage service, which holds the bucket credentials."""
@@ -110,8 +106,14 @@ class ClientSession:
         self.out.put_nowait(("text", msgspec.json.encode(body).decode()))
 
     def error(self, code: str, message: str, **extra) -> None:
-        ev = {"type": "error", "v": schemas.SCHEMA_VERSION, "conversation_id": self.conv or None,
-              "code": code, "message": message, **extra}
+        ev = {
+            "type": "error",
+            "v": schemas.SCHEMA_VERSION,
+            "conversation_id": self.conv or None,
+            "code": code,
+            "message": message,
+            **extra,
+        }
         self.send_event(ev)
 
     async def _sender(self) -> None:
@@ -360,13 +362,21 @@ class ClientSession:
             return
         if msg.subject.startswith("parley.speech."):
             meta = AudioMeta.from_headers(msg.headers)
-            self._play(meta.message_id, self._reply(meta.message_id).playout.whole(
-                meta.sentence_index, msg.data, meta.sample_rate, meta.status == "ok"))
+            self._play(
+                meta.message_id,
+                self._reply(meta.message_id).playout.whole(
+                    meta.sentence_index, msg.data, meta.sample_rate, meta.status == "ok"
+                ),
+            )
             return
         if msg.subject.startswith("parley.live.") and msg.subject.endswith(".audio"):
             meta = AudioMeta.from_headers(msg.headers)
-            self._play(meta.message_id, self._reply(meta.message_id).playout.chunk(
-                meta.sentence_index, meta.chunk_seq, msg.data, meta.last, meta.sample_rate))
+            self._play(
+                meta.message_id,
+                self._reply(meta.message_id).playout.chunk(
+                    meta.sentence_index, meta.chunk_seq, msg.data, meta.last, meta.sample_rate
+                ),
+            )
             return
         try:
             ev = schemas.decode_event(msg.data)
@@ -402,8 +412,13 @@ class ClientSession:
         if not playout.ended and playout.complete:
             playout.ended = True
             self.send_event(
-                {"type": "audio.end", "v": schemas.SCHEMA_VERSION, "conversation_id": self.conv,
-                 "message_id": message_id, "sentence_count": playout.sentence_count}
+                {
+                    "type": "audio.end",
+                    "v": schemas.SCHEMA_VERSION,
+                    "conversation_id": self.conv,
+                    "message_id": message_id,
+                    "sentence_count": playout.sentence_count,
+                }
             )
             if reply.stored is not None:
                 self.send_event(reply.stored)
@@ -415,5 +430,8 @@ class ClientSession:
             if spoke_at:
                 metrics.VOICE_TO_VOICE_SECONDS.observe(time.time() - spoke_at)
         self.out.put_nowait(
-            ("bytes", protocol.audio_frame(message_id, frame.sentence_index, frame.chunk_seq, frame.sample_rate, frame.pcm))
+            (
+                "bytes",
+                protocol.audio_frame(message_id, frame.sentence_index, frame.chunk_seq, frame.sample_rate, frame.pcm),
+            )
         )

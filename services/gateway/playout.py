@@ -85,7 +85,7 @@ class Playout:
             if not done and s.whole is not None:
                 pcm, rate = s.whole
                 if len(pcm) > s.sent_bytes:
-                    out.append(Frame(idx, s.next_chunk, rate, pcm[s.sent_bytes:]))
+                    out.append(Frame(idx, s.next_chunk, rate, pcm[s.sent_bytes :]))
                 done = True
             if not done:
                 break

@@ -59,6 +59,7 @@ class Orchestrator(Service):
     async def start(self) -> None:
         s = self.settings
         self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
+        self.on_close(self.pool.close)
         self.repo = db.Repo(self.pool)
         self.llm = ChatClient(
             s.llm_base_url,
@@ -70,7 +71,9 @@ class Orchestrator(Service):
             first_token_timeout_s=s.llm_first_token_timeout_s,
             total_timeout_s=s.llm_total_timeout_s,
         )
+        self.on_close(self.llm.aclose)
         self.bus = await busmod.connect(s, self.name)
+        self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
         self.cancelled = await self.bus.js.key_value(subjects.CANCEL_BUCKET)
         self._ctl_sub = await self.bus.nc.subscribe(subjects.control("*"), cb=self._on_control)
@@ -83,6 +86,7 @@ class Orchestrator(Service):
             service=self.name,
         )
         await self.worker.start()
+        self.workers.append(self.worker)
 
     async def _avatars_for(self, conv: str) -> list[Avatar]:
         if conv not in self._avatars:
@@ -193,9 +197,7 @@ class Orchestrator(Service):
             )
             await self.bus.publish_fact(subjects.tts_job(conv), job, job.job_id)
             await self.bus.publish_live(
-                schemas.ReplySentence(
-                    conversation_id=conv, message_id=reply_id, sentence_index=sentences, text=spoken
-                )
+                schemas.ReplySentence(conversation_id=conv, message_id=reply_id, sentence_index=sentences, text=spoken)
             )
             sentences += 1
 
@@ -285,17 +287,3 @@ class Orchestrator(Service):
             ),
             msg_id=f"turn-fail.{turn.message_id}",
         )
-
-    def status(self) -> dict:
-        return {"in_flight": self.worker.in_flight if hasattr(self, "worker") else 0}
-
-    async def drain(self) -> None:
-        await self.worker.drain(self.settings.drain_timeout_s)
-
-    async def close(self) -> None:
-        if hasattr(self, "bus"):
-            await self.bus.close()
-        if hasattr(self, "llm"):
-            await self.llm.aclose()
-        if hasattr(self, "pool"):
-            await self.pool.close()

@@ -34,9 +34,12 @@ class StorageService(Service):
     async def start(self) -> None:
         s = self.settings
         self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
+        self.on_close(self.pool.close)
         self.repo = db.Repo(self.pool)
         self.store = await objectstore.ObjectStore(s).__aenter__()
+        self.on_close(self.store.aclose)
         self.bus = await busmod.connect(s, self.name)
+        self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
         self._sign_sub = await self.bus.nc.subscribe(subjects.STORAGE_SIGN, queue="storage", cb=self._on_sign)
         self.worker = busmod.Worker(
@@ -48,6 +51,7 @@ class StorageService(Service):
             service=self.name,
         )
         await self.worker.start()
+        self.workers.append(self.worker)
 
     async def _sentence(self, conv: str, message_id: str, index: int) -> SentenceAudio | None:
         try:
@@ -107,20 +111,9 @@ class StorageService(Service):
             urls = {}
         await msg.respond(schemas.encode(schemas.SignReply(urls=urls)))
 
-    def status(self) -> dict:
-        return {"in_flight": self.worker.in_flight if hasattr(self, "worker") else 0}
-
     async def drain(self) -> None:
         await self._sign_sub.unsubscribe()
-        await self.worker.drain(self.settings.drain_timeout_s)
-
-    async def close(self) -> None:
-        if hasattr(self, "bus"):
-            await self.bus.close()
-        if hasattr(self, "store"):
-            await self.store.__aexit__(None, None, None)
-        if hasattr(self, "pool"):
-            await self.pool.close()
+        await super().drain()
 
 
 def _age_s(msg: NatsMsg) -> float:

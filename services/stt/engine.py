@@ -102,9 +102,7 @@ class SileroVad:
     def new_stream(self) -> VadStream:
         return VadStream(self)
 
-    def run(
-        self, inputs: np.ndarray, h: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, inputs: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         probs, hn, cn = self.session.run(None, {"input": inputs, "h": h, "c": c})
         return np.asarray(probs, dtype=np.float32).reshape(-1), hn, cn
 

@@ -224,6 +224,7 @@ class SttService(Service):
         )
         self.vad = SileroVad.shared()
         self.bus = await busmod.connect(s, self.name)
+        self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
         self._open_sub = await self.bus.nc.subscribe(subjects.STT_OPEN, queue="stt", cb=self._on_open)
 
@@ -259,11 +260,6 @@ class SttService(Service):
 
     async def drain(self) -> None:
         """Finish every utterance in progress; ownership handover comes with session takeover."""
-        if hasattr(self, "_open_sub"):
-            await self._open_sub.unsubscribe()
+        await self._open_sub.unsubscribe()
         for conv in list(self.sessions):
             await self.close_session(conv, flush=True)
-
-    async def close(self) -> None:
-        if hasattr(self, "bus"):
-            await self.bus.close()

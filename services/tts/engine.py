@@ -361,9 +361,7 @@ def resolve_model_dir(model: str) -> Path:
     if model.count("/") != 3 or path.exists():
         raise FileNotFoundError(f"{model!r} is neither a checkpoint folder nor a coqui model name")
     if os.environ.get("COQUI_TOS_AGREED") != "1":
-        raise PermissionError(
-            f"{model!r} is under the Coqui Public Model License: set COQUI_TOS_AGREED=1 to accept it"
-        )
+        raise PermissionError(f"{model!r} is under the Coqui Public Model License: set COQUI_TOS_AGREED=1 to accept it")
     from TTS.utils.manage import ModelManager
 
     _, config_path, _ = ModelManager().download_model(model)

@@ -50,7 +50,9 @@ class TtsService(Service):
         )
         await asyncio.to_thread(self.engine.load)
         self.store = await objectstore.ObjectStore(s).__aenter__()
+        self.on_close(self.store.aclose)
         self.bus = await busmod.connect(s, self.name)
+        self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
         self.cancelled = await self.bus.js.key_value(subjects.CANCEL_BUCKET)
         self.worker = busmod.Worker(
@@ -62,6 +64,7 @@ class TtsService(Service):
             service=self.name,
         )
         await self.worker.start()
+        self.workers.append(self.worker)
 
     async def _is_cancelled(self, message_id: str) -> bool:
         try:
@@ -185,18 +188,6 @@ class TtsService(Service):
 
     async def _give_up(self, msg: NatsMsg, exc: BaseException) -> None:
         await self._fail(schemas.decode(msg.data, schemas.TtsJob), f"synthesis failed: {exc}")
-
-    def status(self) -> dict:
-        return {"in_flight": self.worker.in_flight if hasattr(self, "worker") else 0}
-
-    async def drain(self) -> None:
-        await self.worker.drain(self.settings.drain_timeout_s)
-
-    async def close(self) -> None:
-        if hasattr(self, "bus"):
-            await self.bus.close()
-        if hasattr(self, "store"):
-            await self.store.__aexit__(None, None, None)
 
 
 def _device(name: str) -> str:

@@ -20,7 +20,11 @@ async def test_bad_frames_get_error_events_and_the_session_goes_on(stack):
     await client.send_raw('{"type": "text", "text": "   "}')
     errors = await client.wait_for(lambda r: len(r.events("error")) >= 5 and r.events("error"), 10)
     assert [e["code"] for e in errors] == [
-        "malformed_json", "unknown_message", "bad_audio_frame", "frame_too_large", "empty_text",
+        "malformed_json",
+        "unknown_message",
+        "bad_audio_frame",
+        "frame_too_large",
+        "empty_text",
     ]
     await client.send_json({"type": "text", "text": "Still there?"})
     await client.wait_for(lambda r: r.events("audio.stored"), 120)

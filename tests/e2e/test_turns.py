@@ -75,7 +75,8 @@ async def _check_reply(client: Client, stack, user_message_id: str, user_text: s
         rows = await conn.fetch(
             "SELECT id::text, role, text, status, audio_key, reply_to::text FROM messages "
             "WHERE id = $1::uuid OR id = $2::uuid",
-            user_message_id, reply_id,
+            user_message_id,
+            reply_id,
         )
     finally:
         await conn.close()
@@ -130,13 +131,15 @@ async def test_typed_turns_carry_history(stack, fake_llm):
     assert prompt[-2]["content"] == reply_for("What is Parley?")
 
     async with httpx.AsyncClient(base_url=stack["http_url"]) as http:
-        resp = await http.get(f"/v1/conversations/{first['conversation_id']}/messages",
-                              headers={"X-Parley-User": "bob"})
+        resp = await http.get(
+            f"/v1/conversations/{first['conversation_id']}/messages", headers={"X-Parley-User": "bob"}
+        )
         assert resp.status_code == 200
         history = resp.json()
         assert [m["role"] for m in history] == ["user", "avatar", "user", "avatar"]
         assert all(m["audio_url"] for m in history if m["role"] == "avatar")
-        other = await http.get(f"/v1/conversations/{first['conversation_id']}/messages",
-                               headers={"X-Parley-User": "mallory"})
+        other = await http.get(
+            f"/v1/conversations/{first['conversation_id']}/messages", headers={"X-Parley-User": "mallory"}
+        )
         assert other.status_code == 404
     await client.close()

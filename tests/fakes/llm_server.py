@@ -68,8 +68,11 @@ class FakeLLM:
                     yield "data: {not json\n\n"
                     return
                 piece = word if i == 0 else " " + word
-                chunk = {"id": "x", "object": "chat.completion.chunk",
-                         "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                chunk = {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                }
                 yield f"data: {json.dumps(chunk)}\n\n"
                 await asyncio.sleep(self.token_delay_s)
             yield "data: [DONE]\n\n"

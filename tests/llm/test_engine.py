@@ -22,7 +22,7 @@ def cut(text: str, step: int = 3) -> list[str]:
     c = SentenceCutter("en")
     out: list[str] = []
     for i in range(0, len(text), step):
-        out += c.push(text[i:i + step])
+        out += c.push(text[i : i + step])
     return out + c.flush()
 
 
@@ -33,12 +33,17 @@ def test_sentences_are_released_as_soon_as_the_next_one_begins():
     assert c.flush() == ["How are you"]
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("It costs $3.50 today. Fine.", ["It costs $3.50 today.", "Fine."]),
-    ("Dr. Smith arrives at 5 p.m. sharp. Bye.", ["Dr. Smith arrives at 5 p.m. sharp.", "Bye."]),
-    ("Mail a.b@example.org or see example.com/x.html now. Ok.",
-     ["Mail a.b@example.org or see example.com/x.html now.", "Ok."]),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("It costs $3.50 today. Fine.", ["It costs $3.50 today.", "Fine."]),
+        ("Dr. Smith arrives at 5 p.m. sharp. Bye.", ["Dr. Smith arrives at 5 p.m. sharp.", "Bye."]),
+        (
+            "Mail a.b@example.org or see example.com/x.html now. Ok.",
+            ["Mail a.b@example.org or see example.com/x.html now.", "Ok."],
+        ),
+    ],
+)
 def test_never_cut_inside_numbers_abbreviations_addresses(text, expected):
     assert cut(text) == expected
 
@@ -63,9 +68,14 @@ async def test_streams_the_reply(client, fake_llm):
     assert fake_llm.requests[-1]["stream"] is True
 
 
-@pytest.mark.parametrize("mode,error", [
-    ("http_401", LLMAuthError), ("http_500", LLMServerError), ("malformed", LLMBadResponse),
-])
+@pytest.mark.parametrize(
+    "mode,error",
+    [
+        ("http_401", LLMAuthError),
+        ("http_500", LLMServerError),
+        ("malformed", LLMBadResponse),
+    ],
+)
 async def test_provider_failures_are_typed(client, fake_llm, mode, error):
     fake_llm.mode = mode
     with pytest.raises(error):

@@ -37,12 +37,9 @@ def silence(seconds: float) -> np.ndarray:
 
 def say(text: str, out: Path) -> np.ndarray:
     """Synthesise text with espeak-ng and resample it to 16 kHz mono PCM16 with sox."""
-    wav = subprocess.run(
-        ["espeak-ng", "-v", "en-us", "--stdout", text], check=True, capture_output=True
-    ).stdout
+    wav = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", text], check=True, capture_output=True).stdout
     subprocess.run(
-        ["sox", "-t", "wav", "-", "-r", str(SR), "-c", "1", "-b", "16", "-e", "signed-integer"]
-        + [str(out)],
+        ["sox", "-t", "wav", "-", "-r", str(SR), "-c", "1", "-b", "16", "-e", "signed-integer"] + [str(out)],
         input=wav,
         check=True,
         capture_output=True,
@@ -92,9 +89,7 @@ def tiny_model() -> Path:
 
 @pytest.fixture(scope="module")
 def engine(tiny_model) -> WhisperEngine:
-    return WhisperEngine(
-        str(tiny_model), device="cpu", compute_type="int8", max_new_tokens=16, cpu_threads=1
-    )
+    return WhisperEngine(str(tiny_model), device="cpu", compute_type="int8", max_new_tokens=16, cpu_threads=1)
 
 
 # --- Silero VAD -------------------------------------------------------------------------

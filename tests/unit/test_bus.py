@@ -27,8 +27,9 @@ async def test_streams_are_declared_idempotently(bus):
 
 
 async def test_facts_are_deduplicated_by_derived_id(bus):
-    turn = schemas.UserTurn(conversation_id="dedupe", message_id="m1", session_id="s", turn_seq=0,
-                            source="text", text="x")
+    turn = schemas.UserTurn(
+        conversation_id="dedupe", message_id="m1", session_id="s", turn_seq=0, source="text", text="x"
+    )
     first = await bus.js.publish(subjects.turn("dedupe"), schemas.encode(turn), headers={"Nats-Msg-Id": "m1"})
     again = await bus.js.publish(subjects.turn("dedupe"), schemas.encode(turn), headers={"Nats-Msg-Id": "m1"})
     assert again.duplicate and again.seq == first.seq
@@ -51,7 +52,9 @@ async def test_worker_acks_retries_and_gives_up(bus):
     async def give_up(msg, exc):
         given_up.append(msg.data)
 
-    await bus.js.add_stream(StreamConfig(name="TEST_WORK", subjects=["test.work.*"], retention=RetentionPolicy.WORK_QUEUE))
+    await bus.js.add_stream(
+        StreamConfig(name="TEST_WORK", subjects=["test.work.*"], retention=RetentionPolicy.WORK_QUEUE)
+    )
     queue = busmod.WorkQueue("TEST_WORK", "test-worker", "test.work.*", ack_wait_s=5, max_deliver=3)
     worker = busmod.Worker(bus, queue, handler, concurrency=2, give_up=give_up, service="test")
     await worker.start()

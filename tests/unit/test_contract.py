@@ -21,7 +21,10 @@ def test_every_payload_carries_its_version():
 
 
 def test_consumers_ignore_fields_they_do_not_know():
-    raw = b'{"v":1,"conversation_id":"c","message_id":"m","session_id":"s","turn_seq":1,"source":"voice","text":"t","added_later":42}'
+    raw = (
+        b'{"v":1,"conversation_id":"c","message_id":"m","session_id":"s","turn_seq":1,'
+        b'"source":"voice","text":"t","added_later":42}'
+    )
     assert schemas.decode(raw, schemas.UserTurn).turn_seq == 1
 
 
@@ -33,8 +36,15 @@ def test_events_decode_to_their_own_type():
 
 
 def test_audio_metadata_round_trips_through_headers():
-    meta = schemas.AudioMeta(conversation_id="c", message_id="m", sentence_index=2, chunk_seq=7,
-                             sample_rate=24000, last=True, status="failed")
+    meta = schemas.AudioMeta(
+        conversation_id="c",
+        message_id="m",
+        sentence_index=2,
+        chunk_seq=7,
+        sample_rate=24000,
+        last=True,
+        status="failed",
+    )
     headers = meta.headers(msg_id="m.2")
     assert headers["Nats-Msg-Id"] == "m.2"
     assert schemas.AudioMeta.from_headers(headers) == meta

@@ -35,7 +35,8 @@ async def test_writes_are_idempotent_on_derived_ids(repo):
     await repo.finish_reply(reply, "hi there", "complete", None, {"total_s": 0.5})
     rows = await repo.messages(conv)
     assert [(r["role"], r["status"], r["text"]) for r in rows] == [
-        ("user", "complete", "hello"), ("avatar", "complete", "hi there"),
+        ("user", "complete", "hello"),
+        ("avatar", "complete", "hi there"),
     ]
     assert rows[1]["timings"] == {"total_s": 0.5}
     history = await repo.history(conv, 10)

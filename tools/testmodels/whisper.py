@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tools.testmodels import build_once
 
 MARKER = ".complete"
 
@@ -227,10 +226,7 @@ def _build_hf(hf_dir: Path, size: WhisperSize, seed: int) -> None:
         begin_suppress_tokens=[blank, EOT_ID],
         no_timestamps_token_id=no_timestamps,
         is_multilingual=True,
-        lang_to_id={
-            f"<|{code}|>": tokenizer.token_to_id(f"<|{code}|>")
-            for code in LANGUAGES[: size.languages]
-        },
+        lang_to_id={f"<|{code}|>": tokenizer.token_to_id(f"<|{code}|>") for code in LANGUAGES[: size.languages]},
         task_to_id={
             "translate": tokenizer.token_to_id("<|translate|>"),
             "transcribe": tokenizer.token_to_id("<|transcribe|>"),
@@ -291,36 +287,15 @@ def build_whisper(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Pat
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     out_dir = Path(out_dir).absolute()
-    if is_complete(out_dir, size, seed):
-        return out_dir
     spec = SIZES[size]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
-    try:
-        ct2_dir = work / "model"
+
+    def build(model_dir: Path) -> None:
         with _quiet_transformers():
-            _build_hf(work / "hf", spec, seed)
-            _convert(work / "hf", ct2_dir, spec.quantization)
-        (ct2_dir / MARKER).write_text(_marker_text(size, seed), encoding="utf-8")
-        for attempt in range(3):
-            if is_complete(out_dir, size, seed):
-                break
-            if out_dir.exists():
-                # Another size or seed, or a folder left by something else: set it aside.
-                try:
-                    os.rename(out_dir, work / f"stale-{attempt}")
-                except OSError:
-                    continue
-            try:
-                os.rename(ct2_dir, out_dir)
-                break
-            except OSError:
-                continue
-        if not is_complete(out_dir, size, seed):
-            raise RuntimeError(f"could not install the built model into {out_dir}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out_dir
+            _build_hf(model_dir.parent / "hf", spec, seed)
+            _convert(model_dir.parent / "hf", model_dir, spec.quantization)
+        (model_dir / MARKER).write_text(_marker_text(size, seed), encoding="utf-8")
+
+    return build_once(out_dir, lambda: is_complete(out_dir, size, seed), build)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,12 +24,11 @@ checkpoint and the engine needs no test-only switch.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from tools.testmodels import build_once
 
 MARKER = ".complete"
 FORMAT = 1
@@ -186,34 +185,12 @@ def build_xtts(out_dir: str | Path, size: str = "tiny", seed: int = 0, *, max_au
     """
     spec = _spec(size, max_audio_tokens)
     out_dir = Path(out_dir).absolute()
-    if is_complete(out_dir, size, seed, max_audio_tokens=max_audio_tokens):
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
-    try:
-        model_dir = work / "model"
-        model_dir.mkdir()
+
+    def build(model_dir: Path) -> None:
         _build(model_dir, spec, seed)
         (model_dir / MARKER).write_text(_marker_text(size, seed, spec), encoding="utf-8")
-        for attempt in range(3):
-            if is_complete(out_dir, size, seed, max_audio_tokens=max_audio_tokens):
-                break
-            if out_dir.exists():
-                # Another size, seed or format, or a folder left by something else.
-                try:
-                    os.rename(out_dir, work / f"stale-{attempt}")
-                except OSError:
-                    continue
-            try:
-                os.rename(model_dir, out_dir)
-                break
-            except OSError:
-                continue
-        if not is_complete(out_dir, size, seed, max_audio_tokens=max_audio_tokens):
-            raise RuntimeError(f"could not install the built model into {out_dir}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out_dir
+
+    return build_once(out_dir, lambda: is_complete(out_dir, size, seed, max_audio_tokens=max_audio_tokens), build)
 
 
 def main(argv: list[str] | None = None) -> None:
