@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from services.common import ids
 from tests.client import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
@@ -70,4 +71,37 @@ async def test_failing_llm_is_an_error_event_and_a_failed_reply(stack, fake_llm,
         await conn.close()
     assert user_row["text"] == "Are you there?"
     assert reply_row["status"] == "failed" and code in reply_row["error"]
+    await client.close()
+
+
+async def test_failing_speech_synthesis_leaves_a_text_only_reply(stack):
+    """An avatar whose voice cannot be synthesised: failure events per sentence, text kept."""
+    avatar_id = ids.new_id()
+    conn = await asyncpg.connect(stack["env"]["PARLEY_DATABASE_URL"])
+    try:
+        await conn.execute(
+            "INSERT INTO avatars (id, name, persona_prompt, language, voice_key) VALUES ($1::uuid, $2, $3, 'en', NULL)",
+            avatar_id,
+            "Mute",
+            "You are {name}.",
+        )
+    finally:
+        await conn.close()
+    client = Client(stack["ws_url"])
+    await client.connect(user="frank", avatar_ids=[avatar_id])
+    await client.send_json({"type": "text", "text": "Say something"})
+    end = await client.wait_for(lambda r: r.events("audio.end"), 60)
+    r = client.received
+    done = r.events("reply.done")[0]
+    assert done["status"] == "complete" and done["text"]
+    failed = r.events("audio.sentence_failed")
+    assert sorted(f["sentence_index"] for f in failed) == list(range(done["sentence_count"]))
+    assert end[0]["message_id"] == done["message_id"]
+    assert r.audio() == []
+    conn = await asyncpg.connect(stack["env"]["PARLEY_DATABASE_URL"])
+    try:
+        row = await conn.fetchrow("SELECT status, text, audio_key FROM messages WHERE id=$1::uuid", done["message_id"])
+    finally:
+        await conn.close()
+    assert row["status"] == "complete" and row["text"] == done["text"] and row["audio_key"] is None
     await client.close()
