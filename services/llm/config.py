@@ -16,4 +16,6 @@ class LlmSettings(ServiceSettings):
     llm_first_token_timeout_s: float = 15.0
     llm_total_timeout_s: float = 120.0
     llm_history_messages: int = 10
+    # The first spoken piece may end at a clause after this many words (0: whole sentences only).
+    llm_first_clause_words: int = 4
     llm_concurrency: int = 64

@@ -171,7 +171,7 @@ class Orchestrator(Service):
                 avatar_name=avatar.name,
             )
         )
-        cutter = SentenceCutter(avatar.language)
+        cutter = SentenceCutter(avatar.language, self.settings.llm_first_clause_words)
         text, sentences, seq = "", 0, 0
         status, error = "complete", None
         timings: dict[str, float] = {}

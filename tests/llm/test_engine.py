@@ -18,8 +18,9 @@ from services.llm.engine import (
 from tests.fakes.llm_server import reply_for
 
 
-def cut(text: str, step: int = 3) -> list[str]:
-    c = SentenceCutter("en")
+def cut(text: str, step: int = 3, first_clause_words: int = 0) -> list[str]:
+    """Feed the text in small deltas, as an LLM stream would."""
+    c = SentenceCutter("en", first_clause_words=first_clause_words)
     out: list[str] = []
     for i in range(0, len(text), step):
         out += c.push(text[i : i + step])
@@ -27,29 +28,53 @@ def cut(text: str, step: int = 3) -> list[str]:
 
 
 def test_sentences_are_released_as_soon_as_the_next_one_begins():
-    c = SentenceCutter("en")
+    c = SentenceCutter("en", first_clause_words=0)
     assert c.push("Hello there! How") == ["Hello there!"]
     assert c.push(" are you") == []
     assert c.flush() == ["How are you"]
 
 
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("It costs $3.50 today. Fine.", ["It costs $3.50 today.", "Fine."]),
-        ("Dr. Smith arrives at 5 p.m. sharp. Bye.", ["Dr. Smith arrives at 5 p.m. sharp.", "Bye."]),
-        (
-            "Mail a.b@example.org or see example.com/x.html now. Ok.",
-            ["Mail a.b@example.org or see example.com/x.html now.", "Ok."],
-        ),
-    ],
-)
-def test_never_cut_inside_numbers_abbreviations_addresses(text, expected):
-    assert cut(text) == expected
+HARD_CASES = [
+    ("It costs $3.50 today. Fine.", ["It costs $3.50 today.", "Fine."]),
+    ("Pi is 3.14159 roughly. Next one.", ["Pi is 3.14159 roughly.", "Next one."]),
+    ("Mr. and Mrs. Smith paid $1,234.56 total. Next one.", ["Mr. and Mrs. Smith paid $1,234.56 total.", "Next one."]),
+    ("Dr. Smith arrives at 5 p.m. sharp. Bye.", ["Dr. Smith arrives at 5 p.m. sharp.", "Bye."]),
+    ("It is 10 a.m. on Jan. 5th. Next one.", ["It is 10 a.m. on Jan. 5th.", "Next one."]),
+    ("The U.S. economy grew 2.5% in Q3. Next one.", ["The U.S. economy grew 2.5% in Q3.", "Next one."]),
+    ("I like fruit, e.g. apples and pears. Next one.", ["I like fruit, e.g. apples and pears.", "Next one."]),
+    ("Version 2.0.1 is out! Next one.", ["Version 2.0.1 is out!", "Next one."]),
+    ("Call 555.123.4567 tomorrow. Next one.", ["Call 555.123.4567 tomorrow.", "Next one."]),
+    ("Visit https://example.com/a.html?b=1 today. Next one.", ["Visit https://example.com/a.html?b=1 today.", "Next one."]),
+    ("Go to www.site.org/q?x=1! Next one.", ["Go to www.site.org/q?x=1!", "Next one."]),
+    ("See example.com/x. Next one.", ["See example.com/x.", "Next one."]),
+    ("Mail a.b@example.org now. Next one.", ["Mail a.b@example.org now.", "Next one."]),
+    ("Wait... what? Yes.", ["Wait... what?", "Yes."]),
+    ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
+]
 
 
-def test_markdown_is_kept_out_of_spoken_text():
-    assert speakable("**Bold** and [a link](http://x.y) `code`") == "Bold and a link code"
+@pytest.mark.parametrize("text,expected", HARD_CASES)
+@pytest.mark.parametrize("step", [1, 3, 7])
+def test_never_cut_inside_numbers_abbreviations_addresses(text, expected, step):
+    assert cut(text, step) == expected
+
+
+def test_the_first_piece_may_be_a_clause_later_ones_are_sentences():
+    text = "Well, I think that the weather, honestly, is great today. Yes, 3,500 people came, and more."
+    assert cut(text, first_clause_words=4) == [
+        "Well, I think that the weather,",
+        "honestly, is great today.",
+        "Yes, 3,500 people came, and more.",
+    ]
+    assert cut("Yes, 3,500 people came today. Fine.", first_clause_words=4) == [
+        "Yes, 3,500 people came today.",
+        "Fine.",
+    ]
+
+
+def test_markdown_and_emoji_are_kept_out_of_spoken_text():
+    assert speakable("**Bold** and [a link](http://x.y) `code` 😀") == "Bold and a link code"
+    assert speakable("- first item\n2. second item") == "first item second item"
 
 
 @pytest.fixture
