@@ -112,6 +112,7 @@ async def ensure_streams(bus: Bus) -> None:
                 pass  # another replica created it first
         await bus.js.update_stream(cfg)
     await bus.js.create_key_value(bucket=subjects.CANCEL_BUCKET, ttl=3600)
+    await bus.js.create_key_value(bucket=subjects.TURNS_BUCKET, ttl=3600, history=1)
 
 
 @dataclass

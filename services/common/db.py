@@ -152,16 +152,18 @@ class Repo:
             user_message_id,
         )
 
-    async def finish_reply(self, reply_id: str, text: str, status: str, error: str | None, timings: dict) -> None:
-        await self.pool.execute(
+    async def finish_reply(self, reply_id: str, text: str, status: str, error: str | None, timings: dict) -> bool:
+        """Only a reply still streaming is finished; False if something finished it already."""
+        result = await self.pool.execute(
             """UPDATE messages SET text=$2, status=$3, error=$4, timings=timings || $5, updated_at=now()
-               WHERE id=$1""",
+               WHERE id=$1 AND status='streaming'""",
             reply_id,
             text,
             status,
             error,
             timings,
         )
+        return result == "UPDATE 1"
 
     async def reply_status(self, reply_id: str) -> str | None:
         return await self.pool.fetchval("SELECT status FROM messages WHERE id=$1", reply_id)

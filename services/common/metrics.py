@@ -47,6 +47,11 @@ BUS_HOP_SECONDS = Histogram(
     ["hop"],
     buckets=LATENCY_BUCKETS,
 )
+LLM_TOKENS_PER_SECOND = Histogram(
+    "parley_llm_tokens_per_second",
+    "Streamed tokens per second of a reply after its first token",
+    buckets=(5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000),
+)
 HANDLER_ERRORS = Counter("parley_handler_errors_total", "Work-queue handler failures", ["service", "queue"])
 EVENTS = Counter("parley_events_total", "Things that happened", ["service", "event"])
 ACTIVE_SESSIONS = Gauge("parley_active_sessions", "Live sessions held by this process", ["service"])

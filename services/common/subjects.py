@@ -64,6 +64,7 @@ def control(conv: str) -> str:
 STT_OPEN = "parley.stt.open"
 STORAGE_SIGN = "parley.storage.sign"
 CANCEL_BUCKET = "parley_cancelled"
+TURNS_BUCKET = "parley_turns"
 
 
 @dataclass(frozen=True)

@@ -19,3 +19,5 @@ class LlmSettings(ServiceSettings):
     # The first spoken piece may end at a clause after this many words (0: whole sentences only).
     llm_first_clause_words: int = 4
     llm_concurrency: int = 64
+    # How long a newer turn waits for the reply it interrupted to stop before taking over.
+    llm_turn_wait_s: float = 10.0

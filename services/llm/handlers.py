@@ -1,9 +1,10 @@
 """Orchestrator: answers each user turn with a streamed reply per answering character.
 
-Critical path: turn arrives -> prompt from cached persona/history -> LLM stream -> each
-complete sentence published as a TTS job the moment it is cut. Postgres writes (the user
-message, the reply row) run beside the stream and are awaited only before the turn is acked,
-so a crash before the ack redelivers the turn and the derived ids make the retry idempotent.
+Critical path: turn arrives -> the conversation's turn gate (one KV read and write) ->
+prompt from cached persona/history -> LLM stream -> each complete sentence published as a
+TTS job the moment it is cut. Postgres writes (the user message, the reply row) run beside
+the stream and are awaited only before the turn is acked, so a crash before the ack
+redelivers the turn and the derived ids make the retry idempotent.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg as NatsMsg
 
@@ -22,20 +24,38 @@ from services.common.runtime import Service
 
 from .config import LlmSettings
 from .engine import ChatClient, LLMError, SentenceCutter, speakable
+from .ordering import TurnGate
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PERSONA = "You are {name}, {role}. Speak naturally and briefly: your words are spoken aloud."
 
 
-def build_prompt(avatar: Avatar, history: list[HistoryItem], user_text: str) -> list[dict]:
+def build_prompt(avatar: Avatar, avatars: list[Avatar], history: list[HistoryItem]) -> list[dict]:
+    """The avatar's persona, then the recent messages (ending with the user's turn) as it sees them.
+
+    Its own replies are the assistant's; the user's turns and, when several characters take
+    part, the others' replies (prefixed with their names) are user messages.
+    """
     persona = (avatar.persona_prompt or DEFAULT_PERSONA).replace("{name}", avatar.name)
     persona = persona.replace("{role}", avatar.role_title or "a conversational character")
+    persona = persona.replace("{language}", avatar.language)
+    others = [a.name for a in avatars if a.id != avatar.id]
+    if others:
+        persona += (
+            f"\nYou are in a conversation with the user and {', '.join(others)}. "
+            "Lines from the others start with their name."
+        )
+    names = {a.id: a.name for a in avatars}
     messages = [{"role": "system", "content": persona}]
     for item in history:
-        role = "assistant" if item.role == "avatar" and item.avatar_id == avatar.id else "user"
-        messages.append({"role": role, "content": item.text})
-    messages.append({"role": "user", "content": user_text})
+        if item.role == "avatar" and item.avatar_id == avatar.id:
+            messages.append({"role": "assistant", "content": item.text})
+        elif item.role == "avatar":
+            speaker = names.get(item.avatar_id, "Another character")
+            messages.append({"role": "user", "content": f"{speaker}: {item.text}"})
+        else:
+            messages.append({"role": "user", "content": item.text})
     return messages
 
 
@@ -46,6 +66,22 @@ def answering(avatars: list[Avatar], text: str) -> list[Avatar]:
     return named or avatars[:1]
 
 
+@dataclass
+class _ActiveTurn:
+    """A turn this replica holds or waits to hold; a cancel may reach it in either state."""
+
+    conversation_id: str
+    turn_message_id: str
+    reply_id: str = ""
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _History:
+    version: int
+    items: list[HistoryItem]
+
+
 class Orchestrator(Service):
     name = "llm"
 
@@ -53,8 +89,8 @@ class Orchestrator(Service):
         super().__init__(settings)
         self.settings: LlmSettings = settings
         self._avatars: dict[str, list[Avatar]] = {}
-        self._history: dict[str, list[HistoryItem]] = {}
-        self._active: dict[str, tuple[str, asyncio.Event]] = {}
+        self._history: dict[str, _History] = {}
+        self._turns: dict[str, _ActiveTurn] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -76,6 +112,7 @@ class Orchestrator(Service):
         self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
         self.cancelled = await self.bus.js.key_value(subjects.CANCEL_BUCKET)
+        self.gate = TurnGate(await self.bus.js.key_value(subjects.TURNS_BUCKET), self.bus, s.llm_turn_wait_s)
         self._ctl_sub = await self.bus.nc.subscribe(subjects.control("*"), cb=self._on_control)
         self.worker = busmod.Worker(
             self.bus,
@@ -93,38 +130,54 @@ class Orchestrator(Service):
             self._avatars[conv] = await self.repo.conversation_avatars(conv)
         return self._avatars[conv]
 
-    async def _history_for(self, conv: str) -> list[HistoryItem]:
-        if conv not in self._history:
-            self._history[conv] = await self.repo.history(conv, self.settings.llm_history_messages)
-        return self._history[conv]
+    async def _history_for(self, conv: str, version: int) -> list[HistoryItem]:
+        """Cached per conversation; reloaded when another replica changed it since."""
+        cached = self._history.get(conv)
+        if cached is None or cached.version != version:
+            items = await self.repo.history(conv, self.settings.llm_history_messages)
+            cached = self._history[conv] = _History(version, items)
+        return cached.items
 
-    def _remember(self, conv: str, item: HistoryItem) -> None:
-        hist = self._history.setdefault(conv, [])
-        hist.append(item)
-        del hist[: -self.settings.llm_history_messages]
+    def _remember(self, history: list[HistoryItem], item: HistoryItem) -> None:
+        history.append(item)
+        del history[: -self.settings.llm_history_messages]
 
     async def handle_turn(self, msg: NatsMsg) -> None:
         turn = schemas.decode(msg.data, schemas.UserTurn)
+        conv = turn.conversation_id
         turn.marks["llm_received"] = time.time()
         sent = turn.marks.get("final") or turn.marks.get("received")
         if sent:
             metrics.BUS_HOP_SECONDS.labels("turn").observe(max(0.0, turn.marks["llm_received"] - sent))
         keep_alive = asyncio.create_task(busmod.keep_alive(msg))
+        # Registered before entering the gate, so a newer turn's cancel cannot miss it.
+        active = self._turns[turn.message_id] = _ActiveTurn(conv, turn.message_id)
         try:
-            await self._answer(turn, redelivered=msg.metadata.num_delivered > 1)
+            seq = msg.metadata.sequence.stream
+            admission = await self.gate.enter(conv, seq, turn.message_id)
+            log.info("turn %s", admission.outcome, extra=ctx(conversation_id=conv, message_id=turn.message_id, seq=seq))
+            if admission.outcome == "superseded":
+                await self._supersede(turn)
+                return
+            try:
+                await self._answer(turn, admission.version, active, redelivered=msg.metadata.num_delivered > 1)
+            finally:
+                version = await self.gate.leave(conv, seq)
+                if conv in self._history:
+                    self._history[conv].version = version
         finally:
+            del self._turns[turn.message_id]
             keep_alive.cancel()
 
-    async def _answer(self, turn: schemas.UserTurn, redelivered: bool) -> None:
-        conv = turn.conversation_id
-        avatars, history = await asyncio.gather(self._avatars_for(conv), self._history_for(conv))
-        history = list(history)
-        persist_user = asyncio.create_task(
-            self.repo.insert_user_message(
-                turn.message_id, conv, turn.source, turn.session_id, turn.turn_seq, turn.text, turn.marks
-            )
+    async def _persist_user(self, turn: schemas.UserTurn) -> None:
+        await self.repo.insert_user_message(
+            turn.message_id, turn.conversation_id, turn.source, turn.session_id, turn.turn_seq, turn.text, turn.marks
         )
-        self._remember(conv, HistoryItem("user", None, turn.text))
+
+    async def _answer(self, turn: schemas.UserTurn, version: int, active: _ActiveTurn, redelivered: bool) -> None:
+        conv = turn.conversation_id
+        avatars, history = await asyncio.gather(self._avatars_for(conv), self._history_for(conv, version))
+        persist_user = asyncio.create_task(self._persist_user(turn))
         if not avatars:
             await self.bus.publish_event(
                 schemas.ErrorEvent(
@@ -135,27 +188,81 @@ class Orchestrator(Service):
                 ),
                 msg_id=f"no-avatar.{turn.message_id}",
             )
+        self._remember(history, HistoryItem("user", None, turn.text))
         for avatar in answering(avatars, turn.text):
-            await self._reply(turn, avatar, history, persist_user, redelivered)
+            if active.cancel.is_set():
+                await self._close_unanswered(turn, avatar, persist_user)
+                continue
+            # Each character of the turn sees the ones who answered before it.
+            item = await self._reply(turn, avatar, avatars, list(history), persist_user, redelivered, active)
+            if item is not None:
+                self._remember(history, item)
         await persist_user
+
+    async def _supersede(self, turn: schemas.UserTurn) -> None:
+        """A newer turn of the conversation came first: keep this one, answer none of it."""
+        avatars = await self._avatars_for(turn.conversation_id)
+        persist_user = asyncio.create_task(self._persist_user(turn))
+        for avatar in answering(avatars, turn.text):
+            await self._close_unanswered(turn, avatar, persist_user)
+        await persist_user
+
+    async def _close_unanswered(self, turn: schemas.UserTurn, avatar: Avatar, persist_user: asyncio.Task) -> None:
+        """A reply that was interrupted before it began: stored empty, announced, no audio."""
+        reply_id = ids.reply_id(turn.message_id, avatar.id)
+        await persist_user
+        await self.repo.start_reply(reply_id, turn.conversation_id, turn.message_id, avatar.id)
+        if await self.repo.finish_reply(reply_id, "", "interrupted", "superseded by a newer turn", {}):
+            await self._announce(turn, avatar, reply_id, "interrupted", "", 0, "superseded by a newer turn")
+
+    async def _announce(
+        self,
+        turn: schemas.UserTurn,
+        avatar: Avatar,
+        reply_id: str,
+        status: str,
+        text: str,
+        sentences: int,
+        error: str | None,
+    ) -> None:
+        conv = turn.conversation_id
+        done = schemas.ReplyDone(
+            conversation_id=conv,
+            message_id=reply_id,
+            user_message_id=turn.message_id,
+            avatar_id=avatar.id,
+            status=status,
+            text=text,
+            sentence_count=sentences,
+            error=error or "",
+        )
+        await self.bus.publish_fact(subjects.reply_done(conv), done, msg_id=reply_id)
+        await self.bus.publish_event(
+            schemas.ReplyCompleted(
+                conversation_id=conv, message_id=reply_id, status=status, text=text, sentence_count=sentences
+            ),
+            msg_id=f"done.{reply_id}",
+        )
+        metrics.EVENTS.labels("llm", f"reply_{status}").inc()
 
     async def _reply(
         self,
         turn: schemas.UserTurn,
         avatar: Avatar,
+        avatars: list[Avatar],
         history: list[HistoryItem],
         persist_user: asyncio.Task,
         redelivered: bool,
-    ) -> None:
+        active: _ActiveTurn,
+    ) -> HistoryItem | None:
         conv = turn.conversation_id
         reply_id = ids.reply_id(turn.message_id, avatar.id)
         if redelivered:
             await persist_user
             if await self.repo.reply_status(reply_id) in ("complete", "interrupted", "failed"):
-                return  # an earlier attempt finished; its facts were published before its ack
+                return None  # an earlier attempt finished; its facts were published before its ack
         t0 = time.perf_counter()
-        cancel = asyncio.Event()
-        self._active[conv] = (reply_id, cancel)
+        active.reply_id = reply_id
 
         async def persist_start() -> None:
             await persist_user
@@ -172,7 +279,7 @@ class Orchestrator(Service):
             )
         )
         cutter = SentenceCutter(avatar.language, self.settings.llm_first_clause_words)
-        text, sentences, seq = "", 0, 0
+        text, sentences, tokens = "", 0, 0
         status, error = "complete", None
         timings: dict[str, float] = {}
 
@@ -202,21 +309,20 @@ class Orchestrator(Service):
             sentences += 1
 
         try:
-            messages = build_prompt(avatar, history, turn.text)
-            async for delta in self.llm.stream(messages):
-                if seq == 0:
+            async for delta in self.llm.stream(build_prompt(avatar, avatars, history)):
+                if tokens == 0:
                     timings["first_token_s"] = time.perf_counter() - t0
                     metrics.stage("llm_first_token", timings["first_token_s"])
                 text += delta
                 await self.bus.publish_live(
-                    schemas.ReplyDelta(conversation_id=conv, message_id=reply_id, delta_seq=seq, text=delta)
+                    schemas.ReplyDelta(conversation_id=conv, message_id=reply_id, delta_seq=tokens, text=delta)
                 )
-                seq += 1
-                for sentence in cutter.push(delta):
-                    await dispatch(sentence)
-                if cancel.is_set():
+                tokens += 1
+                if active.cancel.is_set():
                     status = "interrupted"
                     break
+                for sentence in cutter.push(delta):
+                    await dispatch(sentence)
             if status == "complete":
                 for sentence in cutter.flush():
                     await dispatch(sentence)
@@ -225,44 +331,19 @@ class Orchestrator(Service):
             log.warning("LLM failed: %s", exc, extra=ctx(conversation_id=conv, message_id=reply_id))
             await self.bus.publish_event(
                 schemas.ErrorEvent(
-                    conversation_id=conv,
-                    code=exc.code,
-                    message=str(exc),
-                    message_id=reply_id,
-                    retryable=exc.retryable,
+                    conversation_id=conv, code=exc.code, message=str(exc), message_id=reply_id, retryable=exc.retryable
                 ),
                 msg_id=f"llm-fail.{reply_id}",
             )
-        finally:
-            if self._active.get(conv, (None,))[0] == reply_id:
-                del self._active[conv]
         timings["total_s"] = time.perf_counter() - t0
+        if tokens > 1 and "first_token_s" in timings:
+            streaming_s = timings["total_s"] - timings["first_token_s"]
+            if streaming_s > 0:
+                metrics.LLM_TOKENS_PER_SECOND.observe((tokens - 1) / streaming_s)
         await persist_reply
         await self.repo.finish_reply(reply_id, text, status, error, timings)
-        if text and status != "failed":
-            self._remember(conv, HistoryItem("avatar", avatar.id, text))
-        done = schemas.ReplyDone(
-            conversation_id=conv,
-            message_id=reply_id,
-            user_message_id=turn.message_id,
-            avatar_id=avatar.id,
-            status=status,
-            text=text,
-            sentence_count=sentences,
-            error=error or "",
-        )
-        await self.bus.publish_fact(subjects.reply_done(conv), done, msg_id=reply_id)
-        await self.bus.publish_event(
-            schemas.ReplyCompleted(
-                conversation_id=conv,
-                message_id=reply_id,
-                status=status,
-                text=text,
-                sentence_count=sentences,
-            ),
-            msg_id=f"done.{reply_id}",
-        )
-        metrics.EVENTS.labels("llm", f"reply_{status}").inc()
+        await self._announce(turn, avatar, reply_id, status, text, sentences, error)
+        return HistoryItem("avatar", avatar.id, text) if text and status != "failed" else None
 
     async def _on_control(self, msg: NatsMsg) -> None:
         try:
@@ -271,10 +352,19 @@ class Orchestrator(Service):
             return
         if ctl.action != "cancel":
             return
-        active = self._active.get(ctl.conversation_id)
-        if active and (not ctl.message_id or ctl.message_id == active[0]):
-            await self.cancelled.put(active[0], b"1")
-            active[1].set()
+        for active in self._turns.values():
+            if active.conversation_id != ctl.conversation_id:
+                continue
+            named = ctl.message_id in (active.turn_message_id, active.reply_id)
+            if named or (not ctl.message_id and active.reply_id):
+                log.info(
+                    "turn cancelled: %s",
+                    ctl.reason,
+                    extra=ctx(conversation_id=active.conversation_id, message_id=active.turn_message_id),
+                )
+                active.cancel.set()
+                if active.reply_id:
+                    await self.cancelled.put(active.reply_id, b"1")
 
     async def _give_up(self, msg: NatsMsg, exc: BaseException) -> None:
         turn = schemas.decode(msg.data, schemas.UserTurn)

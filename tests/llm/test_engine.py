@@ -44,7 +44,10 @@ HARD_CASES = [
     ("I like fruit, e.g. apples and pears. Next one.", ["I like fruit, e.g. apples and pears.", "Next one."]),
     ("Version 2.0.1 is out! Next one.", ["Version 2.0.1 is out!", "Next one."]),
     ("Call 555.123.4567 tomorrow. Next one.", ["Call 555.123.4567 tomorrow.", "Next one."]),
-    ("Visit https://example.com/a.html?b=1 today. Next one.", ["Visit https://example.com/a.html?b=1 today.", "Next one."]),
+    (
+        "Visit https://example.com/a.html?b=1 today. Next one.",
+        ["Visit https://example.com/a.html?b=1 today.", "Next one."],
+    ),
     ("Go to www.site.org/q?x=1! Next one.", ["Go to www.site.org/q?x=1!", "Next one."]),
     ("See example.com/x. Next one.", ["See example.com/x.", "Next one."]),
     ("Mail a.b@example.org now. Next one.", ["Mail a.b@example.org now.", "Next one."]),

@@ -1,0 +1,118 @@
+"""One turn at a time per conversation, in order, across every orchestrator replica.
+
+Turns of all conversations share one work queue, so two turns of one conversation can land
+on two replicas. Each conversation has a small record in the JetStream KV bucket
+`parley_turns`, updated with compare-and-set on its revision:
+
+    active_seq      the stream sequence of the turn being answered (0: none)
+    active_message  its user message id
+    last_seq        the newest turn finished
+    version         bumped whenever the conversation's history changes
+
+A turn enters when nothing is active. A newer turn arriving while an older one is active
+publishes a cancel for it (a new user turn interrupts the reply still streaming) and waits
+until it leaves; if its holder died, the newer turn takes over after `wait_s`. A turn older
+than the active or last finished one is superseded: it is stored, but not answered. Replicas
+use `version` to know whether their cached history is still current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from services.common import bus as busmod
+from services.common import schemas, subjects
+
+
+class TurnState(msgspec.Struct):
+    active_seq: int = 0
+    active_message: str = ""
+    last_seq: int = 0
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class Admission:
+    outcome: Literal["held", "superseded"]
+    version: int
+
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(TurnState)
+
+
+class TurnGate:
+    def __init__(self, kv: KeyValue, bus: busmod.Bus, wait_s: float = 10.0, poll_s: float = 0.01):
+        self.kv = kv
+        self.bus = bus
+        self.wait_s = wait_s
+        self.poll_s = poll_s
+
+    async def _read(self, conv: str) -> tuple[TurnState, int | None]:
+        try:
+            entry = await self.kv.get(conv)
+        except KeyNotFoundError:
+            return TurnState(), None
+        return _dec.decode(entry.value), entry.revision
+
+    async def _write(self, conv: str, state: TurnState, revision: int | None) -> bool:
+        try:
+            if revision is None:
+                await self.kv.create(conv, _enc.encode(state))
+            else:
+                await self.kv.update(conv, _enc.encode(state), last=revision)
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+
+    async def enter(self, conv: str, seq: int, message_id: str) -> Admission:
+        deadline: float | None = None
+        interrupted = ""
+        while True:
+            state, rev = await self._read(conv)
+            if state.active_seq > seq or (seq <= state.last_seq and state.active_seq != seq):
+                return Admission("superseded", state.version)
+            force = deadline is not None and time.monotonic() > deadline
+            if state.active_seq in (0, seq) or force:
+                held = TurnState(seq, message_id, state.last_seq, state.version)
+                if await self._write(conv, held, rev):
+                    return Admission("held", state.version)
+                continue
+            if state.active_message != interrupted:
+                # Each older turn that becomes active while we wait is interrupted in turn.
+                interrupted = state.active_message
+                deadline = time.monotonic() + self.wait_s
+                await self.bus.publish(
+                    subjects.control(conv),
+                    schemas.SessionControl(
+                        conversation_id=conv,
+                        action="cancel",
+                        message_id=state.active_message,
+                        reason="a newer user turn",
+                    ),
+                )
+            await asyncio.sleep(self.poll_s)
+
+    async def leave(self, conv: str, seq: int) -> int:
+        """The turn is finished; returns the conversation's new history version."""
+        while True:
+            state, rev = await self._read(conv)
+            active = (0, "") if state.active_seq == seq else (state.active_seq, state.active_message)
+            new = TurnState(*active, max(state.last_seq, seq), state.version + 1)
+            if await self._write(conv, new, rev):
+                return new.version
+
+    async def touch(self, conv: str) -> int:
+        """History changed outside a turn (an interruption): other replicas must reload it."""
+        while True:
+            state, rev = await self._read(conv)
+            state.version += 1
+            if await self._write(conv, state, rev):
+                return state.version
