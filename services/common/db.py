@@ -165,8 +165,12 @@ class Repo:
         )
         return result == "UPDATE 1"
 
-    async def reply_status(self, reply_id: str) -> str | None:
-        return await self.pool.fetchval("SELECT status FROM messages WHERE id=$1", reply_id)
+    async def finished_replies(self, user_message_id: str) -> set[str]:
+        """Avatars whose reply to this user message is already finished."""
+        rows = await self.pool.fetch(
+            "SELECT avatar_id FROM messages WHERE reply_to=$1 AND status <> 'streaming'", user_message_id
+        )
+        return {r["avatar_id"] for r in rows}
 
     async def set_audio(self, message_id: str, key: str, duration_s: float) -> None:
         await self.pool.execute(

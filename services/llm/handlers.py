@@ -160,7 +160,7 @@ class Orchestrator(Service):
                 await self._supersede(turn)
                 return
             try:
-                await self._answer(turn, admission.version, active, redelivered=msg.metadata.num_delivered > 1)
+                await self._answer(turn, admission.version, active)
             finally:
                 version = await self.gate.leave(conv, seq)
                 if conv in self._history:
@@ -174,9 +174,12 @@ class Orchestrator(Service):
             turn.message_id, turn.conversation_id, turn.source, turn.session_id, turn.turn_seq, turn.text, turn.marks
         )
 
-    async def _answer(self, turn: schemas.UserTurn, version: int, active: _ActiveTurn, redelivered: bool) -> None:
+    async def _answer(self, turn: schemas.UserTurn, version: int, active: _ActiveTurn) -> None:
         conv = turn.conversation_id
-        avatars, history = await asyncio.gather(self._avatars_for(conv), self._history_for(conv, version))
+        # Finished replies of this turn (a redelivery, however late) are never generated again.
+        avatars, history, finished = await asyncio.gather(
+            self._avatars_for(conv), self._history_for(conv, version), self.repo.finished_replies(turn.message_id)
+        )
         persist_user = asyncio.create_task(self._persist_user(turn))
         if not avatars:
             await self.bus.publish_event(
@@ -190,11 +193,13 @@ class Orchestrator(Service):
             )
         self._remember(history, HistoryItem("user", None, turn.text))
         for avatar in answering(avatars, turn.text):
+            if avatar.id in finished:
+                continue
             if active.cancel.is_set():
                 await self._close_unanswered(turn, avatar, persist_user)
                 continue
             # Each character of the turn sees the ones who answered before it.
-            item = await self._reply(turn, avatar, avatars, list(history), persist_user, redelivered, active)
+            item = await self._reply(turn, avatar, avatars, list(history), persist_user, active)
             if item is not None:
                 self._remember(history, item)
         await persist_user
@@ -252,15 +257,10 @@ class Orchestrator(Service):
         avatars: list[Avatar],
         history: list[HistoryItem],
         persist_user: asyncio.Task,
-        redelivered: bool,
         active: _ActiveTurn,
     ) -> HistoryItem | None:
         conv = turn.conversation_id
         reply_id = ids.reply_id(turn.message_id, avatar.id)
-        if redelivered:
-            await persist_user
-            if await self.repo.reply_status(reply_id) in ("complete", "interrupted", "failed"):
-                return None  # an earlier attempt finished; its facts were published before its ack
         t0 = time.perf_counter()
         active.reply_id = reply_id
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -81,4 +83,112 @@ async def test_a_new_turn_interrupts_the_reply_and_turns_stay_in_order(stack, tw
     assert stored[user_ids[0]]["status"] == "interrupted" and stored[user_ids[0]]["text"] == first["text"]
     assert stored[user_ids[2]]["status"] == "complete"
     await client.wait_for(lambda r: any(e["message_id"] == reply_ids[2] for e in r.events("audio.stored")), 120)
+    await client.close()
+
+
+async def _avatar_with_voice(stack, name: str, espeak_voice: str, tmp_path) -> str:
+    """A second character with a voice of its own, uploaded the way `parley seed` does it."""
+    import subprocess
+
+    from services.common import objectstore
+
+    avatar_id = ids.new_id()
+    wav = tmp_path / f"{name}.wav"
+    speech = subprocess.run(
+        ["espeak-ng", "-v", espeak_voice, "--stdout", "I am a second character with a voice of my own, listen."],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["sox", "-t", "wav", "-", "-r", "22050", "-c", "1", str(wav)], input=speech, check=True)
+    key = objectstore.voice_key(avatar_id)
+    async with objectstore.ObjectStore(stack["settings"]) as store:
+        await store.put(key, wav.read_bytes(), "audio/wav")
+    await _rows(
+        stack,
+        "INSERT INTO avatars (id, name, persona_prompt, language, voice_key) VALUES ($1::uuid, $2, $3, 'en', $4)",
+        avatar_id,
+        name,
+        "You are {name}, {role}.",
+        key,
+    )
+    return avatar_id
+
+
+async def test_two_characters_answer_in_their_own_voices(stack, fake_llm, tmp_path):
+    bo = await _avatar_with_voice(stack, "Bo", "en-us+m3", tmp_path)
+    client = Client(stack["ws_url"])
+    await client.connect(user="heidi", avatar_ids=[ids.DEMO_AVATAR_ID, bo])
+    await client.send_json({"type": "text", "text": "Bo and Ada, what do you think?"})
+    user_id = (await client.wait_for(lambda r: r.events("user.message"), 10))[0]["message_id"]
+    stored = await client.wait_for(lambda r: len(r.events("audio.stored")) == 2 and r.events("audio.stored"), 120)
+    started = client.received.events("reply.started")
+    # Conversation order, not the order named in the text.
+    assert [s["avatar_id"] for s in started] == [ids.DEMO_AVATAR_ID, bo]
+    assert [s["message_id"] for s in started] == [ids.reply_id(user_id, a) for a in (ids.DEMO_AVATAR_ID, bo)]
+    audio = {s["message_id"]: b"".join(c.pcm for c in client.received.audio(s["message_id"])) for s in started}
+    assert all(audio.values()) and len(set(audio.values())) == 2  # two voices, two different streams
+    assert {s["message_id"] for s in stored} == set(audio)
+
+    ada_prompt, bo_prompt = fake_llm.requests[-2]["messages"], fake_llm.requests[-1]["messages"]
+    assert "Ada" in ada_prompt[0]["content"] and "Bo" in ada_prompt[0]["content"]
+    assert bo_prompt[0]["content"].startswith("You are Bo")
+    assert bo_prompt[-2]["content"] == "Bo and Ada, what do you think?"
+    assert bo_prompt[-1] == {"role": "user", "content": "Ada: " + reply_for("Bo and Ada, what do you think?")}
+    await client.close()
+
+
+async def test_redelivered_facts_change_no_row(stack, fake_llm):
+    """Every fact of a finished turn delivered once more, past de-duplication: nothing changes."""
+    import nats
+
+    from services.common import schemas, subjects
+
+    client = Client(stack["ws_url"])
+    started = (await client.connect(user="ivan"))[0]
+    conv = started["conversation_id"]
+    await client.send_json({"type": "text", "text": "Only once please"})
+    await client.wait_for(lambda r: r.events("audio.stored"), 120)
+    user_id = client.received.events("user.message")[0]["message_id"]
+    reply_id = ids.reply_id(user_id, ids.DEMO_AVATAR_ID)
+    query = "SELECT id::text, role, status, text, audio_key, timings FROM messages WHERE conversation_id=$1::uuid"
+    before = sorted(map(tuple, await _rows(stack, query, conv)))
+    requests_before = len(fake_llm.requests)
+
+    nc = await nats.connect(stack["env"]["PARLEY_NATS_URL"])
+    js = nc.jetstream()
+    turn = schemas.UserTurn(
+        conversation_id=conv,
+        message_id=user_id,
+        session_id=started["session_id"],
+        turn_seq=0,
+        source="text",
+        text="Only once please",
+    )
+    done = schemas.ReplyDone(
+        conversation_id=conv,
+        message_id=reply_id,
+        user_message_id=user_id,
+        avatar_id=ids.DEMO_AVATAR_ID,
+        status="complete",
+        text=reply_for("Only once please"),
+        sentence_count=len(client.received.events("reply.sentence")),
+    )
+    again = {"Nats-Msg-Id": "redelivered-" + ids.new_id()}
+    await js.publish(subjects.turn(conv), schemas.encode(turn), headers=again)
+    await js.publish(
+        subjects.reply_done(conv), schemas.encode(done), headers={"Nats-Msg-Id": "redelivered-" + ids.new_id()}
+    )
+    await client.wait_for(lambda r: len(r.events("audio.stored")) == 2, 30)  # storage re-announces the URL
+    for _ in range(100):  # and the orchestrator has taken and acked the redelivered turn
+        info = await js.consumer_info("PARLEY_TURNS", "llm")
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+    await nc.close()
+
+    after = sorted(map(tuple, await _rows(stack, query, conv)))
+    assert after == before
+    assert len(fake_llm.requests) == requests_before  # the turn was not answered again
+    assert len(client.received.events("reply.started")) == 1
     await client.close()
