@@ -172,12 +172,14 @@ class Repo:
         )
         return {r["avatar_id"] for r in rows}
 
-    async def set_audio(self, message_id: str, key: str, duration_s: float) -> None:
+    async def set_audio(self, message_id: str, key: str, duration_s: float, timings: dict) -> None:
         await self.pool.execute(
-            "UPDATE messages SET audio_key=$2, audio_duration_s=$3, updated_at=now() WHERE id=$1",
+            """UPDATE messages SET audio_key=$2, audio_duration_s=$3, timings=timings || $4, updated_at=now()
+               WHERE id=$1""",
             message_id,
             key,
             duration_s,
+            timings,
         )
 
     async def history(self, conv_id: str, limit: int) -> list[HistoryItem]:

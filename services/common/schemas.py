@@ -267,6 +267,9 @@ class AudioMeta(msgspec.Struct, kw_only=True, frozen=True):
             raise msgspec.ValidationError(f"bad audio headers: {exc}") from exc
 
 
+# On a stored sentence (PARLEY_SPEECH): when its first chunk went out live, epoch seconds.
+FIRST_AUDIO_HEADER = "Parley-First-Audio-At"
+
 _json_encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(ClientEvent)
 

@@ -281,7 +281,9 @@ class Orchestrator(Service):
         cutter = SentenceCutter(avatar.language, self.settings.llm_first_clause_words)
         text, sentences, tokens = "", 0, 0
         status, error = "complete", None
-        timings: dict[str, float] = {}
+        # Wall-clock marks of the turn's stages (seconds since the epoch), stored on the reply.
+        marks = {k: v for k, v in turn.marks.items() if k in ("speech_end", "final", "received")}
+        timings: dict[str, float] = {**marks, "started": time.time()}
 
         async def dispatch(sentence: str) -> None:
             nonlocal sentences
@@ -289,8 +291,8 @@ class Orchestrator(Service):
             if not spoken:
                 return
             if sentences == 0:
-                timings["first_sentence_s"] = time.perf_counter() - t0
-                metrics.stage("llm_first_sentence", timings["first_sentence_s"])
+                timings["first_sentence"] = time.time()
+                metrics.stage("llm_first_sentence", time.perf_counter() - t0)
             job = schemas.TtsJob(
                 conversation_id=conv,
                 message_id=reply_id,
@@ -311,8 +313,9 @@ class Orchestrator(Service):
         try:
             async for delta in self.llm.stream(build_prompt(avatar, avatars, history)):
                 if tokens == 0:
-                    timings["first_token_s"] = time.perf_counter() - t0
-                    metrics.stage("llm_first_token", timings["first_token_s"])
+                    first_token_s = time.perf_counter() - t0
+                    timings["first_token"] = time.time()
+                    metrics.stage("llm_first_token", first_token_s)
                 text += delta
                 await self.bus.publish_live(
                     schemas.ReplyDelta(conversation_id=conv, message_id=reply_id, delta_seq=tokens, text=delta)
@@ -335,9 +338,9 @@ class Orchestrator(Service):
                 ),
                 msg_id=f"llm-fail.{reply_id}",
             )
-        timings["total_s"] = time.perf_counter() - t0
-        if tokens > 1 and "first_token_s" in timings:
-            streaming_s = timings["total_s"] - timings["first_token_s"]
+        timings["done"] = time.time()
+        if tokens > 1:
+            streaming_s = time.perf_counter() - t0 - first_token_s
             if streaming_s > 0:
                 metrics.LLM_TOKENS_PER_SECOND.observe((tokens - 1) / streaming_s)
         await persist_reply

@@ -13,6 +13,7 @@ class SentenceAudio:
     pcm16: bytes
     sample_rate: int
     ok: bool
+    first_audio_at: float | None = None
 
 
 class MixedRates(ValueError):

@@ -59,7 +59,10 @@ class StorageService(Service):
         except NotFoundError:
             return None
         meta = AudioMeta.from_headers(raw.headers)
-        return SentenceAudio(index, raw.data or b"", meta.sample_rate, meta.status == "ok")
+        first = (raw.headers or {}).get(schemas.FIRST_AUDIO_HEADER)
+        return SentenceAudio(
+            index, raw.data or b"", meta.sample_rate, meta.status == "ok", float(first) if first else None
+        )
 
     async def handle_reply(self, msg: NatsMsg) -> None:
         done = schemas.decode(msg.data, schemas.ReplyDone)
@@ -82,7 +85,8 @@ class StorageService(Service):
         key = objectstore.reply_audio_key(conv, mid)
         if not await self.store.exists(key):
             await self.store.put(key, wav, "audio/wav")
-        await self.repo.set_audio(mid, key, duration)
+        first_audio = min((s.first_audio_at for s in sentences if s.first_audio_at), default=None)
+        await self.repo.set_audio(mid, key, duration, {"first_audio": first_audio} if first_audio else {})
         url = await self.store.url(key)
         await self.bus.publish_event(
             schemas.AudioStored(conversation_id=conv, message_id=mid, key=key, url=url, duration_s=duration),

@@ -20,7 +20,7 @@ from services.common import metrics, objectstore, schemas, subjects
 from services.common.audio import OUTPUT_RATE
 from services.common.logs import ctx
 from services.common.runtime import Service
-from services.common.schemas import AudioMeta
+from services.common.schemas import FIRST_AUDIO_HEADER, AudioMeta
 
 from .config import TtsSettings
 from .engine import SynthesisError, XttsEngine
@@ -91,15 +91,16 @@ class TtsService(Service):
         voice = await self._voice(job.voice_key)
         keep_alive = asyncio.create_task(busmod.keep_alive(msg))
         try:
-            pcm = await self._synthesise(job, voice)
+            pcm, first_at = await self._synthesise(job, voice)
         except SynthesisError as exc:
             await self._fail(job, str(exc))
             return
         finally:
             keep_alive.cancel()
-        await self._keep(job, pcm, ok=True)
+        await self._keep(job, pcm, ok=True, first_audio_at=first_at)
 
-    async def _synthesise(self, job: schemas.TtsJob, voice) -> bytes:
+    async def _synthesise(self, job: schemas.TtsJob, voice) -> tuple[bytes, float | None]:
+        """Stream the sentence live; returns its whole audio and when its first chunk went out."""
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue = asyncio.Queue()
         stop = False
@@ -120,11 +121,13 @@ class TtsService(Service):
         subject = subjects.live(job.conversation_id, "audio")
         parts: list[bytes] = []
         seq = 0
+        first_at = None
         try:
             while (item := await chunks.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item if isinstance(item, SynthesisError) else SynthesisError(str(item))
                 if seq == 0:
+                    first_at = time.time()
                     metrics.stage("tts_first_chunk", time.perf_counter() - t0)
                     metrics.stage("tts_queue_to_first_chunk", time.time() - job.created_at)
                 data = item.tobytes()
@@ -138,7 +141,7 @@ class TtsService(Service):
                 )
                 await self.bus.nc.publish(subject, data, headers=meta.headers())
                 seq += 1
-                if seq % 4 == 0 and await self._is_cancelled(job.message_id):
+                if await self._is_cancelled(job.message_id):
                     stop = True
                     break
         finally:
@@ -154,9 +157,9 @@ class TtsService(Service):
         )
         await self.bus.nc.publish(subject, b"", headers=last.headers())
         metrics.stage("tts_sentence", time.perf_counter() - t0)
-        return b"".join(parts)
+        return b"".join(parts), first_at
 
-    async def _keep(self, job: schemas.TtsJob, pcm: bytes, ok: bool) -> None:
+    async def _keep(self, job: schemas.TtsJob, pcm: bytes, ok: bool, first_audio_at: float | None = None) -> None:
         """The whole sentence (or a marker that there is none) for storage to assemble."""
         meta = AudioMeta(
             conversation_id=job.conversation_id,
@@ -166,10 +169,11 @@ class TtsService(Service):
             last=True,
             status="ok" if ok else "failed",
         )
+        headers = meta.headers(msg_id=job.job_id)
+        if first_audio_at is not None:
+            headers[FIRST_AUDIO_HEADER] = repr(first_audio_at)
         await self.bus.js.publish(
-            subjects.speech(job.conversation_id, job.message_id, job.sentence_index),
-            pcm,
-            headers=meta.headers(msg_id=job.job_id),
+            subjects.speech(job.conversation_id, job.message_id, job.sentence_index), pcm, headers=headers
         )
 
     async def _fail(self, job: schemas.TtsJob, reason: str) -> None:

@@ -9,6 +9,7 @@ the ids, the order, what was stored and that the stored audio is what was stream
 from __future__ import annotations
 
 import io
+import json
 
 import asyncpg
 import httpx
@@ -73,7 +74,7 @@ async def _check_reply(client: Client, stack, user_message_id: str, user_text: s
     conn = await asyncpg.connect(stack["env"]["PARLEY_DATABASE_URL"])
     try:
         rows = await conn.fetch(
-            "SELECT id::text, role, text, status, audio_key, reply_to::text FROM messages "
+            "SELECT id::text, role, text, status, audio_key, reply_to::text, timings FROM messages "
             "WHERE id = $1::uuid OR id = $2::uuid",
             user_message_id,
             reply_id,
@@ -87,6 +88,12 @@ async def _check_reply(client: Client, stack, user_message_id: str, user_text: s
     assert reply["role"] == "avatar" and reply["status"] == "complete"
     assert reply["text"] == text and reply["reply_to"] == user_message_id
     assert reply["audio_key"] == stored["key"]
+    t = json.loads(reply["timings"])
+    start = t["final"] if "final" in t else t["received"]
+    assert start <= t["started"] <= t["first_token"] <= t["first_sentence"] <= t["first_audio"]
+    assert t["first_sentence"] <= t["done"]
+    if "speech_end" in t:
+        assert t["speech_end"] <= t["final"]
     return {"reply_id": reply_id, "conversation_id": started[0]["conversation_id"]}
 
 
