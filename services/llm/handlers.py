@@ -152,6 +152,8 @@ class Orchestrator(Service):
         keep_alive = asyncio.create_task(busmod.keep_alive(msg))
         # Registered before entering the gate, so a newer turn's cancel cannot miss it.
         active = self._turns[turn.message_id] = _ActiveTurn(conv, turn.message_id)
+        # Read beside the gate: replies of this turn already finished (a redelivery, however late).
+        finished = asyncio.create_task(self.repo.finished_replies(turn.message_id))
         try:
             seq = msg.metadata.sequence.stream
             admission = await self.gate.enter(conv, seq, turn.message_id)
@@ -160,13 +162,14 @@ class Orchestrator(Service):
                 await self._supersede(turn)
                 return
             try:
-                await self._answer(turn, admission.version, active)
+                await self._answer(turn, admission.version, active, await finished)
             finally:
                 version = await self.gate.leave(conv, seq)
                 if conv in self._history:
                     self._history[conv].version = version
         finally:
             del self._turns[turn.message_id]
+            finished.cancel()
             keep_alive.cancel()
 
     async def _persist_user(self, turn: schemas.UserTurn) -> None:
@@ -174,12 +177,10 @@ class Orchestrator(Service):
             turn.message_id, turn.conversation_id, turn.source, turn.session_id, turn.turn_seq, turn.text, turn.marks
         )
 
-    async def _answer(self, turn: schemas.UserTurn, version: int, active: _ActiveTurn) -> None:
+    async def _answer(self, turn: schemas.UserTurn, version: int, active: _ActiveTurn, finished: set[str]) -> None:
+        """Answer with each named character, skipping those whose reply is already finished."""
         conv = turn.conversation_id
-        # Finished replies of this turn (a redelivery, however late) are never generated again.
-        avatars, history, finished = await asyncio.gather(
-            self._avatars_for(conv), self._history_for(conv, version), self.repo.finished_replies(turn.message_id)
-        )
+        avatars, history = await asyncio.gather(self._avatars_for(conv), self._history_for(conv, version))
         persist_user = asyncio.create_task(self._persist_user(turn))
         if not avatars:
             await self.bus.publish_event(

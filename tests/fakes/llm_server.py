@@ -28,8 +28,8 @@ def reply_for(user_text: str) -> str:
 
 
 class FakeLLM:
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.requests: list[dict] = []
         self.mode = "ok"  # ok | http_500 | http_401 | malformed | silent
         self.token_delay_s = 0.005
@@ -78,3 +78,23 @@ class FakeLLM:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+def main() -> None:
+    """Run the stand-in alone (benchmarks keep it out of the measuring process)."""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--token-delay", type=float, default=0.005)
+    args = ap.parse_args()
+    server = FakeLLM(port=args.port)
+    server.token_delay_s = args.token_delay
+    server.start()
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The orchestrator's own added latency: final transcript in, first TTS job out.
+
+    python -m bench.orchestrator_overhead [--turns 200] [--conversations 20] [--concurrency 1]
+
+A real nats-server, a throwaway Postgres and one orchestrator process; the LLM is the local
+OpenAI-compatible stand-in answering at once (tests/fakes/llm_server.py, no token delay).
+For each turn the bench publishes a `UserTurn` fact, as the STT worker does, and times the
+first `reply.delta` event and the first `TtsJob` seen on the bus. The stand-in's own time to
+first token, measured by the same HTTP client beforehand, is reported beside it and
+subtracted for the "orchestrator only" row. Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from services import devstack
+from services.common import bus as busmod
+from services.common import db, ids, schemas, subjects
+from services.common.settings import ServiceSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def llm_first_byte(base_url: str, n: int) -> list[float]:
+    """The stand-in's own time to first token, through a kept-alive connection."""
+    out = []
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            async with http.stream("POST", "/chat/completions", json=body) as resp:
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:") and "content" in line:
+                        out.append(time.perf_counter() - t0)
+                        break
+    return out
+
+
+async def measure(nats_url: str, convs: list[str], turns: int, concurrency: int) -> dict[str, list[float]]:
+    bus = await busmod.connect(ServiceSettings(nats_url=nats_url), "bench")
+    waiting: dict[str, dict] = {}
+
+    async def on_msg(msg):
+        now = time.perf_counter()
+        conv = msg.subject.split(".")[2]
+        w = waiting.get(conv)
+        if w is None:
+            return
+        if msg.subject.startswith("parley.tts.") and "job" not in w:
+            w["job"] = now
+            w["done"].set()
+        elif msg.subject.endswith(".reply_delta") and "delta" not in w:
+            w["delta"] = now
+
+    await bus.nc.subscribe("parley.tts.*", cb=on_msg)
+    await bus.nc.subscribe("parley.live.*.reply_delta", cb=on_msg)
+    results: dict[str, list[float]] = {"first_delta": [], "first_tts_job": []}
+    counter = 0
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(conv: str, n: int) -> None:
+        async with sem:
+            session = ids.new_id()
+            msg_id = ids.user_message_id(conv, session, "text", n)
+            w = waiting[conv] = {"done": asyncio.Event()}
+            turn = schemas.UserTurn(
+                conversation_id=conv,
+                message_id=msg_id,
+                session_id=session,
+                turn_seq=n,
+                source="text",
+                text="Hi",
+                marks={"received": time.time()},
+            )
+            t0 = time.perf_counter()
+            await bus.publish_fact(subjects.turn(conv), turn, msg_id)
+            await asyncio.wait_for(w["done"].wait(), 10)
+            results["first_tts_job"].append(w["job"] - t0)
+            results["first_delta"].append(w["delta"] - t0)
+            await asyncio.sleep(0.3)  # let the reply finish before this conversation's next turn
+
+    per_conv = max(1, turns // len(convs))
+    for round_ in range(per_conv):
+        await asyncio.gather(*(one(c, round_) for c in convs))
+        counter += len(convs)
+    await bus.close()
+    return results
+
+
+async def setup_db(url: str, n: int) -> list[str]:
+    pool = await db.create_pool(url)
+    repo = db.Repo(pool)
+    user = ids.user_id_for("bench")
+    await repo.ensure_user(user, "bench")
+    avatar = db.Avatar(ids.DEMO_AVATAR_ID, "Ada", None, "You are {name}.", "en", "voices/none.wav", None)
+    await repo.upsert_avatar(avatar)
+    convs = []
+    for _ in range(n):
+        conv = ids.new_id()
+        await repo.create_conversation(conv, user, [avatar.id])
+        convs.append(conv)
+    await pool.close()
+    return convs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--turns", type=int, default=200)
+    ap.add_argument("--conversations", type=int, default=20)
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "orchestrator_overhead.json"))
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="parley-bench-"))
+    nats = devstack.NatsServer(work / "nats").start()
+    pg = devstack.PostgresCluster().start()
+    llm_port = devstack.free_port()
+    llm = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.llm_server", "--port", str(llm_port), "--token-delay", "0"], cwd=ROOT
+    )
+    devstack.wait_for_port(llm_port, proc=llm)
+    llm_url = f"http://127.0.0.1:{llm_port}/v1"
+    proc = None
+    try:
+        db.migrate(pg.url)
+        convs = asyncio.run(setup_db(pg.url, args.conversations))
+        env = {
+            "PARLEY_NATS_URL": nats.url,
+            "PARLEY_DATABASE_URL": pg.url,
+            "PARLEY_LLM_BASE_URL": llm_url,
+            "PARLEY_LOG_LEVEL": "WARNING",
+        }
+        proc = devstack.ServiceProcess("llm", env, work / "llm.log").start()
+        proc.wait_ready()
+        baseline = asyncio.run(llm_first_byte(llm_url, 100))
+        asyncio.run(measure(nats.url, convs[:2], 4, 1))  # warm-up: connections, caches
+        results = asyncio.run(measure(nats.url, convs, args.turns, args.concurrency))
+    finally:
+        if proc:
+            proc.stop()
+        llm.terminate()
+        llm.wait()
+        pg.stop()
+        nats.stop()
+
+    base = statistics.median(baseline)
+    rows = {
+        "stand-in LLM first token (HTTP, alone)": baseline,
+        "turn -> first reply.delta": results["first_delta"],
+        "turn -> first TTS job": results["first_tts_job"],
+        "orchestrator only (first TTS job - LLM p50)": [x - base for x in results["first_tts_job"]],
+    }
+    summary = {
+        k: {"n": len(v), "p50_ms": statistics.median(v) * 1000, "p99_ms": pct(v, 0.99) * 1000} for k, v in rows.items()
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "summary": summary,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "git": subprocess.run(
+                        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+                    ).stdout.strip(),
+                },
+            },
+            indent=2,
+        )
+    )
+    print(f"{'measure':48} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}")
+    for k, v in summary.items():
+        print(f"{k:48} {v['n']:5d} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f}")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
