@@ -152,18 +152,34 @@ class Repo:
             user_message_id,
         )
 
-    async def finish_reply(self, reply_id: str, text: str, status: str, error: str | None, timings: dict) -> bool:
-        """Only a reply still streaming is finished; False if something finished it already."""
-        result = await self.pool.execute(
+    async def finish_reply(
+        self, reply_id: str, text: str, status: str, error: str | None, timings: dict
+    ) -> tuple[bool, str, str]:
+        """Finish a reply still streaming. Returns (whether this call finished it, the stored
+        status, the stored text): an interruption may have finished it first."""
+        row = await self.pool.fetchrow(
             """UPDATE messages SET text=$2, status=$3, error=$4, timings=timings || $5, updated_at=now()
-               WHERE id=$1 AND status='streaming'""",
+               WHERE id=$1 AND status='streaming' RETURNING status, text""",
             reply_id,
             text,
             status,
             error,
             timings,
         )
-        return result == "UPDATE 1"
+        if row is not None:
+            return True, row["status"], row["text"]
+        row = await self.pool.fetchrow("SELECT status, text FROM messages WHERE id=$1", reply_id)
+        return False, row["status"], row["text"]
+
+    async def interrupt_reply(self, reply_id: str, heard: str | None) -> str | None:
+        """Mark a reply interrupted, keeping only the heard text when it is known; returns the
+        stored text, or None when there is no such reply or it had failed."""
+        return await self.pool.fetchval(
+            """UPDATE messages SET status='interrupted', text=COALESCE($2, text), updated_at=now()
+               WHERE id=$1 AND role='avatar' AND status <> 'failed' RETURNING text""",
+            reply_id,
+            heard,
+        )
 
     async def finished_replies(self, user_message_id: str) -> set[str]:
         """Avatars whose reply to this user message is already finished."""

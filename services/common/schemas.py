@@ -103,6 +103,15 @@ class TtsJob(Msg):
     created_at: float = 0.0
 
 
+class Interruption(Msg):
+    """The person cut a reply off; where playback stood says what they actually heard."""
+
+    conversation_id: str
+    message_id: str
+    sentence_index: int | None = None
+    offset_s: float | None = None
+
+
 class ReplyDone(Msg):
     """A reply has stopped streaming (complete, interrupted or failed); storage assembles audio."""
 
@@ -183,6 +192,13 @@ class ReplyCompleted(Event, tag="reply.done"):
     sentence_count: int
 
 
+class ReplyInterrupted(Event, tag="reply.interrupted"):
+    """The stored reply now holds only what the person heard before cutting it off."""
+
+    message_id: str
+    text: str
+
+
 class SentenceFailed(Event, tag="audio.sentence_failed"):
     message_id: str
     sentence_index: int
@@ -212,6 +228,7 @@ ClientEvent = (
     | ReplyDelta
     | ReplySentence
     | ReplyCompleted
+    | ReplyInterrupted
     | SentenceFailed
     | AudioStored
     | ErrorEvent
@@ -267,8 +284,10 @@ class AudioMeta(msgspec.Struct, kw_only=True, frozen=True):
             raise msgspec.ValidationError(f"bad audio headers: {exc}") from exc
 
 
-# On a stored sentence (PARLEY_SPEECH): when its first chunk went out live, epoch seconds.
+# On a stored sentence (PARLEY_SPEECH): when its first chunk went out live, epoch seconds,
+# and the sentence's spoken text (percent-encoded), from which heard text is rebuilt.
 FIRST_AUDIO_HEADER = "Parley-First-Audio-At"
+TEXT_HEADER = "Parley-Text"
 
 _json_encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(ClientEvent)

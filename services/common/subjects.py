@@ -56,6 +56,11 @@ def reply_done(conv: str) -> str:
     return f"parley.reply.{conv}"
 
 
+def interrupt(conv: str) -> str:
+    """What the person heard of an interrupted reply (JetStream, for the stored history)."""
+    return f"parley.interrupt.{conv}"
+
+
 def control(conv: str) -> str:
     """Session end and reply cancellation: core NATS, overtakes queued work."""
     return f"parley.ctl.{conv}"
@@ -115,6 +120,12 @@ STREAMS: list[StreamSpec] = [
         ["parley.reply.*"],
         retention=RetentionPolicy.WORK_QUEUE,
         description="replies that stopped streaming, for storage to assemble and upload",
+    ),
+    StreamSpec(
+        "PARLEY_INTERRUPTS",
+        ["parley.interrupt.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        description="interrupted replies with the playback position, for the orchestrator to store",
     ),
     StreamSpec(
         "PARLEY_EVENTS",

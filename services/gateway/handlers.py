@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import msgspec
@@ -338,9 +339,27 @@ class ClientSession:
         self.send_event(schemas.UserMessage(conversation_id=self.conv, message_id=message_id, text=text))
 
     async def _on_interrupt(self, msg: protocol.Interrupt) -> None:
-        targets = [msg.message_id] if msg.message_id else [m for m, r in self.replies.items() if not r.playout.ended]
+        if msg.message_id:
+            try:
+                targets = [str(uuid.UUID(msg.message_id))]
+            except ValueError:
+                self.error("bad_message_id", "interrupt.message_id must be a reply's message id")
+                return
+        else:
+            targets = [m for m, r in self.replies.items() if not r.playout.ended]
         for mid in targets:
             self.interrupted.add(mid)
+            position = msg.message_id is not None and msg.sentence_index is not None
+            await self.bus.publish_fact(
+                subjects.interrupt(self.conv),
+                schemas.Interruption(
+                    conversation_id=self.conv,
+                    message_id=mid,
+                    sentence_index=msg.sentence_index if position else None,
+                    offset_s=(msg.offset_ms or 0) / 1000 if position else None,
+                ),
+                msg_id=f"interrupt.{mid}",
+            )
         await self.bus.publish(
             subjects.control(self.conv),
             schemas.SessionControl(
@@ -391,6 +410,8 @@ class ClientSession:
             self.send_event(ev)
             self._play(ev.message_id, self._reply(ev.message_id).playout.count(ev.sentence_count))
             return
+        elif isinstance(ev, schemas.ReplyInterrupted):
+            self._reply(ev.message_id).playout.ended = True  # nothing more is played of it
         elif isinstance(ev, schemas.SentenceFailed):
             self.send_event(ev)
             self._play(ev.message_id, self._reply(ev.message_id).playout.failed(ev.sentence_index))

@@ -33,7 +33,11 @@ class Text(ClientMessage, tag="text"):
 
 
 class Interrupt(ClientMessage, tag="interrupt"):
+    """Stop a reply. With the playback position, the stored reply keeps only what was heard."""
+
     message_id: str | None = None
+    sentence_index: int | None = None
+    offset_ms: int | None = None
 
 
 class End(ClientMessage, tag="session.end"):

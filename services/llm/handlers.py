@@ -13,8 +13,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from nats.aio.msg import Msg as NatsMsg
+from nats.js.errors import NotFoundError
 
 from services.common import bus as busmod
 from services.common import db, ids, metrics, schemas, subjects
@@ -124,6 +126,15 @@ class Orchestrator(Service):
         )
         await self.worker.start()
         self.workers.append(self.worker)
+        interruptions = busmod.Worker(
+            self.bus,
+            busmod.WorkQueue("PARLEY_INTERRUPTS", "llm-interrupts", "parley.interrupt.*", max_deliver=5),
+            self.handle_interruption,
+            concurrency=8,
+            service=self.name,
+        )
+        await interruptions.start()
+        self.workers.append(interruptions)
 
     async def _avatars_for(self, conv: str) -> list[Avatar]:
         if conv not in self._avatars:
@@ -218,7 +229,8 @@ class Orchestrator(Service):
         reply_id = ids.reply_id(turn.message_id, avatar.id)
         await persist_user
         await self.repo.start_reply(reply_id, turn.conversation_id, turn.message_id, avatar.id)
-        if await self.repo.finish_reply(reply_id, "", "interrupted", "superseded by a newer turn", {}):
+        finished, _, _ = await self.repo.finish_reply(reply_id, "", "interrupted", "superseded by a newer turn", {})
+        if finished:
             await self._announce(turn, avatar, reply_id, "interrupted", "", 0, "superseded by a newer turn")
 
     async def _announce(
@@ -345,9 +357,51 @@ class Orchestrator(Service):
             if streaming_s > 0:
                 metrics.LLM_TOKENS_PER_SECOND.observe((tokens - 1) / streaming_s)
         await persist_reply
-        await self.repo.finish_reply(reply_id, text, status, error, timings)
+        # An interruption with the playback position may have stored the heard text already.
+        _, status, text = await self.repo.finish_reply(reply_id, text, status, error, timings)
         await self._announce(turn, avatar, reply_id, status, text, sentences, error)
         return HistoryItem("avatar", avatar.id, text) if text and status != "failed" else None
+
+    async def handle_interruption(self, msg: NatsMsg) -> None:
+        """Store what the person heard of an interrupted reply; the next prompt says exactly that."""
+        intr = schemas.decode(msg.data, schemas.Interruption)
+        conv = intr.conversation_id
+        await self.cancelled.put(intr.message_id, b"1")
+        heard = await self._heard(intr)
+        text = await self.repo.interrupt_reply(intr.message_id, heard)
+        if text is None:
+            return
+        self._history.pop(conv, None)
+        await self.gate.touch(conv)
+        await self.bus.publish_event(
+            schemas.ReplyInterrupted(conversation_id=conv, message_id=intr.message_id, text=text),
+            msg_id=f"interrupted.{intr.message_id}",
+        )
+
+    async def _heard(self, intr: schemas.Interruption) -> str | None:
+        """Whole sentences before the playback position, then the share of words of the
+        sentence playing, in proportion to how much of its audio was played."""
+        if intr.sentence_index is None:
+            return None
+        parts = []
+        for index in range(intr.sentence_index + 1):
+            subject = subjects.speech(intr.conversation_id, intr.message_id, index)
+            try:
+                raw = await self.bus.js.get_last_msg("PARLEY_SPEECH", subject)
+            except NotFoundError:
+                break  # not synthesised yet, so not heard
+            headers = raw.headers or {}
+            meta = schemas.AudioMeta.from_headers(headers)
+            words = unquote(headers.get(schemas.TEXT_HEADER, "")).split()
+            if meta.status != "ok":
+                continue
+            if index < intr.sentence_index:
+                parts += words
+            else:
+                duration = len(raw.data or b"") / 2 / meta.sample_rate
+                share = min(1.0, (intr.offset_s or 0.0) / duration) if duration else 0.0
+                parts += words[: int(len(words) * share)]
+        return " ".join(parts)
 
     async def _on_control(self, msg: NatsMsg) -> None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from urllib.parse import quote
 
 from nats.aio.msg import Msg as NatsMsg
 from nats.js.errors import KeyNotFoundError
@@ -20,7 +21,7 @@ from services.common import metrics, objectstore, schemas, subjects
 from services.common.audio import OUTPUT_RATE
 from services.common.logs import ctx
 from services.common.runtime import Service
-from services.common.schemas import FIRST_AUDIO_HEADER, AudioMeta
+from services.common.schemas import FIRST_AUDIO_HEADER, TEXT_HEADER, AudioMeta
 
 from .config import TtsSettings
 from .engine import SynthesisError, XttsEngine
@@ -170,6 +171,7 @@ class TtsService(Service):
             status="ok" if ok else "failed",
         )
         headers = meta.headers(msg_id=job.job_id)
+        headers[TEXT_HEADER] = quote(job.text)
         if first_audio_at is not None:
             headers[FIRST_AUDIO_HEADER] = repr(first_audio_at)
         await self.bus.js.publish(

@@ -192,3 +192,28 @@ async def test_redelivered_facts_change_no_row(stack, fake_llm):
     assert len(fake_llm.requests) == requests_before  # the turn was not answered again
     assert len(client.received.events("reply.started")) == 1
     await client.close()
+
+
+async def test_an_interrupted_reply_keeps_only_what_was_heard(stack, fake_llm):
+    client = Client(stack["ws_url"])
+    await client.connect(user="judy")
+    await client.send_json({"type": "text", "text": "Tell me a story"})
+    await client.wait_for(lambda r: r.events("audio.stored"), 120)
+    reply_id = client.received.events("reply.started")[0]["message_id"]
+    sentences = [e["text"] for e in client.received.events("reply.sentence")]
+    played = [c for c in client.received.audio(reply_id) if c.sentence_index == 1]
+    duration_s = sum(len(c.pcm) for c in played) / 2 / 24000
+    offset_ms = int(duration_s * 1000 * 0.6)
+    await client.send_json({"type": "interrupt", "message_id": reply_id, "sentence_index": 1, "offset_ms": offset_ms})
+    event = (await client.wait_for(lambda r: r.events("reply.interrupted"), 30))[0]
+    second = sentences[1].split()
+    expected = " ".join(sentences[0].split() + second[: int(len(second) * (offset_ms / 1000) / duration_s)])
+    assert event["message_id"] == reply_id and event["text"] == expected
+    rows = await _rows(stack, "SELECT status, text FROM messages WHERE id=$1::uuid", reply_id)
+    assert rows[0]["status"] == "interrupted" and rows[0]["text"] == expected
+
+    await client.send_json({"type": "text", "text": "Go on"})
+    await client.wait_for(lambda r: len(r.events("reply.done")) == 2, 60)
+    prompt = fake_llm.requests[-1]["messages"]
+    assert prompt[-2] == {"role": "assistant", "content": expected}  # the next turn's history is what was heard
+    await client.close()
