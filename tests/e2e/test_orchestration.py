@@ -217,3 +217,39 @@ async def test_an_interrupted_reply_keeps_only_what_was_heard(stack, fake_llm):
     prompt = fake_llm.requests[-1]["messages"]
     assert prompt[-2] == {"role": "assistant", "content": expected}  # the next turn's history is what was heard
     await client.close()
+
+
+async def test_no_cancelled_sentence_is_synthesised(stack):
+    import nats
+
+    from services.common import schemas, subjects
+
+    client = Client(stack["ws_url"])
+    await client.connect(user="ken")
+    await client.send_json({"type": "text", "text": "Talk for a while"})
+    first = await client.wait_for(lambda r: r.audio(), 60)
+    reply_id = first[0].message_id
+    await client.send_json({"type": "interrupt", "message_id": reply_id})
+    done = (await client.wait_for(lambda r: r.events("reply.done"), 30))[0]
+    count = done["sentence_count"]
+    assert count >= 3
+
+    nc = await nats.connect(stack["env"]["PARLEY_NATS_URL"])
+    js = nc.jetstream()
+    statuses: dict[int, str] = {}
+    for _ in range(200):  # until the TTS worker has settled every sentence of the reply
+        for i in range(count):
+            if i not in statuses:
+                try:
+                    raw = await js.get_last_msg("PARLEY_SPEECH", subjects.speech(done["conversation_id"], reply_id, i))
+                    statuses[i] = schemas.AudioMeta.from_headers(raw.headers).status
+                except nats.js.errors.NotFoundError:
+                    pass
+        if len(statuses) == count:
+            break
+        await asyncio.sleep(0.1)
+    await nc.close()
+    assert len(statuses) == count
+    synthesised = [i for i, s in statuses.items() if s == "ok"]
+    assert synthesised == [0]  # only the sentence playing when the person cut in
+    await client.close()

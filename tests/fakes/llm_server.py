@@ -31,7 +31,7 @@ class FakeLLM:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.requests: list[dict] = []
-        self.mode = "ok"  # ok | http_500 | http_401 | malformed | silent
+        self.mode = "ok"  # ok | http_500 | http_401 | http_429 | malformed | silent | endless
         self.token_delay_s = 0.005
         app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
@@ -57,12 +57,17 @@ class FakeLLM:
             return JSONResponse({"error": {"message": "upstream exploded"}}, status_code=500)
         if self.mode == "http_401":
             return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
+        if self.mode == "http_429":
+            return JSONResponse({"error": {"message": "slow down"}}, status_code=429)
         user_text = body["messages"][-1]["content"]
         words = reply_for(user_text).split(" ")
 
         async def stream():
             if self.mode == "silent":
                 await asyncio.sleep(5)
+            while self.mode == "endless":
+                yield 'data: {"choices": [{"index": 0, "delta": {"content": " more"}}]}\n\n'
+                await asyncio.sleep(0.01)
             for i, word in enumerate(words):
                 if self.mode == "malformed" and i == 3:
                     yield "data: {not json\n\n"

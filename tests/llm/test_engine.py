@@ -10,6 +10,7 @@ from services.llm.engine import (
     LLMAuthError,
     LLMBadResponse,
     LLMConnectError,
+    LLMRateLimited,
     LLMServerError,
     LLMTimeout,
     SentenceCutter,
@@ -99,6 +100,7 @@ async def test_streams_the_reply(client, fake_llm):
 @pytest.mark.parametrize(
     "mode,error",
     [
+        ("http_429", LLMRateLimited),
         ("http_401", LLMAuthError),
         ("http_500", LLMServerError),
         ("malformed", LLMBadResponse),
@@ -137,3 +139,16 @@ async def test_first_token_timeout(fake_llm):
             await _collect(c)
     finally:
         fake_llm.mode = "ok"
+
+
+async def test_a_stream_that_never_ends_is_cut_at_the_total_timeout(fake_llm):
+    fake_llm.mode = "endless"
+    c = ChatClient(fake_llm.base_url, None, "m", total_timeout_s=0.5, retries=0)
+    got = []
+    try:
+        with pytest.raises(LLMTimeout):
+            async for delta in c.stream([{"role": "user", "content": "hi"}]):
+                got.append(delta)
+    finally:
+        fake_llm.mode = "ok"
+    assert got  # tokens flowed until the deadline
