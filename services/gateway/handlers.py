@@ -185,25 +185,25 @@ class ClientSession:
         repo = self.gw.repo
         self.user_id = ids.user_id_for(start.user)
         await repo.ensure_user(self.user_id, start.user)
-        if start.conversation_id:
-            try:
-                owner = await repo.conversation_owner(start.conversation_id)
-            except Exception:
-                owner = None
+        try:
+            # Canonical form: ids become subject tokens, so one conversation has one spelling.
+            conversation_id = str(uuid.UUID(start.conversation_id)) if start.conversation_id else None
+            avatar_ids = [str(uuid.UUID(a)) for a in start.avatar_ids] or [self.settings.default_avatar_id]
+        except ValueError:
+            await self._safe_close(protocol.CLOSE_BAD_START, "conversation_id and avatar_ids must be UUIDs")
+            return False
+        if conversation_id:
+            owner = await repo.conversation_owner(conversation_id)
             if owner is None:
                 await self._safe_close(protocol.CLOSE_NOT_FOUND, "no such conversation")
                 return False
             if owner != self.user_id:
                 await self._safe_close(protocol.CLOSE_FORBIDDEN, "not your conversation")
                 return False
-            self.conv = start.conversation_id
+            self.conv = conversation_id
         else:
-            avatar_ids = start.avatar_ids or [self.settings.default_avatar_id]
             for aid in avatar_ids:
-                try:
-                    avatar = await repo.get_avatar(aid)
-                except Exception:
-                    avatar = None
+                avatar = await repo.get_avatar(aid)
                 if avatar is None or avatar.owner_id not in (None, self.user_id):
                     await self._safe_close(protocol.CLOSE_NOT_FOUND, f"no such avatar: {aid}"[:120])
                     return False
@@ -212,7 +212,7 @@ class ClientSession:
         self._subs.append(await self.bus.nc.subscribe(subjects.live_all(self.conv), cb=self._on_bus))
         self._subs.append(await self.bus.nc.subscribe(subjects.event_all(self.conv), cb=self._on_bus))
         self._subs.append(await self.bus.nc.subscribe(subjects.speech_all(self.conv), cb=self._on_bus))
-        stt_ok = await self._open_stt(start)
+        stt_error = await self._open_stt(start)
         self.send_event(
             {
                 "type": "session.started",
@@ -222,13 +222,16 @@ class ClientSession:
                 "session_id": self.session_id,
                 "audio_in": {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1},
                 "audio_out": {"encoding": "pcm_s16le", "sample_rate": 24000, "channels": 1},
-                "speech_input": stt_ok,
+                "speech_input": stt_error is None,
             }
         )
+        if stt_error is not None:
+            self.error(*stt_error, retryable=True)
         log.info("session started", extra=ctx(conversation_id=self.conv, session_id=self.session_id))
         return True
 
-    async def _open_stt(self, start: protocol.Start) -> bool:
+    async def _open_stt(self, start: protocol.Start) -> tuple[str, str] | None:
+        """Find an STT worker for the session; the error code and message if none took it."""
         req = schemas.SttOpen(
             conversation_id=self.conv,
             session_id=self.session_id,
@@ -243,14 +246,13 @@ class ClientSession:
                 )
                 opened = schemas.decode(reply.data, schemas.SttOpened)
                 if opened.ok:
-                    return True
+                    return None
                 last = opened.error
             except (NatsTimeout, NoRespondersError):
                 pass
             await asyncio.sleep(0.1)
         code = "no_capacity" if last == "no_capacity" else "stt_unavailable"
-        self.error(code, f"speech input is unavailable: {last}; typed text still works", retryable=True)
-        return False
+        return code, f"speech input is unavailable: {last}; typed text still works"
 
     async def _teardown(self) -> None:
         self._closed = True

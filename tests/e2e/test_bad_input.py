@@ -105,3 +105,10 @@ async def test_failing_speech_synthesis_leaves_a_text_only_reply(stack):
         await conn.close()
     assert row["status"] == "complete" and row["text"] == done["text"] and row["audio_key"] is None
     await client.close()
+
+
+async def test_malformed_ids_in_session_start_are_refused(stack):
+    client = Client(stack["ws_url"])
+    with pytest.raises(AssertionError):
+        await client.connect(user="dave", conversation_id="not-a-uuid")
+    assert client.close_code == 4400
