@@ -183,7 +183,11 @@ class Orchestrator(Service):
             finished.cancel()
             keep_alive.cancel()
 
-    async def _persist_user(self, turn: schemas.UserTurn) -> None:
+    async def _persist_user(self, turn: schemas.UserTurn, after: asyncio.Event | None = None) -> None:
+        """Written once the first sentence is on its way (`after`): the database does not
+        compete for the CPU with the first token, and the turn is not acked before it."""
+        if after is not None:
+            await after.wait()
         await self.repo.insert_user_message(
             turn.message_id, turn.conversation_id, turn.source, turn.session_id, turn.turn_seq, turn.text, turn.marks
         )
@@ -192,7 +196,8 @@ class Orchestrator(Service):
         """Answer with each named character, skipping those whose reply is already finished."""
         conv = turn.conversation_id
         avatars, history = await asyncio.gather(self._avatars_for(conv), self._history_for(conv, version))
-        persist_user = asyncio.create_task(self._persist_user(turn))
+        first_out = asyncio.Event()
+        persist_user = asyncio.create_task(self._persist_user(turn, first_out))
         if not avatars:
             await self.bus.publish_event(
                 schemas.ErrorEvent(
@@ -208,12 +213,14 @@ class Orchestrator(Service):
             if avatar.id in finished:
                 continue
             if active.cancel.is_set():
+                first_out.set()
                 await self._close_unanswered(turn, avatar, persist_user)
                 continue
             # Each character of the turn sees the ones who answered before it.
-            item = await self._reply(turn, avatar, avatars, list(history), persist_user, active)
+            item = await self._reply(turn, avatar, avatars, list(history), persist_user, first_out, active)
             if item is not None:
                 self._remember(history, item)
+        first_out.set()
         await persist_user
 
     async def _supersede(self, turn: schemas.UserTurn) -> None:
@@ -270,6 +277,7 @@ class Orchestrator(Service):
         avatars: list[Avatar],
         history: list[HistoryItem],
         persist_user: asyncio.Task,
+        first_out: asyncio.Event,
         active: _ActiveTurn,
     ) -> HistoryItem | None:
         conv = turn.conversation_id
@@ -318,6 +326,7 @@ class Orchestrator(Service):
                 created_at=time.time(),
             )
             await self.bus.publish_fact(subjects.tts_job(conv), job, job.job_id)
+            first_out.set()
             await self.bus.publish_live(
                 schemas.ReplySentence(conversation_id=conv, message_id=reply_id, sentence_index=sentences, text=spoken)
             )
@@ -356,6 +365,7 @@ class Orchestrator(Service):
             streaming_s = time.perf_counter() - t0 - first_token_s
             if streaming_s > 0:
                 metrics.LLM_TOKENS_PER_SECOND.observe((tokens - 1) / streaming_s)
+        first_out.set()
         await persist_reply
         # An interruption with the playback position may have stored the heard text already.
         _, status, text = await self.repo.finish_reply(reply_id, text, status, error, timings)
