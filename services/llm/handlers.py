@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -31,6 +32,26 @@ from .ordering import TurnGate
 log = logging.getLogger(__name__)
 
 DEFAULT_PERSONA = "You are {name}, {role}. Speak naturally and briefly: your words are spoken aloud."
+# The languages XTTS-v2 speaks, named for the prompt.
+LANGUAGES = {
+    "en": "English",
+    "es": "Spanish",
+    "fr": "French",
+    "de": "German",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "pl": "Polish",
+    "tr": "Turkish",
+    "ru": "Russian",
+    "nl": "Dutch",
+    "cs": "Czech",
+    "ar": "Arabic",
+    "zh-cn": "Chinese",
+    "ja": "Japanese",
+    "hu": "Hungarian",
+    "ko": "Korean",
+    "hi": "Hindi",
+}
 
 
 def build_prompt(avatar: Avatar, avatars: list[Avatar], history: list[HistoryItem]) -> list[dict]:
@@ -41,7 +62,11 @@ def build_prompt(avatar: Avatar, avatars: list[Avatar], history: list[HistoryIte
     """
     persona = (avatar.persona_prompt or DEFAULT_PERSONA).replace("{name}", avatar.name)
     persona = persona.replace("{role}", avatar.role_title or "a conversational character")
-    persona = persona.replace("{language}", avatar.language)
+    language = LANGUAGES.get(avatar.language.lower(), avatar.language)
+    if "{language}" in persona:
+        persona = persona.replace("{language}", language)
+    else:
+        persona += f"\nAlways answer in {language}."
     others = [a.name for a in avatars if a.id != avatar.id]
     if others:
         persona += (
@@ -63,8 +88,7 @@ def build_prompt(avatar: Avatar, avatars: list[Avatar], history: list[HistoryIte
 
 def answering(avatars: list[Avatar], text: str) -> list[Avatar]:
     """Characters named in the turn answer it, in conversation order; else the first one."""
-    lowered = text.lower()
-    named = [a for a in avatars if a.name and a.name.lower() in lowered]
+    named = [a for a in avatars if a.name and re.search(rf"\b{re.escape(a.name)}\b", text, re.IGNORECASE)]
     return named or avatars[:1]
 
 

@@ -1,0 +1,49 @@
+"""How a character's prompt is built from its persona and the conversation so far."""
+
+from __future__ import annotations
+
+from services.common.db import Avatar, HistoryItem
+from services.llm.handlers import answering, build_prompt
+
+ADA = Avatar("a", "Ada", "a guide", "You are {name}, {role}. Speak {language}.", "fr", None, None)
+BO = Avatar("b", "Bo", None, "You are {name}.", "en", None, None)
+
+
+def test_persona_template_fills_name_role_and_language():
+    prompt = build_prompt(ADA, [ADA], [HistoryItem("user", None, "Bonjour")])
+    assert prompt[0] == {"role": "system", "content": "You are Ada, a guide. Speak French."}
+    assert prompt[1:] == [{"role": "user", "content": "Bonjour"}]
+
+
+def test_language_is_asked_for_when_the_template_does_not_name_it():
+    assert prompt_text(BO).endswith("Always answer in English.")
+
+
+def prompt_text(avatar: Avatar) -> str:
+    return build_prompt(avatar, [avatar], [])[0]["content"]
+
+
+def test_each_character_sees_who_said_what():
+    history = [
+        HistoryItem("user", None, "Hello both"),
+        HistoryItem("avatar", "a", "Salut"),
+        HistoryItem("avatar", "b", "Hi"),
+        HistoryItem("user", None, "Bo, again?"),
+    ]
+    ada = build_prompt(ADA, [ADA, BO], history)
+    assert "Bo" in ada[0]["content"]
+    assert ada[1:] == [
+        {"role": "user", "content": "Hello both"},
+        {"role": "assistant", "content": "Salut"},
+        {"role": "user", "content": "Bo: Hi"},
+        {"role": "user", "content": "Bo, again?"},
+    ]
+    bo = build_prompt(BO, [ADA, BO], history)
+    assert bo[2] == {"role": "user", "content": "Ada: Salut"} and bo[3] == {"role": "assistant", "content": "Hi"}
+
+
+def test_named_characters_answer_in_conversation_order_else_the_first():
+    assert answering([ADA, BO], "bo and ada?") == [ADA, BO]
+    assert answering([ADA, BO], "Bo?") == [BO]
+    assert answering([ADA, BO], "anyone?") == [ADA]
+    assert answering([ADA, BO], "Hello both, about the book") == [ADA]  # names are whole words
