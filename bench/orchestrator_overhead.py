@@ -6,8 +6,11 @@ A real nats-server, a throwaway Postgres and one orchestrator process; the LLM i
 OpenAI-compatible stand-in answering at once (tests/fakes/llm_server.py, no token delay).
 For each turn the bench publishes a `UserTurn` fact, as the STT worker does, and times the
 first `reply.delta` event and the first `TtsJob` seen on the bus. The stand-in's own time to
-first token, measured by the same HTTP client beforehand, is reported beside it and
-subtracted for the "orchestrator only" row. Prints a table, writes JSON.
+first token, measured by the same HTTP client beforehand, is reported beside it. The
+"orchestrator only" row subtracts, turn by turn, the time the orchestrator itself waited
+for the provider's first token (its reply's `started` and `first_token` marks in Postgres),
+so what remains is the bus, the turn gate, the prompt, the cut and the TTS job publish.
+Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ async def measure(nats_url: str, convs: list[str], turns: int, concurrency: int)
     await bus.nc.subscribe("parley.tts.*", cb=on_msg)
     await bus.nc.subscribe("parley.live.*.reply_delta", cb=on_msg)
     results: dict[str, list[float]] = {"first_delta": [], "first_tts_job": []}
+    replies: list[str] = []
     counter = 0
     sem = asyncio.Semaphore(concurrency)
 
@@ -94,6 +98,7 @@ async def measure(nats_url: str, convs: list[str], turns: int, concurrency: int)
             await bus.publish_fact(subjects.turn(conv), turn, msg_id)
             await asyncio.wait_for(w["done"].wait(), 10)
             results["first_tts_job"].append(w["job"] - t0)
+            replies.append(ids.reply_id(msg_id, ids.DEMO_AVATAR_ID))
             results["first_delta"].append(w["delta"] - t0)
             await asyncio.sleep(0.3)  # let the reply finish before this conversation's next turn
 
@@ -102,7 +107,17 @@ async def measure(nats_url: str, convs: list[str], turns: int, concurrency: int)
         await asyncio.gather(*(one(c, round_) for c in convs))
         counter += len(convs)
     await bus.close()
+    results["replies"] = replies
     return results
+
+
+async def provider_waits(database_url: str, replies: list[str]) -> list[float]:
+    """Per reply, how long the orchestrator waited for the provider's first token."""
+    pool = await db.create_pool(database_url)
+    rows = await pool.fetch("SELECT id::text, timings FROM messages WHERE id = ANY($1::uuid[])", replies)
+    await pool.close()
+    by_id = {r["id"]: r["timings"] for r in rows}
+    return [by_id[r]["first_token"] - by_id[r]["started"] for r in replies]
 
 
 async def setup_db(url: str, n: int) -> list[str]:
@@ -153,6 +168,7 @@ def main() -> None:
         baseline = asyncio.run(llm_first_byte(llm_url, 100))
         asyncio.run(measure(nats.url, convs[:2], 4, 1))  # warm-up: connections, caches
         results = asyncio.run(measure(nats.url, convs, args.turns, args.concurrency))
+        waits = asyncio.run(provider_waits(pg.url, results.pop("replies")))
     finally:
         if proc:
             proc.stop()
@@ -161,12 +177,14 @@ def main() -> None:
         pg.stop()
         nats.stop()
 
-    base = statistics.median(baseline)
     rows = {
         "stand-in LLM first token (HTTP, alone)": baseline,
         "turn -> first reply.delta": results["first_delta"],
         "turn -> first TTS job": results["first_tts_job"],
-        "orchestrator only (first TTS job - LLM p50)": [x - base for x in results["first_tts_job"]],
+        "provider wait seen by the orchestrator": waits,
+        "orchestrator only (first TTS job - provider wait)": [
+            x - w for x, w in zip(results["first_tts_job"], waits, strict=True)
+        ],
     }
     summary = {
         k: {"n": len(v), "p50_ms": statistics.median(v) * 1000, "p99_ms": pct(v, 0.99) * 1000} for k, v in rows.items()
