@@ -199,6 +199,8 @@ class Worker:
                 t.add_done_callback(self._tasks.discard)
 
     async def _run(self, msg: NatsMsg) -> None:
+        gauge = metrics.IN_FLIGHT.labels(self.service)
+        gauge.inc()
         try:
             await self.handler(msg)
             await msg.ack()
@@ -211,6 +213,7 @@ class Worker:
             delay = min(0.25 * 2 ** (msg.metadata.num_delivered - 1), 5.0)
             await self._redeliver_or_give_up(msg, exc, delay)
         finally:
+            gauge.dec()
             self._slots.release()
 
     async def _redeliver_or_give_up(self, msg: NatsMsg, exc: BaseException, delay: float) -> None:
