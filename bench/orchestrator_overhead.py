@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,17 +26,11 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import ROOT, pct, write_result
 from services import devstack
 from services.common import bus as busmod
 from services.common import db, ids, schemas, subjects
 from services.common.settings import ServiceSettings
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def llm_first_byte(base_url: str, n: int) -> list[float]:
@@ -189,24 +180,7 @@ def main() -> None:
     summary = {
         k: {"n": len(v), "p50_ms": statistics.median(v) * 1000, "p99_ms": pct(v, 0.99) * 1000} for k, v in rows.items()
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "summary": summary,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "git": subprocess.run(
-                        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-                    ).stdout.strip(),
-                },
-            },
-            indent=2,
-        )
-    )
+    out = write_result(args.out, {"args": vars(args), "summary": summary})
     print(f"{'measure':48} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}")
     for k, v in summary.items():
         print(f"{k:48} {v['n']:5d} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f}")

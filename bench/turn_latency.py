@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 import wave
 from pathlib import Path
 
+from bench.common import ROOT, pct, write_result
 from services import devstack
 from services.cli import seed, test_model_env
 from services.common import db
@@ -30,13 +28,6 @@ from services.common.settings import ServiceSettings
 from tests.client import AudioChunk, Client
 from tests.conftest import make_speech
 from tests.fakes.llm_server import FakeLLM
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _arrival(client: Client, pred, since: int) -> float:
@@ -143,18 +134,12 @@ def main() -> None:
         pg.stop()
         nats.stop()
 
-    result["machine"] = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "stt_model": os.environ.get("PARLEY_STT_MODEL"),
-        "tts_model": os.environ.get("PARLEY_TTS_MODEL"),
-        "git": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_result(
+        args.out,
+        result,
+        stt_model=os.environ.get("PARLEY_STT_MODEL"),
+        tts_model=os.environ.get("PARLEY_TTS_MODEL"),
+    )
 
     print(f"{'turn':8} {'measure (s, from end of speech / send)':40} {'p50':>8} {'p95':>8} {'max':>8}")
     for kind in ("spoken", "typed"):
