@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations (PARLEY_DATABASE_URL)")
     sub.add_parser("seed", help="create the demo avatar and upload its reference voice")
+    led = sub.add_parser("ledger", help="check that nothing was lost (database, bucket, events)")
+    led.add_argument("conversations", nargs="*", help="conversation ids (default: all)")
     d = sub.add_parser("dev", help="run the whole stack locally without Docker")
     d.add_argument("--state-dir", default=".cache/dev")
     d.add_argument(
@@ -139,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "seed":
         asyncio.run(seed(ServiceSettings()))
         return 0
+    if args.command == "ledger":
+        from services import ledger
+
+        return ledger.main(args.conversations)
     return dev(args)
 
 

@@ -43,6 +43,10 @@ class Received:
         raise AssertionError("no such item")
 
 
+# Every client of this test run, so the ledger check can see what each one was told.
+CLIENTS: list[Client] = []
+
+
 class Client:
     def __init__(self, url: str):
         self.url = url
@@ -55,6 +59,7 @@ class Client:
 
     async def connect(self, **start) -> dict:
         self._ws = await websockets.connect(self.url, max_size=None)
+        CLIENTS.append(self)
         await self.send_json({"type": "session.start", **start})
         self._reader = asyncio.create_task(self._read())
         return await self.wait_for(lambda r: r.events("session.started"), 30)

@@ -126,6 +126,7 @@ class LiveSession:
                         conversation_id=self.conv,
                         code="transcription_failed",
                         message=f"utterance {ev.utterance_index} could not be transcribed",
+                        message_id=ids.user_message_id(self.conv, self.session_id, "voice", ev.utterance_index),
                     ),
                     msg_id=f"stt-fail.{self.session_id}.{ev.utterance_index}",
                 )

@@ -1,0 +1,169 @@
+"""The ledger: what "nothing lost" means, checked over the database, the bucket and the events.
+
+After any fault, within a deadline:
+- every user message has exactly one reply per answering character, or a failure event;
+- no reply is still `streaming`;
+- every finished reply with spoken text has its audio object, or a failure event for it;
+- every audio key on a message names an object that exists, and every reply object under
+  `tts/` belongs to a message (no orphans);
+- every closed utterance a client saw has exactly one user message, or a failure event.
+
+`parley ledger [CONVERSATION_ID ...]` prints each problem precisely and exits 1 if any.
+Failure events are read back from the PARLEY_EVENTS stream (kept for its retention window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.js.api import DeliverPolicy
+
+from services.common import bus as busmod
+from services.common import db, ids, objectstore, schemas
+from services.common.settings import ServiceSettings
+from services.llm.handlers import answering
+
+# Events that account for a missing reply, or for a reply without audio.
+REPLY_FAILURES = {"turn_failed", "no_avatar"}
+AUDIO_FAILURES = {"audio_store_failed"}
+UTTERANCE_FAILURES = {"no_speech_recognized", "transcription_failed"}
+
+
+@dataclass
+class Evidence:
+    """What clients were told: failure events by message id, and closed utterances."""
+
+    errors: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    sentence_failures: set[str] = field(default_factory=set)
+    closed_utterances: set[tuple[str, str, int]] = field(default_factory=set)
+
+    def add(self, ev: schemas.Event) -> None:
+        if isinstance(ev, schemas.ErrorEvent) and ev.message_id:
+            self.errors[ev.message_id].add(ev.code)
+        elif isinstance(ev, schemas.SentenceFailed):
+            self.sentence_failures.add(ev.message_id)
+        elif isinstance(ev, schemas.SpeechStopped):
+            self.closed_utterances.add((ev.conversation_id, ev.session_id, ev.utterance_seq))
+
+    def add_client_events(self, events: list[dict]) -> None:
+        """Events as a client received them (JSON objects); unknown kinds are skipped."""
+        for body in events:
+            try:
+                self.add(msgspec.convert(body, schemas.ClientEvent))
+            except msgspec.ValidationError:
+                continue
+
+
+async def read_events(bus: busmod.Bus, conversations: list[str] | None) -> Evidence:
+    """Every client event still in PARLEY_EVENTS (for the given conversations, or all)."""
+    evidence = Evidence()
+    wanted = set(conversations or [])
+    sub = await bus.js.subscribe("parley.event.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    try:
+        info = await bus.js.stream_info("PARLEY_EVENTS")
+        last = info.state.last_seq
+        while last:
+            msg = await sub.next_msg(timeout=5)
+            try:
+                ev = schemas.decode_event(msg.data)
+            except Exception:
+                ev = None
+            if ev is not None and (not wanted or ev.conversation_id in wanted):
+                evidence.add(ev)
+            if msg.metadata.sequence.stream >= last:
+                break
+    finally:
+        await sub.unsubscribe()
+    return evidence
+
+
+async def check(
+    repo: db.Repo,
+    store: objectstore.ObjectStore,
+    evidence: Evidence,
+    conversations: list[str] | None = None,
+) -> list[str]:
+    """Every way the ledger does not balance, as readable lines (empty: it balances)."""
+    problems: list[str] = []
+    rows = await repo.pool.fetch(
+        """SELECT m.id, m.conversation_id, m.role, m.avatar_id, m.reply_to, m.text, m.status, m.audio_key
+           FROM messages m
+           WHERE $1::uuid[] IS NULL OR m.conversation_id = ANY($1::uuid[])""",
+        conversations,
+    )
+    by_conv: dict[str, list] = defaultdict(list)
+    for r in rows:
+        by_conv[r["conversation_id"]].append(r)
+    keys = {r["audio_key"] for r in rows if r["audio_key"]}
+
+    for conv, messages in by_conv.items():
+        avatars = await repo.conversation_avatars(conv)
+        replies = {(r["reply_to"], r["avatar_id"]): r for r in messages if r["role"] == "avatar"}
+        for user in (r for r in messages if r["role"] == "user"):
+            for avatar in answering(avatars, user["text"]):
+                reply = replies.get((user["id"], avatar.id))
+                if reply is None and not evidence.errors.get(user["id"], set()) & REPLY_FAILURES:
+                    problems.append(
+                        f"conversation {conv}: user message {user['id']} has no reply from {avatar.name} "
+                        f"({avatar.id}) and no failure event"
+                    )
+                elif reply is not None and reply["id"] != ids.reply_id(user["id"], avatar.id):
+                    problems.append(f"reply {reply['id']} does not carry its derived id")
+        for reply in (r for r in messages if r["role"] == "avatar"):
+            rid = reply["id"]
+            if reply["status"] == "streaming":
+                problems.append(f"conversation {conv}: reply {rid} is still streaming")
+                continue
+            spoken = reply["status"] in ("complete", "interrupted") and reply["text"]
+            accounted = rid in evidence.sentence_failures or evidence.errors.get(rid, set()) & AUDIO_FAILURES
+            if spoken and reply["status"] == "complete" and not reply["audio_key"] and not accounted:
+                problems.append(f"conversation {conv}: complete reply {rid} has no audio and no failure event")
+            if reply["audio_key"] and not await store.exists(reply["audio_key"]):
+                problems.append(f"conversation {conv}: reply {rid} names {reply['audio_key']}, which does not exist")
+
+    for conv in by_conv:
+        async for key in _objects(store, f"tts/{conv}/"):
+            if key not in keys:
+                problems.append(f"conversation {conv}: orphan object {key}")
+
+    user_ids = {r["id"] for r in rows if r["role"] == "user"}
+    for conv, session, seq in sorted(evidence.closed_utterances):
+        if conversations and conv not in conversations:
+            continue
+        message_id = ids.user_message_id(conv, session, "voice", seq)
+        if message_id not in user_ids and not evidence.errors.get(message_id, set()) & UTTERANCE_FAILURES:
+            problems.append(
+                f"conversation {conv}: utterance {seq} of session {session} was closed but has no user message "
+                f"({message_id}) and no failure event"
+            )
+    return problems
+
+
+async def _objects(store: objectstore.ObjectStore, prefix: str):
+    paginator = store.client.get_paginator("list_objects_v2")
+    async for page in paginator.paginate(Bucket=store.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            yield obj["Key"]
+
+
+async def run(settings: ServiceSettings, conversations: list[str] | None = None) -> list[str]:
+    bus = await busmod.connect(settings, "ledger")
+    pool = await db.create_pool(settings.database_url)
+    try:
+        evidence = await read_events(bus, conversations)
+        async with objectstore.ObjectStore(settings) as store:
+            return await check(db.Repo(pool), store, evidence, conversations)
+    finally:
+        await pool.close()
+        await bus.close()
+
+
+def main(conversations: list[str]) -> int:
+    problems = asyncio.run(run(ServiceSettings(), conversations or None))
+    for line in problems:
+        print(line)
+    print("ledger balances" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
