@@ -196,10 +196,13 @@ class Orchestrator(Service):
             if admission.outcome == "superseded":
                 await self._supersede(turn)
                 return
+            done = False
             try:
                 await self._answer(turn, admission.version, active, await finished)
+                done = True
             finally:
-                version = await self.gate.leave(conv, seq)
+                # A failed attempt leaves the turn unfinished, so its redelivery is answered.
+                version = await self.gate.leave(conv, seq, done)
                 if conv in self._history:
                     self._history[conv].version = version
         finally:
@@ -233,18 +236,20 @@ class Orchestrator(Service):
                 msg_id=f"no-avatar.{turn.message_id}",
             )
         self._remember(history, HistoryItem("user", None, turn.text))
-        for avatar in answering(avatars, turn.text):
-            if avatar.id in finished:
-                continue
-            if active.cancel.is_set():
-                first_out.set()
-                await self._close_unanswered(turn, avatar, persist_user)
-                continue
-            # Each character of the turn sees the ones who answered before it.
-            item = await self._reply(turn, avatar, avatars, list(history), persist_user, first_out, active)
-            if item is not None:
-                self._remember(history, item)
-        first_out.set()
+        try:
+            for avatar in answering(avatars, turn.text):
+                if avatar.id in finished:
+                    continue
+                if active.cancel.is_set():
+                    first_out.set()
+                    await self._close_unanswered(turn, avatar, persist_user)
+                    continue
+                # Each character of the turn sees the ones who answered before it.
+                item = await self._reply(turn, avatar, avatars, list(history), persist_user, first_out, active)
+                if item is not None:
+                    self._remember(history, item)
+        finally:
+            first_out.set()
         await persist_user
 
     async def _supersede(self, turn: schemas.UserTurn) -> None:

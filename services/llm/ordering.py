@@ -112,12 +112,17 @@ class TurnGate:
                 )
             await asyncio.sleep(self.poll_s)
 
-    async def leave(self, conv: str, seq: int) -> int:
-        """The turn is finished; returns the conversation's new history version."""
+    async def leave(self, conv: str, seq: int, done: bool = True) -> int:
+        """The turn is no longer active; returns the conversation's new history version.
+
+        Only a turn that is `done` counts as finished: an attempt that failed leaves
+        `last_seq` alone, so the turn's redelivery enters instead of being superseded.
+        """
         while True:
             state, rev = await self._read(conv)
             active = (0, "") if state.active_seq == seq else (state.active_seq, state.active_message)
-            new = TurnState(*active, max(state.last_seq, seq), state.version + 1)
+            last = max(state.last_seq, seq) if done else state.last_seq
+            new = TurnState(*active, last, state.version + 1)
             if await self._write(conv, new, rev):
                 return new.version
 

@@ -71,3 +71,12 @@ async def test_a_newer_turn_takes_over_when_the_holder_never_leaves(nats_server)
     state, _ = await gate._read("c4")
     assert state.active_seq == 41 and state.last_seq == 40
     await bus.close()
+
+
+async def test_a_failed_attempt_does_not_finish_its_turn(gates):
+    a, b, _ = gates
+    assert (await a.enter("c5", 50, "m50")).outcome == "held"
+    await a.leave("c5", 50, done=False)  # the handler failed; the turn will be redelivered
+    assert (await b.enter("c5", 50, "m50")).outcome == "held"
+    await b.leave("c5", 50)
+    assert (await a.enter("c5", 50, "m50")).outcome == "superseded"  # now it is finished
