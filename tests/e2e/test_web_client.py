@@ -1,0 +1,62 @@
+"""The web client at `/` in a real headless Chromium: a fake microphone speaks, the avatar answers.
+
+Chromium's fake capture device plays a WAV into getUserMedia, so the page's own audio path
+(AudioWorklet at 16 kHz, PCM16 frames over the WebSocket) is what reaches the gateway.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.engine]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def mic_wav(speech_wav, tmp_path):
+    """The spoken fixture followed by enough silence to end the turn (Chromium loops the file)."""
+    out = tmp_path / "mic.wav"
+    subprocess.run(["sox", str(speech_wav), str(out), "pad", "0", "4"], check=True)
+    return out
+
+
+async def test_web_client_speaks_and_types_to_the_avatar(stack, mic_wav, tmp_path):
+    from playwright.async_api import async_playwright, expect
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={mic_wav}",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(stack["http_url"] + "/")
+            await page.fill("#user", "browser-user")
+            await page.click("#connect")
+            await expect(page.locator("#log .meta").first).to_contain_text("conversation", timeout=15000)
+            await page.click("#mic")
+            await expect(page.locator("#log .user").first).to_contain_text("You: ", timeout=60000)
+            await expect(page.locator("#log .avatar a").first).to_have_text(" [audio]", timeout=120000)
+            await page.click("#mic")  # stop the microphone before typing
+            await page.fill("#text", "And now in writing?")
+            await page.click("#send")
+            typed_reply = page.locator('#log .user:has-text("And now in writing?") ~ .avatar a').first
+            await expect(typed_reply).to_have_text(" [audio]", timeout=120000)
+            assert int(await page.locator("#frames").text_content()) > 0
+            assert await page.locator("#log .err").count() == 0
+            await page.screenshot(path=str(tmp_path / "web-client.png"), full_page=True)
+        finally:
+            await browser.close()
