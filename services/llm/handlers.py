@@ -192,7 +192,9 @@ class Orchestrator(Service):
         try:
             seq = msg.metadata.sequence.stream
             admission = await self.gate.enter(conv, seq, turn.message_id)
-            log.debug("turn %s", admission.outcome, extra=ctx(conversation_id=conv, message_id=turn.message_id, seq=seq))
+            log.debug(
+                "turn %s", admission.outcome, extra=ctx(conversation_id=conv, message_id=turn.message_id, seq=seq)
+            )
             if admission.outcome == "superseded":
                 await self._supersede(turn)
                 return

@@ -60,3 +60,40 @@ async def test_web_client_speaks_and_types_to_the_avatar(stack, mic_wav, tmp_pat
             await page.screenshot(path=str(tmp_path / "web-client.png"), full_page=True)
         finally:
             await browser.close()
+
+
+async def test_web_client_interrupt_keeps_what_was_heard(stack, mic_wav):
+    from playwright.async_api import async_playwright, expect
+
+    from tests.fakes.llm_server import reply_for
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(stack["http_url"] + "/")
+            await page.fill("#user", "browser-interrupter")
+            await page.click("#connect")
+            await expect(page.locator("#log .meta").first).to_contain_text("conversation", timeout=15000)
+            await page.fill("#text", "Please talk for a while")
+            await page.click("#send")
+            await expect(page.locator("#frames")).not_to_have_text("0", timeout=60000)
+            await page.wait_for_timeout(1500)  # a moment of playback
+            await page.click("#interrupt")
+            reply = page.locator("#log .avatar.interrupted")
+            await expect(reply).to_contain_text("[interrupted]", timeout=30000)
+            heard = (await reply.text_content()).removeprefix("Ada: ").removesuffix(" [interrupted]")
+        finally:
+            await browser.close()
+    full = reply_for("Please talk for a while").split()
+    assert heard.split() == full[: len(heard.split())]  # what was heard is the start of the reply
+    assert 0 < len(heard.split()) < len(full)
