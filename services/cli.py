@@ -63,7 +63,6 @@ def dev(args: argparse.Namespace) -> int:
         "PARLEY_S3_ACCESS_KEY_ID": os.environ.get("PARLEY_S3_ACCESS_KEY_ID", "dev"),
         "PARLEY_S3_SECRET_ACCESS_KEY": os.environ.get("PARLEY_S3_SECRET_ACCESS_KEY", "dev"),
         "PARLEY_S3_REGION": os.environ.get("PARLEY_S3_REGION", "us-east-1"),
-        "COQUI_TOS_AGREED": os.environ.get("COQUI_TOS_AGREED", "1"),
     }
     if args.test_models:
         env.update(test_model_env(Path(args.model_cache)))
