@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+import uvloop
 
 from bench.common import ROOT, pct, write_result
 from services import devstack
@@ -102,13 +103,20 @@ async def measure(nats_url: str, convs: list[str], turns: int, concurrency: int)
     return results
 
 
-async def provider_waits(database_url: str, replies: list[str]) -> list[float]:
-    """Per reply, how long the orchestrator waited for the provider's first token."""
+async def stage_marks(database_url: str, replies: list[str]) -> dict[str, list[float]]:
+    """Per reply, the orchestrator's own wall-clock marks (stored on the reply row) turned
+    into stage durations; "provider wait" is how long it waited for the first token."""
     pool = await db.create_pool(database_url)
     rows = await pool.fetch("SELECT id::text, timings FROM messages WHERE id = ANY($1::uuid[])", replies)
     await pool.close()
     by_id = {r["id"]: r["timings"] for r in rows}
-    return [by_id[r]["first_token"] - by_id[r]["started"] for r in replies]
+    marks = [by_id[r] for r in replies]
+    return {
+        "provider_wait": [m["first_token"] - m["started"] for m in marks],
+        "bus_hop": [m["llm_received"] - m["received"] for m in marks],
+        "received_to_started": [m["started"] - m["llm_received"] for m in marks],
+        "first_token_to_sentence": [m["first_sentence"] - m["first_token"] for m in marks],
+    }
 
 
 async def setup_db(url: str, n: int) -> list[str]:
@@ -147,7 +155,7 @@ def main() -> None:
     proc = None
     try:
         db.migrate(pg.url)
-        convs = asyncio.run(setup_db(pg.url, args.conversations))
+        convs = uvloop.run(setup_db(pg.url, args.conversations))
         env = {
             "PARLEY_NATS_URL": nats.url,
             "PARLEY_DATABASE_URL": pg.url,
@@ -156,10 +164,10 @@ def main() -> None:
         }
         proc = devstack.ServiceProcess("llm", env, work / "llm.log").start()
         proc.wait_ready()
-        baseline = asyncio.run(llm_first_byte(llm_url, 100))
-        asyncio.run(measure(nats.url, convs[:2], 4, 1))  # warm-up: connections, caches
-        results = asyncio.run(measure(nats.url, convs, args.turns, args.concurrency))
-        waits = asyncio.run(provider_waits(pg.url, results.pop("replies")))
+        baseline = uvloop.run(llm_first_byte(llm_url, 100))
+        uvloop.run(measure(nats.url, convs[:2], 4, 1))  # warm-up: connections, caches
+        results = uvloop.run(measure(nats.url, convs, args.turns, args.concurrency))
+        stages = uvloop.run(stage_marks(pg.url, results.pop("replies")))
     finally:
         if proc:
             proc.stop()
@@ -172,18 +180,22 @@ def main() -> None:
         "stand-in LLM first token (HTTP, alone)": baseline,
         "turn -> first reply.delta": results["first_delta"],
         "turn -> first TTS job": results["first_tts_job"],
-        "provider wait seen by the orchestrator": waits,
+        "provider wait seen by the orchestrator": stages["provider_wait"],
         "orchestrator only (first TTS job - provider wait)": [
-            x - w for x, w in zip(results["first_tts_job"], waits, strict=True)
+            x - w for x, w in zip(results["first_tts_job"], stages["provider_wait"], strict=True)
         ],
+        "  of which: turn publish -> handler": stages["bus_hop"],
+        "  of which: handler -> LLM request (gate, context)": stages["received_to_started"],
+        "  of which: first token -> first sentence cut": stages["first_token_to_sentence"],
     }
     summary = {
         k: {"n": len(v), "p50_ms": statistics.median(v) * 1000, "p99_ms": pct(v, 0.99) * 1000} for k, v in rows.items()
     }
-    out = write_result(args.out, {"args": vars(args), "summary": summary})
-    print(f"{'measure':48} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}")
+    samples = {k: [round(x * 1000, 3) for x in v] for k, v in rows.items()}
+    out = write_result(args.out, {"args": vars(args), "summary": summary, "samples_ms": samples})
+    print(f"{'measure':52} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}")
     for k, v in summary.items():
-        print(f"{k:48} {v['n']:5d} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f}")
+        print(f"{k:52} {v['n']:5d} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f}")
     print(f"\nwrote {out}")
 
 

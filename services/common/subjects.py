@@ -100,6 +100,9 @@ STREAMS: list[StreamSpec] = [
         "PARLEY_TURNS",
         ["parley.turn.*"],
         retention=RetentionPolicy.WORK_QUEUE,
+        # A turn published again within the hour (a resumed client, an STT takeover) is dropped
+        # here rather than answered twice.
+        duplicate_window_s=3600,
         description="closed user turns (final transcripts and typed text) for the orchestrator",
     ),
     StreamSpec(

@@ -130,7 +130,8 @@ class ChatClient:
                 while True:
                     limit = self.first_token_timeout_s if first else deadline - loop.time()
                     try:
-                        sse = await asyncio.wait_for(events.__anext__(), timeout=max(limit, 0.001))
+                        async with asyncio.timeout(max(limit, 0.001)):
+                            sse = await events.__anext__()
                     except StopAsyncIteration:
                         return
                     except TimeoutError as exc:

@@ -334,7 +334,7 @@ class Orchestrator(Service):
         text, sentences, tokens = "", 0, 0
         status, error = "complete", None
         # Wall-clock marks of the turn's stages (seconds since the epoch), stored on the reply.
-        marks = {k: v for k, v in turn.marks.items() if k in ("speech_end", "final", "received")}
+        marks = {k: v for k, v in turn.marks.items() if k in ("speech_end", "final", "received", "llm_received")}
         timings: dict[str, float] = {**marks, "started": time.time()}
 
         async def dispatch(sentence: str) -> None:

@@ -69,10 +69,9 @@ class TurnGate:
 
     async def _write(self, conv: str, state: TurnState, revision: int | None) -> bool:
         try:
-            if revision is None:
-                new_rev = await self.kv.create(conv, _enc.encode(state))
-            else:
-                new_rev = await self.kv.update(conv, _enc.encode(state), last=revision)
+            # Revision 0 means "only if absent": one round trip, where kv.create makes two when
+            # the key exists (it looks for a delete marker, which this bucket never holds).
+            new_rev = await self.kv.update(conv, _enc.encode(state), last=revision or 0)
         except KeyWrongLastSequenceError:
             self._known.pop(conv, None)
             return False
@@ -81,7 +80,11 @@ class TurnGate:
 
     async def enter(self, conv: str, seq: int, message_id: str) -> Admission:
         known = self._known.get(conv)
-        if known is not None and known[0].active_seq == 0 and known[0].last_seq < seq:
+        if known is None:
+            # Most conversations this replica has not seen are new: try to create the record.
+            if await self._write(conv, TurnState(seq, message_id), None):
+                return Admission("held", 0)
+        elif known[0].active_seq == 0 and known[0].last_seq < seq:
             state = known[0]
             if await self._write(conv, TurnState(seq, message_id, state.last_seq, state.version), known[1]):
                 return Admission("held", state.version)
