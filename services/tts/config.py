@@ -12,7 +12,6 @@ class TtsSettings(ServiceSettings):
     tts_temperature: float = 0.75
     tts_speed: float = 1.0
     tts_stream_chunk_size: int = 20
-    # One XTTS stream runs at a time per engine (it keeps the prompt on the model between steps),
-    # so a worker takes one job at a time until batched decoding lands.
-    tts_capacity: int = 1
+    # Sentences synthesised at once per worker: one engine lane each, all sharing the weights.
+    tts_capacity: int = 2
     tts_latent_cache_dir: str | None = None

@@ -14,9 +14,12 @@ same ``Xtts.load_checkpoint`` call; tests use random-weight folders built by
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import logging
 import os
+import queue
 import re
 import tempfile
 import threading
@@ -66,13 +69,15 @@ class Voice:
 
 
 class XttsEngine:
-    """One XTTS model, a cache of cloned voices, and streamed synthesis.
+    """One XTTS model, a cache of cloned voices, and streamed synthesis in several lanes.
 
-    Synthesis is serialised: XTTS keeps the current prompt on the model between generation
-    steps, so two streams on one model would corrupt each other. A stream holds the model
-    from its first ``next`` until it is exhausted or closed; callers that stop early must
-    close it (or drop it), which a ``for`` loop left with ``break``/``return`` does.
-    Computing voices does not hold the model and may run beside a stream.
+    XTTS keeps the current prompt on its GPT wrapper between generation steps, so two
+    streams through one wrapper would corrupt each other. Each of the ``lanes`` is a view of
+    the same model with its own wrapper (the weights are shared, not copied; on a GPU each
+    lane also has its own CUDA stream), so up to ``lanes`` sentences are synthesised at once.
+    A stream holds a lane from its first ``next`` until it is exhausted or closed; callers
+    that stop early must close it (or drop it), which a ``for`` loop left with
+    ``break``/``return`` does. Computing voices takes no lane and may run beside streams.
     """
 
     sample_rate = 24000
@@ -87,7 +92,10 @@ class XttsEngine:
         speed: float = 1.0,
         stream_chunk_size: int = 20,
         latent_cache_dir: str | None = None,
+        lanes: int = 1,
     ):
+        if lanes < 1:
+            raise ValueError("an engine needs at least one lane")
         self.model_name = model
         self.device = torch.device(device)
         self.temperature = temperature
@@ -100,7 +108,8 @@ class XttsEngine:
         self._fingerprint = ""
         self._voices: OrderedDict[str, Voice] = OrderedDict()
         self._voices_lock = threading.Lock()
-        self._synth_lock = threading.Lock()
+        self.lanes = lanes
+        self._free: queue.SimpleQueue[_Lane] = queue.SimpleQueue()
         self._load_lock = threading.Lock()
         self._segmenters: dict[str, Any] = {}
 
@@ -130,6 +139,8 @@ class XttsEngine:
             model.load_checkpoint(config, checkpoint_dir=str(checkpoint_dir), eval=True)
             model.to(self.device)
             self._fingerprint = _model_fingerprint(checkpoint_dir)
+            for i in range(self.lanes):
+                self._free.put(_Lane(model if i == 0 else _own_prompt_state(model), self.device))
             self._model = model
             log.info("XTTS loaded from %s on %s in %.1f s", checkpoint_dir, self.device, time.perf_counter() - start)
 
@@ -255,25 +266,29 @@ class XttsEngine:
 
     def _generate(self, model: Any, parts: list[str], language: str, voice: Voice) -> Iterator[np.ndarray]:
         config = model.config
-        with self._synth_lock:
-            for part in parts:
-                for chunk in model.inference_stream(
-                    part,
-                    language,
-                    voice.gpt_cond_latent,
-                    voice.speaker_embedding,
-                    stream_chunk_size=self.stream_chunk_size,
-                    temperature=self.temperature,
-                    speed=self.speed,
-                    length_penalty=config.length_penalty,
-                    repetition_penalty=config.repetition_penalty,
-                    top_k=config.top_k,
-                    top_p=config.top_p,
-                    enable_text_splitting=False,
-                ):
-                    pcm = _to_pcm16(chunk)
-                    if pcm.size:
-                        yield pcm
+        lane = self._free.get()
+        try:
+            with lane.context():
+                for part in parts:
+                    for chunk in lane.model.inference_stream(
+                        part,
+                        language,
+                        voice.gpt_cond_latent,
+                        voice.speaker_embedding,
+                        stream_chunk_size=self.stream_chunk_size,
+                        temperature=self.temperature,
+                        speed=self.speed,
+                        length_penalty=config.length_penalty,
+                        repetition_penalty=config.repetition_penalty,
+                        top_k=config.top_k,
+                        top_p=config.top_p,
+                        enable_text_splitting=False,
+                    ):
+                        pcm = _to_pcm16(chunk)
+                        if pcm.size:
+                            yield pcm
+        finally:
+            self._free.put(lane)
 
     @staticmethod
     def _language(model: Any, language: str) -> str:
@@ -334,6 +349,35 @@ def _pieces(text: str, limit: int, segmenter: Any) -> Iterator[str]:
             for word in _WORD.findall(clause):
                 for i in range(0, len(word), limit):
                     yield word[i : i + limit]
+
+
+class _Lane:
+    """A model view that one stream at a time synthesises through, with its CUDA stream."""
+
+    def __init__(self, model: Any, device: torch.device):
+        self.model = model
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def context(self) -> contextlib.AbstractContextManager:
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+
+def _own_prompt_state(model: Any) -> Any:
+    """A shallow view of an XTTS model whose GPT inference wrapper is its own object.
+
+    The wrapper's only per-stream state is the prompt embedding it keeps between steps
+    (``cached_prefix_emb``); its transformer, heads and embeddings stay the original
+    modules, so a lane costs no weight memory. ``nn.Module`` keeps submodules in its
+    ``_modules`` dict, which a shallow copy would share, so each level gets its own dict.
+    """
+
+    def view(module: Any, **replace: Any) -> Any:
+        clone = copy.copy(module)
+        clone._modules = {**module._modules, **replace}
+        return clone
+
+    gpt = view(model.gpt, gpt_inference=view(model.gpt.gpt_inference))
+    return view(model, gpt=gpt)
 
 
 def _tensor(audio: np.ndarray, device: torch.device) -> torch.Tensor:

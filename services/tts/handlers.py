@@ -2,8 +2,10 @@
 
 Live chunks go out on core NATS the moment the model yields them (the client is waiting);
 the whole sentence is then stored in PARLEY_SPEECH (JetStream, de-duplicated by job id) for
-storage to assemble, and only after that is the job acked. A cancelled reply's jobs are
-skipped before synthesis starts and a stream in progress stops at the next chunk.
+storage to assemble, and only after that is the job acked. A worker takes `tts_capacity`
+sentences at once, one per engine lane. Cancellations are watched as they are written to
+the `parley_cancelled` bucket, so a cancelled reply's jobs are skipped before synthesis
+starts and a stream in progress stops before its next chunk, without a lookup per chunk.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from .engine import SynthesisError, XttsEngine
 log = logging.getLogger(__name__)
 
 _END = object()
+_CANCELLED_KEPT = 10_000
+_CANCELLED_TTL_S = 3600.0
+"""The bucket keeps a cancel for an hour; the local copy is pruned past that once it grows."""
 
 
 class TtsService(Service):
@@ -38,6 +43,8 @@ class TtsService(Service):
         super().__init__(settings)
         self.settings: TtsSettings = settings
         self._voice_bytes: dict[str, bytes] = {}
+        self._cancelled: dict[str, float] = {}
+        """Reply ids seen cancelled, with when; read by synthesis threads between chunks."""
 
     async def start(self) -> None:
         s = self.settings
@@ -48,6 +55,7 @@ class TtsService(Service):
             speed=s.tts_speed,
             stream_chunk_size=s.tts_stream_chunk_size,
             latent_cache_dir=s.tts_latent_cache_dir,
+            lanes=s.tts_capacity,
         )
         await asyncio.to_thread(self.engine.load)
         self.store = await objectstore.ObjectStore(s).__aenter__()
@@ -56,6 +64,8 @@ class TtsService(Service):
         self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
         self.cancelled = await self.bus.js.key_value(subjects.CANCEL_BUCKET)
+        # Every write to the bucket is also a message on its subject: learn cancels as they happen.
+        self._cancel_sub = await self.bus.nc.subscribe(f"$KV.{subjects.CANCEL_BUCKET}.>", cb=self._on_cancel)
         self.worker = busmod.Worker(
             self.bus,
             busmod.WorkQueue("PARLEY_TTS", "tts", "parley.tts.*", ack_wait_s=30, max_deliver=3),
@@ -67,12 +77,23 @@ class TtsService(Service):
         await self.worker.start()
         self.workers.append(self.worker)
 
+    async def _on_cancel(self, msg: NatsMsg) -> None:
+        now = time.monotonic()
+        self._cancelled[msg.subject.rsplit(".", 1)[-1]] = now
+        if len(self._cancelled) > _CANCELLED_KEPT:
+            horizon = now - _CANCELLED_TTL_S
+            self._cancelled = {k: t for k, t in self._cancelled.items() if t > horizon}
+
     async def _is_cancelled(self, message_id: str) -> bool:
+        """Seen on the watch, or written before this worker subscribed (one lookup per job)."""
+        if message_id in self._cancelled:
+            return True
         try:
             await self.cancelled.get(message_id)
-            return True
         except KeyNotFoundError:
             return False
+        self._cancelled[message_id] = time.monotonic()
+        return True
 
     async def _voice(self, key: str):
         """Reference audio is fetched once per key; the engine caches latents by content hash."""
@@ -109,9 +130,9 @@ class TtsService(Service):
         def produce() -> None:
             try:
                 for chunk in self.engine.stream(job.text, job.language, voice):
-                    loop.call_soon_threadsafe(chunks.put_nowait, chunk)
-                    if stop:
+                    if stop or job.message_id in self._cancelled:
                         return
+                    loop.call_soon_threadsafe(chunks.put_nowait, chunk)
             except BaseException as exc:
                 loop.call_soon_threadsafe(chunks.put_nowait, exc)
             finally:
@@ -142,7 +163,7 @@ class TtsService(Service):
                 )
                 await self.bus.nc.publish(subject, data, headers=meta.headers())
                 seq += 1
-                if await self._is_cancelled(job.message_id):
+                if job.message_id in self._cancelled:
                     stop = True
                     break
         finally:

@@ -89,6 +89,55 @@ def test_stream_yields_int16_chunks(engine, reference):
 
 
 @pytest.mark.engine
+def test_first_chunk_comes_before_the_sentence_is_synthesised(engine, reference, monkeypatch):
+    """The first chunk is handed over while XTTS has not yet produced the rest."""
+    voice = engine.voice(reference)
+    produced: list[int] = []
+    inference_stream = engine._model.inference_stream
+
+    def counting(*args, **kwargs):
+        for chunk in inference_stream(*args, **kwargs):
+            produced.append(1)
+            yield chunk
+
+    monkeypatch.setattr(engine._model, "inference_stream", counting)
+    stream = engine.stream("Hello there! This is a short test of streaming.", "en", voice)
+    next(stream)
+    assert len(produced) == 1
+    rest = list(stream)
+    assert rest and len(produced) == 1 + len(rest)
+
+
+@pytest.mark.engine
+def test_lanes_stream_at_once_without_mixing_their_prompts(model_dir, reference):
+    """Two sentences synthesised at the same moment in two lanes sound exactly as they do
+    one after the other: each lane keeps its own prompt state over the shared weights."""
+    engine = XttsEngine(str(model_dir), lanes=2)
+    engine.load()
+    engine._model.config.top_k = 1  # sampling with a single candidate: the output is deterministic
+    voice = engine.voice(reference)
+    texts = ["Hello there, this is the first lane.", "A different sentence, rather longer than the other one."]
+    alone = [np.concatenate(list(engine.stream(t, "en", voice))) for t in texts]
+
+    streams = [engine.stream(t, "en", voice) for t in texts]
+    together: list[list[np.ndarray]] = [[], []]
+    live = [0, 1]
+    while live:  # step the two streams in turn, both lanes held mid-sentence
+        for i in list(live):
+            chunk = next(streams[i], None)
+            if chunk is None:
+                live.remove(i)
+            else:
+                together[i].append(chunk)
+    for a, b in zip(alone, together):
+        assert np.array_equal(a, np.concatenate(b))
+    views = [engine._free.get().model for _ in range(2)]
+    original = engine._model.gpt.gpt_inference
+    assert views[0].gpt.gpt_inference is not views[1].gpt.gpt_inference
+    assert all(v.gpt.gpt_inference.transformer is original.transformer for v in views)  # weights shared
+
+
+@pytest.mark.engine
 def test_long_text_is_spoken_in_parts(engine, reference, monkeypatch):
     voice = engine.voice(reference)
     text = " ".join(["This sentence is here to make the text longer than one part."] * 5)
