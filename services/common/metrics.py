@@ -52,6 +52,17 @@ LLM_TOKENS_PER_SECOND = Histogram(
     "Streamed tokens per second of a reply after its first token",
     buckets=(5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000),
 )
+STT_BATCH_SIZE = Histogram(
+    "parley_stt_batch_size",
+    "Utterances and partials decoded in one Whisper call",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+)
+STT_PENDING_DECODES = Gauge("parley_stt_pending_decodes", "Decodes waiting for the model")
+STT_REAL_TIME_FACTOR = Histogram(
+    "parley_stt_real_time_factor",
+    "Whisper call time over the seconds of audio it read",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
 HANDLER_ERRORS = Counter("parley_handler_errors_total", "Work-queue handler failures", ["service", "queue"])
 EVENTS = Counter("parley_events_total", "Things that happened", ["service", "event"])
 ACTIVE_SESSIONS = Gauge("parley_active_sessions", "Live sessions held by this process", ["service"])

@@ -41,6 +41,8 @@ class SttOpen(Msg):
     session_id: str
     language: str | None = None
     end_of_turn_ms: int | None = None
+    prompt: str | None = None
+    """Words to bias recognition towards (an avatar's names and terms)."""
 
 
 class SttOpened(Msg):
@@ -147,6 +149,18 @@ class SpeechStopped(Event, tag="speech.stopped"):
     end_s: float
 
 
+class TranscriptPartial(Event, tag="transcript.partial"):
+    """What is recognised so far of an utterance still being spoken. A later partial (higher
+    ``partial_seq``) supersedes an earlier one; ``stable`` is the leading part of ``text``
+    that no later partial of the utterance changes."""
+
+    session_id: str
+    utterance_seq: int
+    partial_seq: int
+    text: str
+    stable: str = ""
+
+
 class TranscriptFinal(Event, tag="transcript.final"):
     session_id: str
     utterance_seq: int
@@ -222,6 +236,7 @@ class ErrorEvent(Event, tag="error"):
 ClientEvent = (
     SpeechStarted
     | SpeechStopped
+    | TranscriptPartial
     | TranscriptFinal
     | UserMessage
     | ReplyStarted

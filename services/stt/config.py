@@ -19,6 +19,11 @@ class SttSettings(ServiceSettings):
     stt_num_workers: int = 1
     stt_download_root: str | None = None
     stt_capacity: int = 32
+    stt_max_batch: int = 16
+    stt_partial_interval_ms: int = 500
+    """Audio time between partial transcripts while a person speaks; 0 turns partials off."""
+    stt_prompt: str | None = None
+    """Words to bias recognition towards for every session (a session's own prompt wins)."""
     vad_threshold: float = 0.5
     vad_end_of_turn_ms: int = 300
     vad_min_speech_ms: int = 250

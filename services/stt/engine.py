@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -39,14 +41,20 @@ class VadConfig:
     pad_ms: int = 200
     """Audio kept before speech start and after speech end; Whisper clips words without it."""
     sample_rate: int = SAMPLE_RATE
-    max_utterance_ms: int = 30_000
-    """An utterance is cut here even mid-speech: Whisper reads at most 30 s at once."""
+    window_ms: int = 28_000
+    """Longer speech is read in windows of at most this much (Whisper reads 30 s at once),
+    each cut at the quietest moment of its last ``seam_search_ms``."""
+    seam_search_ms: int = 6_000
+    max_utterance_ms: int = 120_000
+    """An utterance (one user turn) ends here even mid-speech: memory and turn size stay bounded."""
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
             raise ValueError("the Silero VAD model here runs at 16 kHz only")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError("threshold must lie in (0, 1)")
+        if not 0 < self.seam_search_ms < self.window_ms:
+            raise ValueError("seam_search_ms must be positive and shorter than window_ms")
 
     @property
     def neg_threshold(self) -> float:
@@ -148,21 +156,34 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True, eq=False)
+class UtteranceWindow:
+    """A window of an utterance still going on, cut at a pause: its audio runs from where
+    the previous window ended to ``end_s``; the next window (or the end) starts there."""
+
+    utterance_index: int
+    window_index: int
+    audio: np.ndarray
+    end_s: float
+
+
+@dataclass(frozen=True, eq=False)
 class UtteranceEnded:
     """A finished utterance: start_s..end_s is the speech, seconds since the stream began;
-    audio (float32, 16 kHz) spans it plus up to pad_ms on either side."""
+    audio (float32, 16 kHz) spans it plus up to pad_ms on either side, or, when the
+    utterance was read in ``windows`` earlier windows, the part after the last of them."""
 
     utterance_index: int
     audio: np.ndarray
     start_s: float
     end_s: float
+    windows: int = 0
 
     @property
     def duration_s(self) -> float:
         return self.end_s - self.start_s
 
 
-SegmenterEvent = SpeechStarted | UtteranceEnded
+SegmenterEvent = SpeechStarted | UtteranceWindow | UtteranceEnded
 
 _IDLE, _CANDIDATE, _SPEECH = "idle", "candidate", "speech"
 
@@ -190,11 +211,14 @@ class Segmenter:
         self._odd_byte = b""
         self._processed = 0
         self._windows: deque[np.ndarray] = deque()
+        self._probs: deque[float] = deque()
         self._buf_start = 0
         self._pad = self.config.samples(self.config.pad_ms)
         self._eot = self.config.samples(self.config.end_of_turn_ms)
         self._min_speech = self.config.samples(self.config.min_speech_ms)
         self._max_utt = self.config.samples(self.config.max_utterance_ms)
+        self._max_window = self.config.samples(self.config.window_ms)
+        self._seam_search = self.config.samples(self.config.seam_search_ms) // WINDOW
         self._reset_turn()
 
     def _reset_turn(self) -> None:
@@ -203,6 +227,8 @@ class Segmenter:
         self._last_voiced_end = 0
         self._voiced = 0
         self._silence = 0
+        self._cut_at = 0
+        self._window_index = 0
 
     @property
     def samples_fed(self) -> int:
@@ -241,12 +267,14 @@ class Segmenter:
             tail = self._pending
             if len(tail):
                 self._windows.append(tail)
+                self._probs.append(0.0)
             end = min(self._last_voiced_end + self._pad, self._processed + len(tail))
             events.append(self._end_utterance(end))
         self._processed += len(self._pending)
         self._pending = np.zeros(0, dtype=np.float32)
         self._odd_byte = b""
         self._windows.clear()
+        self._probs.clear()
         self._buf_start = self._processed
         self._vad.reset()
         self._reset_turn()
@@ -276,6 +304,7 @@ class Segmenter:
         start = self._processed
         self._processed += WINDOW
         self._windows.append(window)
+        self._probs.append(prob)
 
         if self._state == _IDLE:
             if prob >= cfg.threshold:
@@ -302,12 +331,15 @@ class Segmenter:
                 end = min(self._last_voiced_end + self._pad, self._processed)
                 events.append(self._end_utterance(end))
                 self._reset_turn()
-            elif self._processed + WINDOW - self._audio_start() > self._max_utt:
+            elif self._processed - self._speech_start >= self._max_utt:
                 self._last_voiced_end = self._processed
                 events.append(self._end_utterance(self._processed))
                 self._reset_turn()
-                self._buf_start = self._processed
-                self._windows.clear()
+                self._trim(self._processed)
+            elif self._processed - self._audio_start() >= self._max_window:
+                # Never past the end this utterance would get if the silence goes on to end
+                # the turn, so a window holds no audio that the utterance read whole would not.
+                events.append(self._cut_window(min(self._seam(), self._last_voiced_end + self._pad)))
 
         if self._state == _IDLE:
             self._trim(self._processed - self._pad)
@@ -315,9 +347,39 @@ class Segmenter:
             self._trim(self._speech_start - self._pad)
 
     def _audio_start(self) -> int:
-        """Where the current utterance's audio begins: pad_ms before the speech, unless the
-        stream (or a forced cut) began later."""
-        return max(self._speech_start - self._pad, self._buf_start, 0)
+        """Where the current utterance's audio (or its current window) begins: pad_ms before
+        the speech, unless the stream or the last window cut began later."""
+        return max(self._speech_start - self._pad, self._buf_start, self._cut_at, 0)
+
+    def _seam(self) -> int:
+        """Where to cut the running window: the middle of the longest run of non-speech
+        windows among the last ``seam_search_ms`` (the latest such run on a tie), else the
+        end of the least speech-like window. Cutting inside a pause keeps every word whole
+        in exactly one window."""
+        n = min(self._seam_search, len(self._probs) - 1)
+        first = len(self._probs) - n
+        probs = list(self._probs)[first:]
+        best_len, best_mid, run = 0, -1, 0
+        for i, prob in enumerate(probs):
+            run = run + 1 if prob < self.config.neg_threshold else 0
+            if run and run >= best_len:
+                best_len, best_mid = run, i - run // 2
+        if best_mid < 0:
+            best_mid = int(np.argmin(probs))
+            return self._buf_start + (first + best_mid + 1) * WINDOW
+        return self._buf_start + (first + best_mid) * WINDOW
+
+    def _cut_window(self, cut: int) -> UtteranceWindow:
+        event = UtteranceWindow(
+            utterance_index=self._next_index,
+            window_index=self._window_index,
+            audio=self._slice(self._audio_start(), cut),
+            end_s=cut / self.config.sample_rate,
+        )
+        self._window_index += 1
+        self._cut_at = cut
+        self._trim(cut)
+        return event
 
     def _end_utterance(self, audio_end: int) -> UtteranceEnded:
         sr = self.config.sample_rate
@@ -327,6 +389,7 @@ class Segmenter:
             audio=audio,
             start_s=self._speech_start / sr,
             end_s=self._last_voiced_end / sr,
+            windows=self._window_index,
         )
         self._next_index += 1
         return event
@@ -335,6 +398,7 @@ class Segmenter:
         """Drop buffered windows that end before keep_from (outside any future padding)."""
         while self._windows and self._buf_start + len(self._windows[0]) <= keep_from:
             self._buf_start += len(self._windows.popleft())
+            self._probs.popleft()
 
     def _slice(self, start: int, end: int) -> np.ndarray:
         if not self._windows or end <= start:
@@ -354,14 +418,41 @@ class Transcript:
     duration_s: float
 
 
-class WhisperEngine:
-    """faster-whisper with pinned, fast decoding for short, already segmented utterances.
+def join_transcripts(parts: list[Transcript]) -> Transcript:
+    """One utterance read in several windows: texts in order, confidence weighted by length."""
+    spoken = [p for p in parts if p.text]
+    total = sum(p.duration_s for p in parts)
+    weight = sum(p.duration_s for p in spoken)
+    return Transcript(
+        text=" ".join(p.text for p in spoken),
+        language=spoken[0].language if spoken else (parts[0].language if parts else ""),
+        confidence=sum(p.confidence * p.duration_s for p in spoken) / weight if weight else 0.0,
+        duration_s=total,
+    )
 
-    Greedy, single temperature, no timestamps, no VAD filter (the Segmenter did that), no
-    conditioning on earlier text (each utterance stands alone, and a bad guess cannot
-    snowball). One instance serves a process; CTranslate2 runs concurrent ``transcribe``
-    calls from a thread pool on ``num_workers`` model replicas.
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One piece of audio to transcribe: at most 30 s of float32 mono 16 kHz."""
+
+    audio: np.ndarray
+    language: str | None = None
+    """None: detect it."""
+    prompt: str | None = None
+    """Words to bias towards (an avatar's names and terms), given to Whisper as hotwords."""
+
+
+class WhisperEngine:
+    """faster-whisper's model with pinned, fast decoding, many utterances per model call.
+
+    Greedy, single temperature, no timestamps, no conditioning on earlier text (each piece
+    stands alone, and a bad guess cannot snowball). ``transcribe_batch`` runs the encoder
+    and the decoder once for a whole batch through CTranslate2's batch API, each item with
+    its own language and prompt: the worker's ``DecodeBatcher`` gathers the pending
+    utterances of all its sessions into such batches.
     """
+
+    max_audio_s = 30.0
 
     def __init__(
         self,
@@ -389,48 +480,199 @@ class WhisperEngine:
             num_workers=num_workers,
             download_root=download_root,
         )
+        self._tokenizers: dict[str, object] = {}
+        self.model_calls = 0
+        """Batched model calls made so far (tests count them)."""
 
     @property
     def sample_rate(self) -> int:
         return SAMPLE_RATE
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        """Transcribe one utterance (float32 mono 16 kHz); language None means detect it."""
+    def transcribe(self, audio: np.ndarray, language: str | None = None, prompt: str | None = None) -> Transcript:
+        """Transcribe one utterance (float32 mono 16 kHz); language None means detect it.
+
+        Audio over 30 s is read in 30 s pieces (the worker's segmenter cuts long speech at
+        pauses before it gets here, so this is a last resort that may split a word)."""
         audio = np.ascontiguousarray(np.asarray(audio, dtype=np.float32).reshape(-1))
-        duration = len(audio) / SAMPLE_RATE
-        language = language or self.language
-        if len(audio) == 0:
-            return Transcript("", language or "", 0.0, 0.0)
-        segments, info = self.model.transcribe(
-            audio,
-            language=language,
-            task="transcribe",
+        step = int(self.max_audio_s * SAMPLE_RATE)
+        pieces = [audio[i : i + step] for i in range(0, len(audio), step)] or [audio]
+        results = self.transcribe_batch([DecodeRequest(p, language, prompt) for p in pieces])
+        if len(results) == 1:
+            return results[0]
+        return join_transcripts(results)
+
+    def transcribe_batch(self, requests: list[DecodeRequest]) -> list[Transcript]:
+        """Transcribe several pieces of audio (each at most 30 s) in one model call."""
+        out: list[Transcript | None] = [None] * len(requests)
+        todo: list[int] = []
+        for i, req in enumerate(requests):
+            n = len(req.audio)
+            if n > self.max_audio_s * SAMPLE_RATE + WINDOW:
+                raise ValueError(f"a decode request holds {n / SAMPLE_RATE:.1f} s of audio; the most is 30 s")
+            if n == 0:
+                out[i] = Transcript("", req.language or self.language or "", 0.0, 0.0)
+            else:
+                todo.append(i)
+        if todo:
+            for i, result in zip(todo, self._decode([requests[i] for i in todo])):
+                out[i] = result
+        return [t for t in out if t is not None]
+
+    def _decode(self, requests: list[DecodeRequest]) -> list[Transcript]:
+        from faster_whisper.audio import pad_or_trim
+
+        wm = self.model
+        features = np.stack(
+            [pad_or_trim(wm.feature_extractor(np.asarray(r.audio, dtype=np.float32))[..., :-1]) for r in requests]
+        )
+        encoder_output = wm.encode(features)
+        languages = [r.language or self.language for r in requests]
+        if any(lang is None for lang in languages):
+            if wm.model.is_multilingual:
+                detected = wm.model.detect_language(encoder_output)
+                languages = [lang or det[0][0][2:-2] for lang, det in zip(languages, detected)]
+            else:
+                languages = [lang or "en" for lang in languages]
+        prompts = []
+        tokenizers = []
+        for req, lang in zip(requests, languages):
+            tok = self._tokenizer(lang)
+            tokenizers.append(tok)
+            prompts.append(wm.get_prompt(tok, previous_tokens=[], without_timestamps=True, hotwords=req.prompt))
+        longest = max(len(p) for p in prompts)
+        max_length = wm.max_length
+        if self.max_new_tokens is not None:
+            max_length = min(max_length, longest + self.max_new_tokens)
+        results = wm.model.generate(
+            encoder_output,
+            prompts,
             beam_size=self.beam_size,
-            best_of=1,
-            temperature=0.0,
-            condition_on_previous_text=False,
-            without_timestamps=True,
-            word_timestamps=False,
-            vad_filter=False,
-            max_new_tokens=self.max_new_tokens,
+            max_length=max_length,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+            return_scores=True,
         )
-        texts: list[str] = []
-        logprob_sum = 0.0
-        tokens = 0
-        for segment in segments:
-            texts.append(segment.text)
-            n = max(len(segment.tokens), 1)
-            logprob_sum += segment.avg_logprob * n
-            tokens += n
-        confidence = math.exp(logprob_sum / tokens) if tokens else 0.0
-        return Transcript(
-            text="".join(texts).strip(),
-            language=info.language,
-            confidence=min(max(confidence, 0.0), 1.0),
-            duration_s=duration,
-        )
+        self.model_calls += 1
+        transcripts = []
+        for req, lang, tok, result in zip(requests, languages, tokenizers, results):
+            tokens = result.sequences_ids[0]
+            seq_len = len(tokens)
+            avg_logprob = result.scores[0] * seq_len / (seq_len + 1)
+            transcripts.append(
+                Transcript(
+                    text=tok.decode(tokens).strip(),
+                    language=lang,
+                    confidence=min(max(math.exp(avg_logprob), 0.0), 1.0),
+                    duration_s=len(req.audio) / SAMPLE_RATE,
+                )
+            )
+        return transcripts
+
+    def _tokenizer(self, language: str):
+        from faster_whisper.tokenizer import Tokenizer
+
+        if language not in self._tokenizers:
+            wm = self.model
+            self._tokenizers[language] = Tokenizer(
+                wm.hf_tokenizer, wm.model.is_multilingual, task="transcribe", language=language
+            )
+        return self._tokenizers[language]
 
     def warmup(self) -> None:
         """Run one tiny transcription so the first real utterance pays no lazy set-up."""
         silence = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
         self.transcribe(silence, language=self.language or "en")
+
+
+class Superseded(Exception):
+    """A partial decode replaced by a newer one of the same session before it ran."""
+
+
+class DecodeBatcher:
+    """Every decode of a worker goes through one thread that batches what is pending.
+
+    Requests of all sessions wait in two queues, finals and partials; each model call takes
+    up to ``max_batch`` of them, finals first (a person is waiting on those), then the
+    oldest partials. Nothing waits for a batch to fill: whatever arrived while the previous
+    call ran forms the next one, so one session alone is decoded at once and many sessions
+    share calls. A session has at most one partial pending; a newer one replaces it.
+    ``on_batch(size, audio_seconds, seconds)`` reports each call (metrics).
+    """
+
+    def __init__(self, engine: WhisperEngine, max_batch: int = 16, on_batch=None) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.on_batch = on_batch
+        self._cv = threading.Condition()
+        self._finals: deque[tuple[DecodeRequest, Future]] = deque()
+        self._partials: dict[object, tuple[DecodeRequest, Future]] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="stt-decode", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._finals) + len(self._partials)
+
+    def submit(self, request: DecodeRequest) -> Future:
+        """Queue a final decode (of an utterance or a window of one)."""
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the decoder is closed")
+            self._finals.append((request, fut))
+            self._cv.notify()
+        return fut
+
+    def submit_partial(self, key: object, request: DecodeRequest) -> Future:
+        """Queue a partial decode for ``key`` (a session), replacing one still pending."""
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the decoder is closed")
+            old = self._partials.pop(key, None)
+            if old is not None:
+                old[1].set_exception(Superseded())
+            self._partials[key] = (request, fut)
+            self._cv.notify()
+        return fut
+
+    def close(self) -> None:
+        """Decode what is queued, then stop the thread."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
+
+    def _take(self) -> list[tuple[DecodeRequest, Future]] | None:
+        with self._cv:
+            while not self._finals and not self._partials:
+                if self._closed:
+                    return None
+                self._cv.wait()
+            batch = []
+            while self._finals and len(batch) < self.max_batch:
+                batch.append(self._finals.popleft())
+            while self._partials and len(batch) < self.max_batch:
+                key = next(iter(self._partials))
+                batch.append(self._partials.pop(key))
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            live = [(req, fut) for req, fut in batch if fut.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            start = time.perf_counter()
+            try:
+                results = self.engine.transcribe_batch([req for req, _ in live])
+            except BaseException as exc:
+                for _, fut in live:
+                    fut.set_exception(exc)
+                continue
+            if self.on_batch is not None:
+                audio_s = sum(len(req.audio) for req, _ in live) / SAMPLE_RATE
+                self.on_batch(len(live), audio_s, time.perf_counter() - start)
+            for (_, fut), result in zip(live, results):
+                fut.set_result(result)

@@ -1,10 +1,13 @@
-"""STT worker: owns live sessions' audio, detects end of turn, publishes final transcripts.
+"""STT worker: owns live sessions' audio, detects end of turn, publishes transcripts.
 
 A gateway asks for a worker on `parley.stt.open` (queue group: one worker answers). The
 worker reads the session's audio from the short-lived AUDIO_IN stream through an ordered
-consumer (gaps are detected and re-fetched by the client library), runs streaming VAD per
-session, and transcribes each closed utterance off the event loop. The final transcript is
-published twice: as the `UserTurn` fact the orchestrator consumes, and as the client event.
+consumer (gaps are detected and re-fetched by the client library) and runs streaming VAD
+per session. Every decode of every session goes through the worker's one `DecodeBatcher`,
+which reads whatever is pending in one batched Whisper call, finals first: utterances as
+they close, windows of long speech as they are cut (at pauses), and partials at a steady
+cadence while someone speaks. The final transcript is published twice: as the `UserTurn`
+fact the orchestrator consumes, and as the client event.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import asyncio
 import logging
 import time
 
-import numpy as np
 from nats.aio.msg import Msg as NatsMsg
 from nats.js.api import DeliverPolicy
 
@@ -24,13 +26,66 @@ from services.common.runtime import Service
 from services.common.schemas import AudioMeta
 
 from .config import SttSettings
-from .engine import Segmenter, SileroVad, SpeechStarted, UtteranceEnded, VadConfig, WhisperEngine
+from .engine import (
+    DecodeBatcher,
+    DecodeRequest,
+    Segmenter,
+    SileroVad,
+    SpeechStarted,
+    Superseded,
+    Transcript,
+    UtteranceEnded,
+    UtteranceWindow,
+    VadConfig,
+    WhisperEngine,
+    join_transcripts,
+)
 
 log = logging.getLogger(__name__)
 
 
+class Partials:
+    """Partial transcripts of the utterance in progress, with a prefix that never flickers.
+
+    A word becomes stable once two hypotheses in a row agree on it and on everything before
+    it (the local-agreement policy of streaming Whisper); stable words are kept from then on,
+    and each published text starts with them.
+    """
+
+    def __init__(self, utterance_seq: int, done_text: str = ""):
+        self.utterance_seq = utterance_seq
+        self.done_text = done_text
+        """Text of the utterance's windows already read in full."""
+        self.seq = 0
+        self.stable: list[str] = []
+        self.last: list[str] = []
+        self.next_at = 0
+        """Samples of the current window after which the next partial is due."""
+        self.in_flight = False
+
+    def update(self, hypothesis: str) -> tuple[str, str]:
+        """The text and stable prefix to publish for a new hypothesis of the current window."""
+        words = hypothesis.split()
+        agreed = 0
+        while agreed < min(len(words), len(self.last)) and words[agreed] == self.last[agreed]:
+            agreed += 1
+        if agreed > len(self.stable) and words[: len(self.stable)] == self.stable:
+            self.stable = words[:agreed]
+        self.last = words
+        shown = self.stable + words[len(self.stable) :]
+        stable = " ".join(x for x in (self.done_text, " ".join(self.stable)) if x)
+        text = " ".join(x for x in (self.done_text, " ".join(shown)) if x)
+        return text, stable
+
+    def window_done(self, text: str) -> None:
+        """A window was read in full: its text is final, the next window starts afresh."""
+        self.done_text = " ".join(x for x in (self.done_text, text) if x)
+        self.stable, self.last, self.next_at = [], [], 0
+
+
 class LiveSession:
-    """One conversation's live audio on this worker: VAD state and a transcription queue."""
+    """One conversation's live audio on this worker: VAD state, partials, and the
+    utterances waiting for their final transcript, in order."""
 
     def __init__(self, worker: SttService, req: schemas.SttOpen):
         self.worker = worker
@@ -39,6 +94,7 @@ class LiveSession:
         self.session_id = req.session_id
         self.language = req.language or worker.settings.stt_language
         s = worker.settings
+        self.prompt = req.prompt or s.stt_prompt
         cfg = VadConfig(
             threshold=s.vad_threshold,
             end_of_turn_ms=req.end_of_turn_ms or s.vad_end_of_turn_ms,
@@ -47,6 +103,10 @@ class LiveSession:
         )
         self.segmenter = Segmenter(worker.vad, cfg)
         self.sample_rate = cfg.sample_rate
+        self.partial_every = cfg.samples(s.stt_partial_interval_ms)
+        self.partials: Partials | None = None
+        self.windows: dict[int, list[asyncio.Future]] = {}
+        """Per utterance still open, the final decodes of its windows, in order."""
         self.utterances: asyncio.Queue = asyncio.Queue()
         self.bad_frames = 0
         self._subs: list = []
@@ -75,10 +135,52 @@ class LiveSession:
             log.warning("bad audio frame: %s", exc, extra=ctx(conversation_id=self.conv))
             return
         await self._handle(events)
+        self._maybe_partial()
+
+    def _decode(self, audio) -> asyncio.Future:
+        return asyncio.wrap_future(self.worker.decoder.submit(DecodeRequest(audio, self.language, self.prompt)))
+
+    def _maybe_partial(self) -> None:
+        """Ask for a partial once another `partial_every` of speech has come in."""
+        p = self.partials
+        if p is None or p.in_flight or not self.partial_every or not self.segmenter.in_speech:
+            return
+        audio = self.segmenter.active_audio()
+        if audio is None or len(audio) < max(p.next_at, self.partial_every):
+            return
+        p.in_flight = True
+        p.next_at = len(audio) + self.partial_every
+        request = DecodeRequest(audio, self.language, self.prompt)
+        fut = asyncio.wrap_future(self.worker.decoder.submit_partial(self, request))
+        fut.add_done_callback(lambda f: self.worker.spawn(self._publish_partial(p, f)))
+
+    async def _publish_partial(self, p: Partials, fut: asyncio.Future) -> None:
+        p.in_flight = False
+        if fut.cancelled() or isinstance(fut.exception(), Superseded):
+            return
+        if fut.exception() is not None:
+            log.warning("partial decode failed: %s", fut.exception(), extra=ctx(conversation_id=self.conv))
+            return
+        if self.partials is not p:
+            return  # the utterance (or its window) ended meanwhile: its final supersedes this
+        result: Transcript = fut.result()
+        text, stable = p.update(result.text)
+        await self.bus.publish_live(
+            schemas.TranscriptPartial(
+                conversation_id=self.conv,
+                session_id=self.session_id,
+                utterance_seq=p.utterance_seq,
+                partial_seq=p.seq,
+                text=text,
+                stable=stable,
+            )
+        )
+        p.seq += 1
 
     async def _handle(self, events: list) -> None:
         for ev in events:
             if isinstance(ev, SpeechStarted):
+                self.partials = Partials(ev.utterance_index)
                 await self.bus.publish_live(
                     schemas.SpeechStarted(
                         conversation_id=self.conv,
@@ -87,7 +189,12 @@ class LiveSession:
                         start_s=ev.start_s,
                     )
                 )
+            elif isinstance(ev, UtteranceWindow):
+                fut = self._decode(ev.audio)
+                self.windows.setdefault(ev.utterance_index, []).append(fut)
+                fut.add_done_callback(lambda f, p=self.partials: self._window_read(p, f))
             elif isinstance(ev, UtteranceEnded):
+                self.partials = None
                 now = time.time()
                 fed_s = self.segmenter.samples_fed / self.sample_rate
                 marks = {"speech_end": now - max(0.0, fed_s - ev.end_s), "eot": now}
@@ -100,7 +207,12 @@ class LiveSession:
                         end_s=ev.end_s,
                     )
                 )
-                await self.utterances.put((ev, marks))
+                windows = self.windows.pop(ev.utterance_index, [])
+                await self.utterances.put((ev, marks, windows, self._decode(ev.audio)))
+
+    def _window_read(self, p: Partials | None, fut: asyncio.Future) -> None:
+        if p is not None and self.partials is p and not fut.cancelled() and fut.exception() is None:
+            p.window_done(fut.result().text)
 
     async def _on_control(self, msg: NatsMsg) -> None:
         try:
@@ -116,9 +228,9 @@ class LiveSession:
             item = await self.utterances.get()
             if item is None:
                 return
-            ev, marks = item
+            ev, marks, windows, tail = item
             try:
-                await self._transcribe(ev, marks)
+                await self._transcribe(ev, marks, windows, tail)
             except Exception:
                 log.exception("transcription failed", extra=ctx(conversation_id=self.conv))
                 await self.bus.publish_event(
@@ -131,10 +243,13 @@ class LiveSession:
                     msg_id=f"stt-fail.{self.session_id}.{ev.utterance_index}",
                 )
 
-    async def _transcribe(self, ev: UtteranceEnded, marks: dict) -> None:
-        t0 = time.perf_counter()
-        result = await asyncio.to_thread(self.worker.engine.transcribe, np.asarray(ev.audio), self.language)
-        metrics.stage("transcribe", time.perf_counter() - t0)
+    async def _transcribe(
+        self, ev: UtteranceEnded, marks: dict, windows: list[asyncio.Future], tail: asyncio.Future
+    ) -> None:
+        """Wait for the utterance's decodes (queued when it closed, in order) and publish it."""
+        parts = [await w for w in windows] + [await tail]
+        result = parts[0] if len(parts) == 1 else join_transcripts(parts)
+        metrics.stage("transcribe", time.time() - marks["eot"])
         marks["final"] = time.time()
         message_id = ids.user_message_id(self.conv, self.session_id, "voice", ev.utterance_index)
         if not result.text:
@@ -190,6 +305,7 @@ class LiveSession:
                 pass
         if flush:
             await self._handle(self.segmenter.flush())
+        self.partials = None
         await self.utterances.put(None)
         if self._task:
             await self._task
@@ -224,6 +340,9 @@ class SttService(Service):
             download_root=s.stt_download_root,
         )
         self.vad = SileroVad.shared()
+        self.decoder = DecodeBatcher(self.engine, s.stt_max_batch, on_batch=_observe_batch)
+        self.on_close(lambda: asyncio.to_thread(self.decoder.close))
+        metrics.STT_PENDING_DECODES.set_function(lambda: self.decoder.pending)
         self.bus = await busmod.connect(s, self.name)
         self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
@@ -257,10 +376,18 @@ class SttService(Service):
             metrics.ACTIVE_SESSIONS.labels("stt").set(len(self.sessions))
 
     def status(self) -> dict:
-        return {"sessions": len(self.sessions), "capacity": self.settings.stt_capacity}
+        pending = self.decoder.pending if hasattr(self, "decoder") else 0
+        return {"sessions": len(self.sessions), "capacity": self.settings.stt_capacity, "pending_decodes": pending}
 
     async def drain(self) -> None:
         """Finish every utterance in progress; ownership handover comes with session takeover."""
         await self._open_sub.unsubscribe()
         for conv in list(self.sessions):
             await self.close_session(conv, flush=True)
+
+
+def _observe_batch(size: int, audio_s: float, seconds: float) -> None:
+    """Called on the decode thread after each Whisper call; prometheus-client is thread-safe."""
+    metrics.STT_BATCH_SIZE.observe(size)
+    if audio_s > 0:
+        metrics.STT_REAL_TIME_FACTOR.observe(seconds / audio_s)

@@ -119,6 +119,28 @@ async def test_spoken_turn(stack, speech_wav, fake_llm):
     await client.close()
 
 
+async def test_partials_come_while_speaking_then_one_final(stack, speech_wav, fake_llm):
+    client = Client(stack["ws_url"])
+    await client.connect(user="paula")
+    await client.stream_wav(speech_wav)
+    final = (await client.wait_for(lambda r: r.events("transcript.final"), 60))[0]
+    r = client.received
+    partials = [p for p in r.events("transcript.partial") if p["utterance_seq"] == final["utterance_seq"]]
+    assert partials, "no partial transcript while the person spoke"
+    assert [p["partial_seq"] for p in partials] == list(range(len(partials)))
+    final_at = r.index(lambda i: isinstance(i, dict) and i["type"] == "transcript.final")
+    last_partial_at = max(r.index(lambda i, p=p: i is p) for p in partials)
+    assert last_partial_at < final_at  # nothing partial after the final
+    stable = ""
+    for p in partials:
+        assert p["text"].startswith(p["stable"])
+        assert p["stable"].startswith(stable)  # stable words never change once given
+        stable = p["stable"]
+    assert len(r.events("transcript.final")) == 1
+    await client.wait_for(lambda r: _reply_done(r), 180)
+    await client.close()
+
+
 async def test_typed_turns_carry_history(stack, fake_llm):
     client = Client(stack["ws_url"])
     await client.connect(user="bob")

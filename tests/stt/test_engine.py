@@ -22,6 +22,7 @@ from services.stt.engine import (
     SpeechStarted,
     Transcript,
     UtteranceEnded,
+    UtteranceWindow,
     VadConfig,
     WhisperEngine,
 )
@@ -248,13 +249,41 @@ def test_flush_ends_an_utterance_cut_mid_speech(speech):
     assert more[1].start_s > len(pcm) / SR
 
 
-def test_long_speech_is_cut_at_max_utterance(speech):
-    config = VadConfig(max_utterance_ms=1500)
-    pcm = np.concatenate([silence(0.3), speech["hello"], silence(1.0)])
+def test_long_speech_is_read_in_windows_cut_at_pauses_without_losing_a_sample(speech):
+    """The seam test: windows of one utterance, laid end to end, are exactly the audio the
+    utterance has when read whole; each cut falls where the voice is quiet."""
+    pcm = np.concatenate([silence(0.3), speech["hello"], speech["thanks"], silence(1.0)])
+    patient = VadConfig(end_of_turn_ms=1000)  # the pause between the two sentences stays inside the turn
+    whole = [e for e in feed_all(Segmenter(config=patient), pcm) if isinstance(e, UtteranceEnded)]
+    assert len(whole) == 1 and whole[0].windows == 0
+
+    config = VadConfig(end_of_turn_ms=1000, window_ms=2000, seam_search_ms=1500)
+    events = feed_all(Segmenter(config=config), pcm)
+    windows = [e for e in events if isinstance(e, UtteranceWindow)]
+    ends = [e for e in events if isinstance(e, UtteranceEnded)]
+    assert kinds(events)[0] == "SpeechStarted" and kinds(events)[-1] == "UtteranceEnded"
+    assert len(ends) == 1 and ends[0].windows == len(windows) >= 3
+    assert [w.window_index for w in windows] == list(range(len(windows)))
+    assert all(len(w.audio) <= 2.0 * SR for w in windows)
+    joined = np.concatenate([w.audio for w in windows] + [ends[0].audio])
+    assert np.array_equal(joined, whole[0].audio)  # nothing dropped, nothing doubled
+    assert (ends[0].start_s, ends[0].end_s) == (whole[0].start_s, whole[0].end_s)
+
+    level = np.abs(pcm.astype(np.float32)) / 32768.0
+    for w in windows:
+        cut = int(w.end_s * SR)
+        around = level[cut - 160 : cut + 160]  # 10 ms either side
+        assert around.max() < 0.01, f"cut at {w.end_s:.2f} s is not in a pause"
+
+
+def test_endless_speech_ends_the_utterance_at_max_utterance(speech):
+    config = VadConfig(window_ms=1500, seam_search_ms=1000, max_utterance_ms=4000, end_of_turn_ms=1000)
+    pcm = np.concatenate([silence(0.3), *[speech["hello"]] * 4, silence(1.0)])
     events = feed_all(Segmenter(config=config), pcm)
     ends = [e for e in events if isinstance(e, UtteranceEnded)]
     assert len(ends) >= 2
-    assert all(len(e.audio) <= 1.5 * SR for e in ends)
+    assert ends[0].end_s - ends[0].start_s == pytest.approx(4.0, abs=0.05)
+    assert all(len(e.audio) <= 1.5 * SR for e in events if isinstance(e, (UtteranceWindow, UtteranceEnded)))
 
 
 def test_rejects_non_int16_arrays():
