@@ -37,6 +37,8 @@ import torch
 
 from services.common.audio import AudioError, read_audio
 
+from .normalise import normalise
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "tts_models/multilingual/multi-dataset/xtts_v2"
@@ -242,14 +244,16 @@ class XttsEngine:
     def stream(self, text: str, language: str, voice: Voice) -> Iterator[np.ndarray]:
         """Speak ``text`` in ``voice``: int16 mono PCM chunks at 24 kHz, as XTTS yields them.
 
-        The text is checked before anything is generated (``SynthesisError`` is raised
-        here, not on the first ``next``). Text longer than XTTS's per-language limit is
+        The text is first made speakable in the language (``normalise``: times, dates,
+        money, units, abbreviations, symbols, addresses; XTTS's own cleaner then expands
+        the plain numbers), and checked before anything is generated (``SynthesisError``
+        is raised here, not on the first ``next``). Text longer than XTTS's per-language limit is
         spoken in several parts, split at sentence and then clause boundaries.
         """
         model = self._require_model()
         code = self._language(model, language)
         base = code.split("-")[0]
-        text = " ".join(unicodedata.normalize("NFC", text).split())
+        text = normalise(" ".join(unicodedata.normalize("NFC", text).split()), code)
         if not any(ch.isalnum() for ch in text):
             raise SynthesisError("nothing to speak: the text has no letters or digits")
         limit = model.tokenizer.char_limits.get(base, 250)

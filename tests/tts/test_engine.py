@@ -138,6 +138,25 @@ def test_lanes_stream_at_once_without_mixing_their_prompts(model_dir, reference)
 
 
 @pytest.mark.engine
+def test_text_is_normalised_for_speech_in_the_avatar_language(engine, reference, monkeypatch):
+    voice = engine.voice(reference)
+    spoken: list[tuple[str, str]] = []
+    inference_stream = engine._model.inference_stream
+
+    def spy(part, language, *args, **kwargs):
+        spoken.append((part, language))
+        return inference_stream(part, language, *args, **kwargs)
+
+    monkeypatch.setattr(engine._model, "inference_stream", spy)
+    list(engine.stream("It is 3:30 pm and costs $3.50.", "en-US", voice))
+    list(engine.stream("Es kostet 12,50 € und kommt um 15:30 Uhr.", "de", voice))
+    assert spoken == [
+        ("It is three thirty p m and costs three dollars, fifty cents.", "en"),
+        ("Es kostet zwölf Euro und fünfzig Cent und kommt um fünfzehn Uhr dreißig.", "de"),
+    ]
+
+
+@pytest.mark.engine
 def test_long_text_is_spoken_in_parts(engine, reference, monkeypatch):
     voice = engine.voice(reference)
     text = " ".join(["This sentence is here to make the text longer than one part."] * 5)
