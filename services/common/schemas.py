@@ -43,6 +43,19 @@ class SttOpen(Msg):
     end_of_turn_ms: int | None = None
     prompt: str | None = None
     """Words to bias recognition towards (an avatar's names and terms)."""
+    replay_from_s: float | None = None
+    """A takeover: read the session's audio kept in AUDIO_IN from this point (seconds since
+    the session's audio began), numbering utterances from ``first_utterance_seq``."""
+    first_utterance_seq: int = 0
+
+
+class SttAlive(Msg):
+    """An STT worker's heartbeat; ``leaving`` when it drains and hands its sessions over."""
+
+    worker_id: str
+    sessions: int = 0
+    capacity: int = 0
+    leaving: bool = False
 
 
 class SttOpened(Msg):
@@ -56,9 +69,11 @@ class SessionControl(Msg):
 
     conversation_id: str
     session_id: str = ""
-    action: Literal["end", "cancel"] = "end"
+    action: Literal["end", "cancel", "release"] = "end"
     message_id: str = ""
     reason: str = ""
+    worker_id: str = ""
+    """For ``release``: the worker that must let go of the session (another took it over)."""
 
 
 class SignRequest(Msg):
@@ -261,6 +276,8 @@ class AudioMeta(msgspec.Struct, kw_only=True, frozen=True):
     session_id: str = ""
     sentence_index: int = 0
     chunk_seq: int = 0
+    offset: int = 0
+    """Samples of the stream before this chunk (mic audio: since the session began)."""
     sample_rate: int = 16000
     last: bool = False
     status: Literal["ok", "failed"] = "ok"
@@ -273,6 +290,7 @@ class AudioMeta(msgspec.Struct, kw_only=True, frozen=True):
             "Parley-Session": self.session_id,
             "Parley-Sentence": str(self.sentence_index),
             "Parley-Chunk": str(self.chunk_seq),
+            "Parley-Offset": str(self.offset),
             "Parley-Rate": str(self.sample_rate),
             "Parley-Last": "1" if self.last else "0",
             "Parley-Status": self.status,
@@ -291,6 +309,7 @@ class AudioMeta(msgspec.Struct, kw_only=True, frozen=True):
                 session_id=h.get("Parley-Session", ""),
                 sentence_index=int(h.get("Parley-Sentence", "0")),
                 chunk_seq=int(h.get("Parley-Chunk", "0")),
+                offset=int(h.get("Parley-Offset", "0")),
                 sample_rate=int(h.get("Parley-Rate", "16000")),
                 last=h.get("Parley-Last") == "1",
                 status="failed" if h.get("Parley-Status") == "failed" else "ok",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 from pydantic import Field
@@ -21,7 +22,9 @@ class ServiceSettings(BaseSettings):
     http_port: int = 8000
     log_level: str = "INFO"
     log_json: bool = False
-    instance_id: str = Field(default_factory=socket.gethostname)
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """Names this process on the bus (heartbeats, connection names): unique per process, so
+    several replicas on one host are told apart."""
     drain_timeout_s: float = 20.0
 
     s3_endpoint_url: str | None = None

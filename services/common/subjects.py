@@ -67,6 +67,13 @@ def control(conv: str) -> str:
 
 
 STT_OPEN = "parley.stt.open"
+
+
+def stt_alive(worker_id: str) -> str:
+    """An STT worker's heartbeat (core): gateways watch their sessions' owners on it."""
+    return f"parley.stt.alive.{worker_id}"
+
+
 STORAGE_SIGN = "parley.storage.sign"
 CANCEL_BUCKET = "parley_cancelled"
 TURNS_BUCKET = "parley_turns"

@@ -15,3 +15,5 @@ class GatewaySettings(ServiceSettings):
     start_timeout_s: float = 10.0
     stt_open_timeout_s: float = 2.0
     stt_open_attempts: int = 3
+    stt_takeover_after_s: float = 2.0
+    """A session's STT worker silent this long is taken to be dead; another takes the session over."""

@@ -33,6 +33,9 @@ from .playout import Frame, Playout
 
 log = logging.getLogger(__name__)
 
+_REPLAY_MARGIN_S = 0.05
+"""A takeover replays from just after the newest final's speech, inside the silence that ended it."""
+
 
 class Gateway(Service):
     name = "gateway"
@@ -90,12 +93,22 @@ class ClientSession:
         self.out: asyncio.Queue = asyncio.Queue()
         self.seq = 0
         self.audio_seq = 0
+        self.audio_samples = 0
+        """Samples of mic audio published so far: each frame's offset in the session."""
         self.text_seq = 0
         self.replies: dict[str, _Reply] = {}
         self.interrupted: set[str] = set()
         self.speech_end_at: dict[str, float] = {}
         self._subs: list = []
         self._closed = False
+        self._start: protocol.Start | None = None
+        self.stt_worker = ""
+        self._stt_seen = 0.0
+        self._stt_leaving = False
+        self._alive_sub = None
+        self._watch: asyncio.Task | None = None
+        self.last_final: tuple[int, float] | None = None
+        """(utterance_seq, end_s) of the newest final transcript: a takeover replays after it."""
 
     # --- outgoing ---------------------------------------------------------------------------
 
@@ -212,7 +225,10 @@ class ClientSession:
         self._subs.append(await self.bus.nc.subscribe(subjects.live_all(self.conv), cb=self._on_bus))
         self._subs.append(await self.bus.nc.subscribe(subjects.event_all(self.conv), cb=self._on_bus))
         self._subs.append(await self.bus.nc.subscribe(subjects.speech_all(self.conv), cb=self._on_bus))
+        self._start = start
         stt_error = await self._open_stt(start)
+        if stt_error is None:
+            self._watch = asyncio.create_task(self._watch_stt())
         self.send_event(
             {
                 "type": "session.started",
@@ -230,14 +246,22 @@ class ClientSession:
         log.info("session started", extra=ctx(conversation_id=self.conv, session_id=self.session_id))
         return True
 
-    async def _open_stt(self, start: protocol.Start) -> tuple[str, str] | None:
-        """Find an STT worker for the session; the error code and message if none took it."""
+    async def _open_stt(self, start: protocol.Start, takeover: bool = False) -> tuple[str, str] | None:
+        """Find an STT worker for the session; the error code and message if none took it.
+
+        Full workers are not in the `stt` queue group, so "no responders" means no worker
+        has room: a heartbeat heard on `parley.stt.alive.*` tells whether any is running
+        (no capacity) or none (unavailable). A takeover asks the new worker to replay the
+        session's audio from just after the newest final transcript."""
         req = schemas.SttOpen(
             conversation_id=self.conv,
             session_id=self.session_id,
             language=start.language,
             end_of_turn_ms=start.end_of_turn_ms,
         )
+        if takeover:
+            req.replay_from_s = self.last_final[1] + _REPLAY_MARGIN_S if self.last_final else 0.0
+            req.first_utterance_seq = self.last_final[0] + 1 if self.last_final else 0
         last = "no speech recognition worker answered"
         for _ in range(self.settings.stt_open_attempts):
             try:
@@ -246,16 +270,85 @@ class ClientSession:
                 )
                 opened = schemas.decode(reply.data, schemas.SttOpened)
                 if opened.ok:
+                    await self._follow(opened.worker_id)
                     return None
                 last = opened.error
-            except (NatsTimeout, NoRespondersError):
-                pass
+            except NoRespondersError:
+                last = ""
+            except NatsTimeout:
+                last = "no speech recognition worker answered"
             await asyncio.sleep(0.1)
+        if not last:
+            last = "no_capacity" if await self._any_stt_worker() else "no speech recognition worker is running"
         code = "no_capacity" if last == "no_capacity" else "stt_unavailable"
         return code, f"speech input is unavailable: {last}; typed text still works"
 
+    async def _any_stt_worker(self) -> bool:
+        heard = asyncio.Event()
+
+        async def on_beat(msg: NatsMsg) -> None:
+            heard.set()
+
+        sub = await self.bus.nc.subscribe(subjects.stt_alive("*"), cb=on_beat)
+        try:
+            await asyncio.wait_for(heard.wait(), min(1.0, self.settings.stt_takeover_after_s))
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            await sub.unsubscribe()
+
+    async def _follow(self, worker_id: str) -> None:
+        """Watch the heartbeat of the worker that owns the session's audio."""
+        if self._alive_sub is not None:
+            await self._alive_sub.unsubscribe()
+        self.stt_worker = worker_id
+        self._stt_seen = time.monotonic()
+        self._stt_leaving = False
+
+        async def on_beat(msg: NatsMsg) -> None:
+            try:
+                alive = schemas.decode(msg.data, schemas.SttAlive)
+            except msgspec.DecodeError:
+                return
+            self._stt_seen = time.monotonic()
+            self._stt_leaving = self._stt_leaving or alive.leaving
+
+        self._alive_sub = await self.bus.nc.subscribe(subjects.stt_alive(worker_id), cb=on_beat)
+
+    async def _watch_stt(self) -> None:
+        """Move the session to another STT worker when its owner stops beating or leaves."""
+        while not self._closed:
+            await asyncio.sleep(0.25)
+            silent = time.monotonic() - self._stt_seen > self.settings.stt_takeover_after_s
+            if not (silent or self._stt_leaving) or self._start is None:
+                continue
+            old = self.stt_worker
+            log.warning(
+                "STT worker %s %s; moving the session",
+                old,
+                "is leaving" if self._stt_leaving else "stopped answering",
+                extra=ctx(conversation_id=self.conv, session_id=self.session_id),
+            )
+            error = await self._open_stt(self._start, takeover=True)
+            if error is not None:
+                self.error(*error, retryable=True)
+                self._stt_seen = time.monotonic()  # try again after another silent spell
+                continue
+            metrics.EVENTS.labels("gateway", "stt_takeover").inc()
+            await self.bus.publish(
+                subjects.control(self.conv),
+                schemas.SessionControl(
+                    conversation_id=self.conv, session_id=self.session_id, action="release", worker_id=old
+                ),
+            )
+
     async def _teardown(self) -> None:
         self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._alive_sub is not None:
+            self._subs.append(self._alive_sub)
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
@@ -295,8 +388,11 @@ class ClientSession:
         except AudioError as exc:
             self.error("bad_audio_frame", str(exc))
             return
-        meta = AudioMeta(conversation_id=self.conv, session_id=self.session_id, chunk_seq=self.audio_seq)
+        meta = AudioMeta(
+            conversation_id=self.conv, session_id=self.session_id, chunk_seq=self.audio_seq, offset=self.audio_samples
+        )
         self.audio_seq += 1
+        self.audio_samples += len(frame) // 2
         await self.bus.nc.publish(subjects.audio_in(self.conv), frame, headers=meta.headers())
 
     async def _on_text(self, raw: str) -> None:
@@ -404,8 +500,12 @@ class ClientSession:
         except msgspec.DecodeError:
             log.warning("undecodable event on %s", msg.subject)
             return
-        if isinstance(ev, schemas.TranscriptFinal) and ev.speech_end_at:
-            self.speech_end_at[ev.message_id] = ev.speech_end_at
+        if isinstance(ev, schemas.TranscriptFinal):
+            if ev.speech_end_at:
+                self.speech_end_at[ev.message_id] = ev.speech_end_at
+            if ev.session_id == self.session_id and ev.end_s is not None:
+                if self.last_final is None or ev.utterance_seq > self.last_final[0]:
+                    self.last_final = (ev.utterance_seq, ev.end_s)
         elif isinstance(ev, schemas.ReplyStarted):
             self._reply(ev.message_id).user_message_id = ev.user_message_id
         elif isinstance(ev, schemas.ReplyCompleted):

@@ -19,6 +19,9 @@ class SttSettings(ServiceSettings):
     stt_num_workers: int = 1
     stt_download_root: str | None = None
     stt_capacity: int = 32
+    stt_heartbeat_s: float = 0.5
+    stt_handover_wait_s: float = 3.0
+    """On SIGTERM, how long sessions wait to be taken over before they are finished here."""
     stt_max_batch: int = 16
     stt_partial_interval_ms: int = 500
     """Audio time between partial transcripts while a person speaks; 0 turns partials off."""

@@ -203,16 +203,19 @@ class Segmenter:
         vad: SileroVad | None = None,
         config: VadConfig | None = None,
         first_utterance_index: int = 0,
+        start_sample: int = 0,
     ) -> None:
+        """``first_utterance_index`` and ``start_sample`` let a worker that takes a session
+        over go on where the previous one stopped: the same utterance numbers, the same times."""
         self.config = config or VadConfig()
         self._vad = (vad or SileroVad.shared()).new_stream()
         self._next_index = first_utterance_index
         self._pending = np.zeros(0, dtype=np.float32)
         self._odd_byte = b""
-        self._processed = 0
+        self._processed = start_sample
         self._windows: deque[np.ndarray] = deque()
         self._probs: deque[float] = deque()
-        self._buf_start = 0
+        self._buf_start = start_sample
         self._pad = self.config.samples(self.config.pad_ms)
         self._eot = self.config.samples(self.config.end_of_turn_ms)
         self._min_speech = self.config.samples(self.config.min_speech_ms)

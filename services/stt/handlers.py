@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 
+import numpy as np
 from nats.aio.msg import Msg as NatsMsg
 from nats.js.api import DeliverPolicy
 
@@ -42,6 +43,9 @@ from .engine import (
 )
 
 log = logging.getLogger(__name__)
+
+_MAX_GAP_S = 5
+"""A larger hole in a session's audio is not filled with more silence than this."""
 
 
 class Partials:
@@ -101,7 +105,10 @@ class LiveSession:
             min_speech_ms=s.vad_min_speech_ms,
             pad_ms=s.vad_pad_ms,
         )
-        self.segmenter = Segmenter(worker.vad, cfg)
+        self.replay_from = None if req.replay_from_s is None else int(req.replay_from_s * cfg.sample_rate)
+        self._cfg = cfg
+        self.segmenter = Segmenter(worker.vad, cfg, first_utterance_index=req.first_utterance_seq)
+        self._started = self.replay_from is None
         self.sample_rate = cfg.sample_rate
         self.partial_every = cfg.samples(s.stt_partial_interval_ms)
         self.partials: Partials | None = None
@@ -113,11 +120,13 @@ class LiveSession:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
+        # A takeover reads the audio kept in AUDIO_IN from its start (bounded by the stream's
+        # age limit) and skips to `replay_from`; a new session reads what comes from now on.
         self._subs.append(
             await self.bus.js.subscribe(
                 subjects.audio_in(self.conv),
                 ordered_consumer=True,
-                deliver_policy=DeliverPolicy.NEW,
+                deliver_policy=DeliverPolicy.NEW if self._started else DeliverPolicy.ALL,
                 cb=self._on_audio,
             )
         )
@@ -129,13 +138,36 @@ class LiveSession:
             meta = AudioMeta.from_headers(msg.headers)
             if meta.session_id != self.session_id:
                 return  # a previous session's frames still in the stream
-            events = self.segmenter.feed(msg.data)
+            events = self._feed(meta.offset, msg.data)
         except Exception as exc:
             self.bad_frames += 1
             log.warning("bad audio frame: %s", exc, extra=ctx(conversation_id=self.conv))
             return
         await self._handle(events)
         self._maybe_partial()
+
+    def _feed(self, offset: int, data: bytes) -> list:
+        """Feed a frame at its place in the session's audio: a takeover starts at the first
+        frame reaching `replay_from`; frames seen already are skipped; a gap (frames lost on
+        the live path) is filled with silence so that times stay true."""
+        samples = len(data) // 2
+        if not self._started:
+            if offset + samples <= self.replay_from:
+                return []
+            self._started = True
+            self.segmenter = Segmenter(
+                self.worker.vad, self._cfg, self.segmenter.next_utterance_index, start_sample=offset
+            )
+        expected = self.segmenter.samples_fed
+        if offset + samples <= expected:
+            return []
+        events = []
+        if offset > expected:
+            gap = min(offset - expected, self.sample_rate * _MAX_GAP_S)
+            events += self.segmenter.feed(np.zeros(gap, dtype=np.int16))
+        elif offset < expected:
+            data = data[(expected - offset) * 2 :]
+        return events + self.segmenter.feed(data)
 
     def _decode(self, audio) -> asyncio.Future:
         return asyncio.wrap_future(self.worker.decoder.submit(DecodeRequest(audio, self.language, self.prompt)))
@@ -222,6 +254,9 @@ class LiveSession:
         if ctl.action == "end" and ctl.session_id in ("", self.session_id):
             # Not awaited here: closing unsubscribes this very callback's subscription.
             self.worker.spawn(self.worker.close_session(self.conv, flush=True))
+        elif ctl.action == "release" and ctl.worker_id == self.worker.settings.instance_id:
+            # Another worker took the session over and replays the utterance in progress.
+            self.worker.spawn(self.worker.close_session(self.conv, flush=False, session=self))
 
     async def _transcribe_loop(self) -> None:
         while True:
@@ -312,6 +347,11 @@ class LiveSession:
 
 
 class SttService(Service):
+    """Live sessions up to a capacity; a full worker leaves the `stt` queue group, so opens
+    go only to workers with room, and comes back when a session ends. Heartbeats on
+    `parley.stt.alive.<worker>` let gateways notice a dead or leaving owner and move its
+    sessions to another worker, which replays the utterance in progress from AUDIO_IN."""
+
     name = "stt"
 
     def __init__(self, settings: SttSettings):
@@ -319,6 +359,8 @@ class SttService(Service):
         self.settings: SttSettings = settings
         self.sessions: dict[str, LiveSession] = {}
         self._background: set[asyncio.Task] = set()
+        self._open_sub = None
+        self._leaving = False
 
     def spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -346,7 +388,33 @@ class SttService(Service):
         self.bus = await busmod.connect(s, self.name)
         self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
-        self._open_sub = await self.bus.nc.subscribe(subjects.STT_OPEN, queue="stt", cb=self._on_open)
+        self._heartbeat = asyncio.create_task(self._beat())
+        await self._admit()
+
+    async def _beat(self) -> None:
+        subject = subjects.stt_alive(self.settings.instance_id)
+        while True:
+            alive = schemas.SttAlive(
+                worker_id=self.settings.instance_id,
+                sessions=len(self.sessions),
+                capacity=self.settings.stt_capacity,
+                leaving=self._leaving,
+            )
+            try:
+                await self.bus.nc.publish(subject, schemas.encode(alive))
+            except Exception:
+                log.warning("heartbeat not sent", exc_info=True)
+            await asyncio.sleep(self.settings.stt_heartbeat_s)
+
+    async def _admit(self) -> None:
+        """Be in the queue group exactly while there is room for another session."""
+        room = not self._leaving and len(self.sessions) < self.settings.stt_capacity
+        if room and self._open_sub is None:
+            self._open_sub = await self.bus.nc.subscribe(subjects.STT_OPEN, queue="stt", cb=self._on_open)
+        elif not room and self._open_sub is not None:
+            sub, self._open_sub = self._open_sub, None
+            await sub.unsubscribe()
+        metrics.ACTIVE_SESSIONS.labels("stt").set(len(self.sessions))
 
     async def _on_open(self, msg: NatsMsg) -> None:
         try:
@@ -354,36 +422,60 @@ class SttService(Service):
         except Exception as exc:
             await msg.respond(schemas.encode(schemas.SttOpened(ok=False, error=f"bad request: {exc}")))
             return
-        if not self.ready:
+        if not self.ready or self._leaving:
             await msg.respond(schemas.encode(schemas.SttOpened(ok=False, error="draining")))
             return
         if req.conversation_id in self.sessions:
             await self.close_session(req.conversation_id, flush=False)
         elif len(self.sessions) >= self.settings.stt_capacity:
+            # Two opens raced for the last slot: the gateway asks the group again.
             await msg.respond(schemas.encode(schemas.SttOpened(ok=False, error="no_capacity")))
             return
         session = LiveSession(self, req)
         self.sessions[req.conversation_id] = session
         await session.start()
-        metrics.ACTIVE_SESSIONS.labels("stt").set(len(self.sessions))
+        await self._admit()
         await msg.respond(schemas.encode(schemas.SttOpened(ok=True, worker_id=self.settings.instance_id)))
-        log.info("session opened", extra=ctx(conversation_id=req.conversation_id, session_id=req.session_id))
+        takeover = req.replay_from_s is not None
+        if takeover:
+            metrics.EVENTS.labels("stt", "session_taken_over").inc()
+        log.info(
+            "session taken over" if takeover else "session opened",
+            extra=ctx(conversation_id=req.conversation_id, session_id=req.session_id),
+        )
 
-    async def close_session(self, conv: str, flush: bool) -> None:
-        session = self.sessions.pop(conv, None)
-        if session is not None:
-            await session.close(flush)
-            metrics.ACTIVE_SESSIONS.labels("stt").set(len(self.sessions))
+    async def close_session(self, conv: str, flush: bool, session: LiveSession | None = None) -> None:
+        """Close the conversation's session (only if it is still `session`, when given)."""
+        current = self.sessions.get(conv)
+        if current is None or (session is not None and current is not session):
+            return
+        del self.sessions[conv]
+        await current.close(flush)
+        if self.bus.nc.is_connected:
+            await self._admit()
 
     def status(self) -> dict:
         pending = self.decoder.pending if hasattr(self, "decoder") else 0
         return {"sessions": len(self.sessions), "capacity": self.settings.stt_capacity, "pending_decodes": pending}
 
     async def drain(self) -> None:
-        """Finish every utterance in progress; ownership handover comes with session takeover."""
-        await self._open_sub.unsubscribe()
+        """Hand sessions over: say so on the heartbeat, give gateways time to move each
+        session to another worker (which releases it here, the utterance in progress to be
+        replayed there), and finish the sessions nobody took, utterance in progress included."""
+        self._leaving = True
+        await self._admit()
+        if self.sessions:
+            await self.bus.nc.publish(
+                subjects.stt_alive(self.settings.instance_id),
+                schemas.encode(schemas.SttAlive(worker_id=self.settings.instance_id, leaving=True)),
+            )
+            deadline = time.monotonic() + self.settings.stt_handover_wait_s
+            while self.sessions and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         for conv in list(self.sessions):
             await self.close_session(conv, flush=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._heartbeat.cancel()
 
 
 def _observe_batch(size: int, audio_s: float, seconds: float) -> None:

@@ -65,6 +65,7 @@ class WhisperSize:
 SIZES: dict[str, WhisperSize] = {
     "tiny": WhisperSize(384, 4, 6, 1536, 80, 99, "int8"),
     "base": WhisperSize(512, 6, 8, 2048, 80, 99, "int8"),
+    "small": WhisperSize(768, 12, 12, 3072, 80, 99, "int8"),
     "large-v3": WhisperSize(1280, 32, 20, 5120, 128, 100, "float16"),
 }
 
