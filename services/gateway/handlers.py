@@ -102,6 +102,7 @@ class ClientSession:
         self._subs: list = []
         self._closed = False
         self._start: protocol.Start | None = None
+        self._hotwords: str | None = None
         self.stt_worker = ""
         self._stt_seen = 0.0
         self._stt_leaving = False
@@ -253,11 +254,15 @@ class ClientSession:
         has room: a heartbeat heard on `parley.stt.alive.*` tells whether any is running
         (no capacity) or none (unavailable). A takeover asks the new worker to replay the
         session's audio from just after the newest final transcript."""
+        if self._hotwords is None:
+            # The avatars' names are what recognition most often gets wrong and must not.
+            self._hotwords = ", ".join(a.name for a in await self.gw.repo.conversation_avatars(self.conv))
         req = schemas.SttOpen(
             conversation_id=self.conv,
             session_id=self.session_id,
             language=start.language,
             end_of_turn_ms=start.end_of_turn_ms,
+            prompt=self._hotwords or None,
         )
         if takeover:
             req.replay_from_s = self.last_final[1] + _REPLAY_MARGIN_S if self.last_final else 0.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -24,7 +25,10 @@ class Start(ClientMessage, tag="session.start"):
     conversation_id: str | None = None
     avatar_ids: list[str] = []
     language: str | None = None
-    end_of_turn_ms: int | None = None
+    end_of_turn_ms: Annotated[int, msgspec.Meta(ge=100, le=5000)] | None = None
+    sample_rate: Literal[16000] = 16000
+    """Mic audio is 16 kHz PCM16 mono; a client that captures at another rate resamples
+    before sending (declaring another rate is refused rather than misheard)."""
 
 
 class Text(ClientMessage, tag="text"):

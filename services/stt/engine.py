@@ -451,8 +451,9 @@ class WhisperEngine:
     Greedy, single temperature, no timestamps, no conditioning on earlier text (each piece
     stands alone, and a bad guess cannot snowball). ``transcribe_batch`` runs the encoder
     and the decoder once for a whole batch through CTranslate2's batch API, each item with
-    its own language and prompt: the worker's ``DecodeBatcher`` gathers the pending
-    utterances of all its sessions into such batches.
+    its own language (requests with hotword prompts of different lengths take one call per
+    length): the worker's ``DecodeBatcher`` gathers the pending utterances of all its
+    sessions into such batches.
     """
 
     max_audio_s = 30.0
@@ -516,12 +517,25 @@ class WhisperEngine:
                 out[i] = Transcript("", req.language or self.language or "", 0.0, 0.0)
             else:
                 todo.append(i)
-        if todo:
-            for i, result in zip(todo, self._decode([requests[i] for i in todo])):
+        # CTranslate2 needs <|startoftranscript|> at one position across a batch, so requests
+        # whose hotword prompts differ in length go in separate calls (no prompt: one group).
+        groups: dict[int, list[int]] = {}
+        for i in todo:
+            groups.setdefault(self._prefix_length(requests[i].prompt), []).append(i)
+        for members in groups.values():
+            for i, result in zip(members, self._decode([requests[i] for i in members])):
                 out[i] = result
         return [t for t in out if t is not None]
 
+    def _prefix_length(self, prompt: str | None) -> int:
+        if not prompt:
+            return 0
+        return len(self.model.get_prompt(self._tokenizer("en"), [], hotwords=prompt)) - len(
+            self.model.get_prompt(self._tokenizer("en"), [])
+        )
+
     def _decode(self, requests: list[DecodeRequest]) -> list[Transcript]:
+        """One encoder and one decoder call for requests whose prompts have one length."""
         from faster_whisper.audio import pad_or_trim
 
         wm = self.model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 import pytest
 
@@ -40,6 +42,21 @@ async def test_first_message_must_be_session_start(stack):
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd.code == 4400
+
+
+@pytest.mark.parametrize(
+    "start,reason",
+    [({"sample_rate": 48000}, "sample_rate"), ({"end_of_turn_ms": 20}, "end_of_turn_ms")],
+)
+async def test_a_start_the_gateway_cannot_honour_is_refused(stack, start, reason):
+    import websockets
+
+    async with websockets.connect(stack["ws_url"]) as ws:
+        await ws.send(json.dumps({"type": "session.start", "user": "erin", **start}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd.code == 4400
+    assert reason in closed.value.rcvd.reason
 
 
 async def test_unknown_conversation_is_refused(stack):

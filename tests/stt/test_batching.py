@@ -125,3 +125,20 @@ def test_audio_over_thirty_seconds_is_refused_per_request(engine):
         engine.transcribe_batch([DecodeRequest(np.zeros(31 * SR, dtype=np.float32), "en")])
     long = engine.transcribe(np.zeros(45 * SR, dtype=np.float32), language="en")
     assert long.duration_s == pytest.approx(45.0)
+
+
+def test_each_request_keeps_its_language_and_hotwords(engine):
+    """Languages mix freely in one call; hotword prompts of one length share a call too
+    (CTranslate2 wants the start-of-transcript token at one position in a batch)."""
+    mixed = [
+        DecodeRequest(tone(0.6, 220.0), "en", prompt="Ada, Parley"),
+        DecodeRequest(tone(0.6, 240.0), "fr", prompt="Ada, Parley"),
+        DecodeRequest(tone(0.6, 260.0), "de"),
+        DecodeRequest(tone(0.6, 300.0), None),
+    ]
+    calls = engine.model_calls
+    results = engine.transcribe_batch(mixed)
+    assert engine.model_calls == calls + 2  # the two prompted requests, then the two others
+    assert [r.language for r in results[:3]] == ["en", "fr", "de"] and results[3].language
+    alone = engine.transcribe(mixed[0].audio, language="en", prompt="Ada, Parley")
+    assert results[0].text == alone.text

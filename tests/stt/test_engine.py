@@ -286,6 +286,31 @@ def test_endless_speech_ends_the_utterance_at_max_utterance(speech):
     assert all(len(e.audio) <= 1.5 * SR for e in events if isinstance(e, (UtteranceWindow, UtteranceEnded)))
 
 
+def test_ten_minutes_of_speech_and_of_silence_stay_bounded(speech):
+    """Non-stop speech ends a turn every max_utterance_ms and is read in windows; silence
+    keeps nothing but the padding. The audio held never exceeds one window plus padding."""
+    config = VadConfig(end_of_turn_ms=1000)
+    seg = Segmenter(config=config)
+    words = np.concatenate([speech["hello"], speech["thanks"]])
+    talk = np.tile(words, int(600 * SR / len(words)) + 1)[: 600 * SR]
+    held = 0
+    events = []
+    for i in range(0, len(talk), SR):  # a second at a time, far faster than real time
+        events += seg.feed(talk[i : i + SR])
+        held = max(held, sum(len(w) for w in seg._windows))
+    ends = [e for e in events if isinstance(e, UtteranceEnded)]
+    assert len(ends) >= 600 * 1000 // config.max_utterance_ms - 1
+    assert all(e.end_s - e.start_s <= config.max_utterance_ms / 1000 + 0.05 for e in ends)
+    longest = max(len(e.audio) for e in events if isinstance(e, (UtteranceWindow, UtteranceEnded)))
+    assert longest <= config.samples(config.window_ms) + WINDOW
+    assert held <= config.samples(config.window_ms + config.pad_ms) + 2 * SR
+
+    quiet = Segmenter(config=config)
+    for _ in range(600):
+        assert quiet.feed(silence(1.0)) == []
+    assert sum(len(w) for w in quiet._windows) <= config.samples(config.pad_ms) + WINDOW
+
+
 def test_rejects_non_int16_arrays():
     with pytest.raises(TypeError):
         Segmenter().feed(np.zeros(320, dtype=np.float32))
