@@ -75,7 +75,8 @@ def fake_llm():
 
 @pytest.fixture(scope="session")
 def model_env():
-    return test_model_env(MODEL_CACHE)
+    # Partials are off by default on a CPU; the tests check them.
+    return {**test_model_env(MODEL_CACHE), "PARLEY_STT_PARTIAL_INTERVAL_MS": "500"}
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,10 @@ class SttSettings(ServiceSettings):
     stt_handover_wait_s: float = 3.0
     """On SIGTERM, how long sessions wait to be taken over before they are finished here."""
     stt_max_batch: int = 16
-    stt_partial_interval_ms: int = 500
-    """Audio time between partial transcripts while a person speaks; 0 turns partials off."""
+    stt_partial_interval_ms: int | None = None
+    """Audio time between partial transcripts while a person speaks; 0 turns partials off.
+    Unset: 500 on a GPU, off on a CPU, where each partial costs as much as a final and
+    delays it (docs/benchmarks.md)."""
     stt_prompt: str | None = None
     """Words to bias recognition towards for every session (a session's own prompt wins)."""
     vad_threshold: float = 0.5

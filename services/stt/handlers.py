@@ -110,7 +110,7 @@ class LiveSession:
         self.segmenter = Segmenter(worker.vad, cfg, first_utterance_index=req.first_utterance_seq)
         self._started = self.replay_from is None
         self.sample_rate = cfg.sample_rate
-        self.partial_every = cfg.samples(s.stt_partial_interval_ms)
+        self.partial_every = cfg.samples(worker.partial_interval_ms)
         self.partials: Partials | None = None
         self.windows: dict[int, list[asyncio.Future]] = {}
         """Per utterance still open, the final decodes of its windows, in order."""
@@ -382,6 +382,9 @@ class SttService(Service):
             download_root=s.stt_download_root,
         )
         self.vad = SileroVad.shared()
+        self.partial_interval_ms = s.stt_partial_interval_ms
+        if self.partial_interval_ms is None:
+            self.partial_interval_ms = 500 if self.engine.model.model.device == "cuda" else 0
         self.decoder = DecodeBatcher(self.engine, s.stt_max_batch, on_batch=_observe_batch)
         self.on_close(lambda: asyncio.to_thread(self.decoder.close))
         metrics.STT_PENDING_DECODES.set_function(lambda: self.decoder.pending)
