@@ -89,7 +89,8 @@ async def check(
     """Every way the ledger does not balance, as readable lines (empty: it balances)."""
     problems: list[str] = []
     rows = await repo.pool.fetch(
-        """SELECT m.id, m.conversation_id, m.role, m.avatar_id, m.reply_to, m.text, m.status, m.audio_key
+        """SELECT m.id, m.conversation_id, m.role, m.avatar_id, m.reply_to, m.text, m.status, m.audio_key,
+                  m.audio_expired_at
            FROM messages m
            WHERE $1::uuid[] IS NULL OR m.conversation_id = ANY($1::uuid[])""",
         conversations,
@@ -118,7 +119,11 @@ async def check(
                 problems.append(f"conversation {conv}: reply {rid} is still streaming")
                 continue
             spoken = reply["status"] in ("complete", "interrupted") and reply["text"]
-            accounted = rid in evidence.sentence_failures or evidence.errors.get(rid, set()) & AUDIO_FAILURES
+            accounted = (
+                reply["audio_expired_at"] is not None  # stored, then deleted after its retention
+                or rid in evidence.sentence_failures
+                or evidence.errors.get(rid, set()) & AUDIO_FAILURES
+            )
             if spoken and reply["status"] == "complete" and not reply["audio_key"] and not accounted:
                 problems.append(f"conversation {conv}: complete reply {rid} has no audio and no failure event")
             if reply["audio_key"] and not await store.exists(reply["audio_key"]):

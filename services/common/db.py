@@ -6,6 +6,8 @@ never duplicates a row.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,21 @@ class HistoryItem:
 
 
 AVATAR_COLUMNS = "id, name, role_title, persona_prompt, language, voice_key, owner_id"
+
+
+class _ExpiringBatch(list):
+    """Replies (id, audio key) claimed for deletion of their audio."""
+
+    def __init__(self, conn: asyncpg.Connection, rows: list[tuple[str, str]]):
+        super().__init__(rows)
+        self._conn = conn
+
+    async def expire(self) -> None:
+        await self._conn.execute(
+            """UPDATE messages SET audio_key=NULL, audio_expired_at=now(), updated_at=now()
+               WHERE id = ANY($1::uuid[])""",
+            [mid for mid, _ in self],
+        )
 
 
 class Repo:
@@ -189,14 +206,30 @@ class Repo:
         return {r["avatar_id"] for r in rows}
 
     async def set_audio(self, message_id: str, key: str, duration_s: float, timings: dict) -> None:
+        """Record a reply's stored audio; a reply whose audio already expired stays expired."""
         await self.pool.execute(
-            """UPDATE messages SET audio_key=$2, audio_duration_s=$3, timings=timings || $4, updated_at=now()
-               WHERE id=$1""",
+            """UPDATE messages SET audio_key=$2, audio_duration_s=$3, timings=timings || $4,
+                      audio_stored_at=COALESCE(audio_stored_at, now()), updated_at=now()
+               WHERE id=$1 AND audio_expired_at IS NULL""",
             message_id,
             key,
             duration_s,
             timings,
         )
+
+    @contextlib.asynccontextmanager
+    async def expiring_audio(self, older_than: dt.timedelta, limit: int):
+        """A batch of replies whose audio was stored before now - `older_than`, locked for
+        this caller (others skip them) until the block ends; `expire()` records the expiry."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT id::text, audio_key FROM messages
+                   WHERE audio_key IS NOT NULL AND audio_stored_at < now() - $1::interval
+                   ORDER BY audio_stored_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                older_than,
+                limit,
+            )
+            yield _ExpiringBatch(conn, [(r["id"], r["audio_key"]) for r in rows])
 
     async def history(self, conv_id: str, limit: int) -> list[HistoryItem]:
         rows = await self.pool.fetch(
@@ -213,7 +246,7 @@ class Repo:
     async def messages(self, conv_id: str) -> list[dict]:
         rows = await self.pool.fetch(
             """SELECT id, role, avatar_id, reply_to, source, text, status, error, audio_key,
-                      audio_duration_s, timings, created_at
+                      audio_duration_s, audio_expired_at IS NOT NULL AS audio_expired, timings, created_at
                FROM messages WHERE conversation_id=$1 ORDER BY created_at, role DESC""",
             conv_id,
         )

@@ -74,6 +74,17 @@ class ObjectStore:
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         await self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
+    async def delete_many(self, keys: list[str]) -> None:
+        """Delete objects (a missing one counts as deleted), up to 1000 per request."""
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
+            resp = await self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+            )
+            errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                raise RuntimeError(f"could not delete {len(errors)} object(s), e.g. {errors[0]}")
+
     async def get(self, key: str) -> bytes:
         resp = await self.client.get_object(Bucket=self.bucket, Key=key)
         async with resp["Body"] as body:

@@ -51,6 +51,8 @@ class MessageOut(BaseModel):
     audio_key: str | None
     audio_url: str | None
     audio_duration_s: float | None
+    audio_expired: bool = False
+    """The reply's audio was deleted after the retention period; its text stays."""
     timings: dict
     created_at: str
 

@@ -1,6 +1,9 @@
 """Storage worker: for each finished reply, read its sentences' audio back from PARLEY_SPEECH
 by subject, upload one WAV under a deterministic key, record the key on the message, and tell
 the client its URL. Every step is idempotent, so a redelivered reply costs a HEAD request.
+S3 errors are retried by the client (botocore's standard mode: 5xx, throttling, timeouts),
+then by redelivery with backoff; a reply that still cannot be stored gets an
+`audio_store_failed` event. Reply audio past its retention is deleted by a periodic sweep.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from .config import StorageSettings
 from .engine import SentenceAudio, assemble
 
 log = logging.getLogger(__name__)
+
+_SWEEP_BATCH = 500
 
 
 class StorageService(Service):
@@ -52,6 +57,24 @@ class StorageService(Service):
         )
         await self.worker.start()
         self.workers.append(self.worker)
+        if s.storage_audio_retention_h > 0:
+            self._sweeper = asyncio.create_task(self._sweep_forever())
+            self.on_close(self._stop_sweeping)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                if expired := await self.sweep():
+                    log.info("deleted the audio of %d replies past retention", expired)
+            except Exception:
+                log.exception("retention sweep failed; trying again later")
+            await asyncio.sleep(self.settings.storage_retention_sweep_s)
+
+    async def _stop_sweeping(self) -> None:
+        self._sweeper.cancel()
+
+    async def sweep(self) -> int:
+        return await expire_audio(self.repo, self.store, dt.timedelta(hours=self.settings.storage_audio_retention_h))
 
     async def _sentence(self, conv: str, message_id: str, index: int) -> SentenceAudio | None:
         try:
@@ -126,3 +149,21 @@ def _age_s(msg: NatsMsg) -> float:
     if isinstance(stamp, dt.datetime):
         return (dt.datetime.now(dt.UTC) - stamp).total_seconds()
     return 0.0
+
+
+async def expire_audio(repo: db.Repo, store: objectstore.ObjectStore, older_than: dt.timedelta) -> int:
+    """Delete reply audio stored more than `older_than` ago; returns how many replies.
+
+    Batches are claimed with row locks (`FOR UPDATE SKIP LOCKED`), so replicas sweeping at
+    once share the work; an object is deleted before its row says so, and deleting an
+    object already gone succeeds, so a sweep cut short is finished by the next one.
+    """
+    total = 0
+    while True:
+        async with repo.expiring_audio(older_than, _SWEEP_BATCH) as batch:
+            if not batch:
+                return total
+            await store.delete_many([key for _, key in batch])
+            await batch.expire()
+        total += len(batch)
+        metrics.EVENTS.labels("storage", "reply_audio_expired").inc(len(batch))

@@ -1,0 +1,185 @@
+"""Reply audio lifecycle against the S3 API over HTTP (moto's server) and a real Postgres:
+retention deletes only what is old and keeps the text, replicas sweeping at once share the
+work, deletes are idempotent, and the S3 client rides out 5xx answers until they stop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+
+import httpx
+import pytest
+import uvicorn
+from botocore.exceptions import ClientError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services import devstack
+from services.common import db, ids, objectstore
+from services.common.settings import ServiceSettings
+from services.storage.handlers import expire_audio
+
+
+def _settings(s3_url: str, bucket: str = "parley-lifecycle") -> ServiceSettings:
+    return ServiceSettings(
+        s3_endpoint_url=s3_url,
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+        s3_region="us-east-1",
+        s3_bucket=bucket,
+    )
+
+
+@pytest.fixture
+async def store(s3):
+    async with objectstore.ObjectStore(_settings(s3.url)) as st:
+        await st.ensure_bucket()
+        yield st
+
+
+@pytest.fixture
+async def repo(database_url):
+    pool = await db.create_pool(database_url)
+    yield db.Repo(pool)
+    await pool.close()
+
+
+async def _conversation_with_replies(repo: db.Repo, store, ages_h: list[float]) -> tuple[str, list[str]]:
+    """A conversation with one reply per age, each with its audio stored that long ago."""
+    user = ids.user_id_for(f"lifecycle-{ids.new_id()}")
+    await repo.ensure_user(user, user)
+    conv = ids.new_id()
+    await repo.create_conversation(conv, user, [ids.DEMO_AVATAR_ID])
+    replies = []
+    for n, age in enumerate(ages_h):
+        session = ids.new_id()
+        user_msg = ids.user_message_id(conv, session, "text", n)
+        await repo.insert_user_message(user_msg, conv, "text", session, n, f"question {n}", {})
+        reply = ids.reply_id(user_msg, ids.DEMO_AVATAR_ID)
+        await repo.start_reply(reply, conv, user_msg, ids.DEMO_AVATAR_ID)
+        await repo.finish_reply(reply, f"answer {n}", "complete", None, {})
+        key = objectstore.reply_audio_key(conv, reply)
+        await store.put(key, b"RIFF....WAVE", "audio/wav")
+        await repo.set_audio(reply, key, 1.0, {})
+        await repo.pool.execute(
+            "UPDATE messages SET audio_stored_at = now() - $2::interval WHERE id=$1", reply, dt.timedelta(hours=age)
+        )
+        replies.append(reply)
+    return conv, replies
+
+
+async def _row(repo: db.Repo, message_id: str):
+    return await repo.pool.fetchrow(
+        "SELECT text, status, audio_key, audio_expired_at FROM messages WHERE id=$1", message_id
+    )
+
+
+@pytest.fixture(autouse=True)
+async def demo_avatar(repo):
+    await repo.upsert_avatar(
+        db.Avatar(ids.DEMO_AVATAR_ID, "Ada", None, "You are {name}.", "en", "voices/none.wav", None)
+    )
+
+
+async def test_retention_deletes_only_old_audio_and_keeps_the_text(repo, store):
+    conv, (old, recent) = await _conversation_with_replies(repo, store, [30.0, 2.0])
+    old_key, recent_key = objectstore.reply_audio_key(conv, old), objectstore.reply_audio_key(conv, recent)
+
+    expired = await expire_audio(repo, store, dt.timedelta(hours=24))
+
+    assert expired >= 1
+    assert not await store.exists(old_key)
+    assert await store.exists(recent_key)
+    gone, kept = await _row(repo, old), await _row(repo, recent)
+    assert gone["text"] == "answer 0" and gone["status"] == "complete"
+    assert gone["audio_key"] is None and gone["audio_expired_at"] is not None
+    assert kept["audio_key"] == recent_key and kept["audio_expired_at"] is None
+    listed = {m["id"]: m for m in await repo.messages(conv)}
+    assert listed[old]["audio_expired"] is True and listed[recent]["audio_expired"] is False
+
+    await repo.set_audio(old, old_key, 1.0, {})  # a late redelivery does not bring it back
+    assert (await _row(repo, old))["audio_key"] is None
+    assert await expire_audio(repo, store, dt.timedelta(hours=24)) == 0  # nothing left to do
+
+
+async def test_replicas_sweeping_at_once_share_the_work(repo, store):
+    conv, replies = await _conversation_with_replies(repo, store, [48.0] * 12)
+    counts = await asyncio.gather(*(expire_audio(repo, store, dt.timedelta(hours=24)) for _ in range(3)))
+    assert sum(counts) >= 12
+    for reply in replies:
+        assert (await _row(repo, reply))["audio_expired_at"] is not None
+        assert not await store.exists(objectstore.reply_audio_key(conv, reply))
+
+
+async def test_deleting_objects_already_gone_succeeds(store):
+    await store.put("tts/x/y.wav", b"data", "audio/wav")
+    await store.delete_many(["tts/x/y.wav", "tts/x/never-there.wav"])
+    await store.delete_many(["tts/x/y.wav"])
+    assert not await store.exists("tts/x/y.wav")
+
+
+class FlakyS3:
+    """An HTTP proxy before the S3 endpoint that answers 503 to the first `failures` writes."""
+
+    def __init__(self, upstream: str, failures: int):
+        self.upstream = upstream
+        self.failures = failures
+        self.refused = 0
+        self.port = devstack.free_port()
+        app = Starlette(routes=[Route("/{path:path}", self.proxy, methods=["GET", "PUT", "POST", "HEAD", "DELETE"])])
+        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def proxy(self, request: Request) -> Response:
+        if request.method in ("PUT", "POST") and self.refused < self.failures:
+            self.refused += 1
+            body = b"<Error><Code>ServiceUnavailable</Code><Message>try again</Message></Error>"
+            return Response(body, status_code=503, media_type="application/xml")
+        async with httpx.AsyncClient(base_url=self.upstream, trust_env=False) as client:
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+            headers["host"] = httpx.URL(self.upstream).netloc.decode()
+            upstream = await client.request(
+                request.method,
+                request.url.path,
+                params=request.query_params,
+                headers=headers,
+                content=await request.body(),
+            )
+        drop = {"content-length", "transfer-encoding", "content-encoding", "connection"}
+        return Response(
+            upstream.content,
+            status_code=upstream.status_code,
+            headers={k: v for k, v in upstream.headers.items() if k.lower() not in drop},
+        )
+
+    def __enter__(self) -> FlakyS3:
+        self.thread.start()
+        devstack.wait_for_port(self.port)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+async def test_uploads_ride_out_5xx_and_fail_clearly_when_it_persists(s3, store):
+    with FlakyS3(s3.url, failures=2) as flaky:
+        async with objectstore.ObjectStore(_settings(flaky.url)) as through:
+            await through.put("tts/flaky/a.wav", b"first", "audio/wav")
+        assert flaky.refused == 2
+    assert await store.get("tts/flaky/a.wav") == b"first"
+
+    with FlakyS3(s3.url, failures=1000) as down:
+        async with objectstore.ObjectStore(_settings(down.url)) as through:
+            with pytest.raises(ClientError) as failed:
+                await through.put("tts/flaky/b.wav", b"second", "audio/wav")
+        assert failed.value.response["Error"]["Code"] in ("503", "ServiceUnavailable")
+        assert down.refused == 6  # the request and botocore's five retries (standard mode), then the error
+    assert not await store.exists("tts/flaky/b.wav")
