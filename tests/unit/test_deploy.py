@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,3 +35,64 @@ def test_prometheus_scrapes_every_service_the_compose_stack_runs():
         assert f"{name}:{port}" in targets, f"{name}:{port} is not scraped"
         assert compose[name]["healthcheck"], f"{name} has no healthcheck"
     assert "nats-exporter:7777" in targets and "nats-exporter" in compose
+
+
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.31"
+DEPLOYMENTS = {f"parley-{name}" for name in SERVICES}
+
+
+def _render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is not installed: scripts/setup installs Debian's kubernetes-client"
+    run = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return [doc for doc in yaml.safe_load_all(run.stdout) if doc]
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_every_object_of_every_overlay_is_valid_kubernetes(overlay):
+    import kubernetes_validate
+
+    docs = _render(overlay)
+    by_kind: dict[str, dict[str, dict]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+        assert doc["metadata"]["namespace"] == ("parley-dev" if overlay == "dev" else "parley")
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue  # a CRD: checked below against the objects it names
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+    assert set(by_kind["Deployment"]) == DEPLOYMENTS
+    assert set(by_kind["PodDisruptionBudget"]) == DEPLOYMENTS
+    assert "parley-migrate" in by_kind["Job"] and "parley-config" in by_kind["ConfigMap"]
+    for name, deployment in by_kind["Deployment"].items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["terminationGracePeriodSeconds"] > 30  # above PARLEY_DRAIN_TIMEOUT_S
+        assert container["startupProbe"]["httpGet"]["path"] == "/readyz"  # covers model loading
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+        assert {"configMapRef": {"name": "parley-config"}} in container["envFrom"]
+        gpu = "nvidia.com/gpu" in container["resources"]["limits"]
+        assert gpu == (overlay == "prod" and name in ("parley-stt", "parley-tts")), name
+        assert name in by_kind["Service"]
+
+    if overlay == "prod":
+        scaled = by_kind["ScaledObject"]
+        assert set(scaled) == {"parley-llm", "parley-tts", "parley-storage", "parley-stt"}
+        for obj in scaled.values():
+            assert obj["spec"]["scaleTargetRef"]["name"] in DEPLOYMENTS
+            (trigger,) = obj["spec"]["triggers"]
+            assert trigger["type"] in ("nats-jetstream", "prometheus")
+        consumers = {
+            o["spec"]["triggers"][0]["metadata"]["consumer"]
+            for o in scaled.values()
+            if o["spec"]["triggers"][0]["type"] == "nats-jetstream"
+        }
+        assert consumers == {"llm", "tts", "storage"}  # the durable names the workers pull with
+        assert (
+            by_kind["HorizontalPodAutoscaler"]["parley-gateway"]["spec"]["scaleTargetRef"]["name"] == "parley-gateway"
+        )
