@@ -21,7 +21,7 @@ COPY tools ./tools
 RUN pip install --no-cache-dir ".[tts]"
 RUN useradd --create-home --uid 10001 parley
 USER parley
-ENV PARLEY_HTTP_PORT=8004 PARLEY_TTS_DEVICE=cuda PARLEY_TTS_LATENT_CACHE_DIR=/home/parley/.cache/parley/latents
+ENV PARLEY_HTTP_PORT=8004 PARLEY_TTS_DEVICE=auto PARLEY_TTS_LATENT_CACHE_DIR=/home/parley/.cache/parley/latents
 EXPOSE 8004
 HEALTHCHECK --interval=10s --timeout=3s --start-period=300s \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8004/readyz').status != 200)"

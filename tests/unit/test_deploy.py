@@ -15,15 +15,43 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "stt", "llm", "tts", "storage")
 
 
-def test_compose_file_follows_the_compose_specification():
+def test_compose_files_follow_the_compose_specification():
     tool = shutil.which("check-jsonschema")
     assert tool, "check-jsonschema comes with the test extra"
-    run = subprocess.run(
-        [tool, "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
-        capture_output=True,
-        text=True,
-    )
+    files = [str(ROOT / "docker-compose.yml"), str(ROOT / "docker-compose.gpu.yml")]
+    run = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", *files], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_service_has_its_own_image_and_runs_as_non_root():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in SERVICES:
+        dockerfile = compose[name]["build"]["dockerfile"]
+        assert dockerfile == f"deploy/docker/{name}.Dockerfile"
+        text = (ROOT / dockerfile).read_text()
+        assert "USER parley" in text and "useradd" in text
+        assert ("nvidia/cuda" in text) == (name in ("stt", "tts")), name
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]
+    for name in ("stt", "tts"):
+        assert gpu[name]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_env_example_lists_every_setting():
+    from services.common.settings import ServiceSettings
+    from services.gateway.config import GatewaySettings
+    from services.llm.config import LlmSettings
+    from services.storage.config import StorageSettings
+    from services.stt.config import SttSettings
+    from services.tts.config import TtsSettings
+
+    listed = (ROOT / ".env.example").read_text()
+    missing = [
+        f"PARLEY_{name.upper()}"
+        for cls in (ServiceSettings, GatewaySettings, LlmSettings, SttSettings, TtsSettings, StorageSettings)
+        for name in cls.model_fields
+        if f"PARLEY_{name.upper()}=" not in listed
+    ]
+    assert missing == []
 
 
 def test_prometheus_scrapes_every_service_the_compose_stack_runs():
