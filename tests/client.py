@@ -56,6 +56,8 @@ class Client:
         self._changed = asyncio.Event()
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        self.samples_sent = 0
+        self._sent: list[tuple[int, float]] = []  # (samples sent so far, monotonic time), per frame
 
     async def connect(self, **start) -> dict:
         self._ws = await websockets.connect(self.url, max_size=None)
@@ -115,8 +117,33 @@ class Client:
         start = time.monotonic()
         for n, off in enumerate(range(0, len(pcm), step)):
             await self._ws.send(pcm[off : off + step])
+            self.samples_sent += len(pcm[off : off + step]) // 2
+            self._sent.append((self.samples_sent, time.monotonic()))
             if realtime:
                 await asyncio.sleep(max(0.0, start + (n + 1) * frame_ms / 1000 - time.monotonic()))
+
+    def voice_to_voice(self, reply_id: str) -> float | None:
+        """As a client measures it: from sending the last sample of the speech the reply
+        answers (its final transcript's end_s) to receiving the reply's first audio frame."""
+        r = self.received
+        started = next((e for e in r.events("reply.started") if e["message_id"] == reply_id), None)
+        final = next(
+            (e for e in r.events("transcript.final") if started and e["message_id"] == started["user_message_id"]),
+            None,
+        )
+        first = next((n for n, i in enumerate(r.items) if isinstance(i, AudioChunk) and i.message_id == reply_id), None)
+        if final is None or first is None:
+            return None
+        end_sample = round(final["end_s"] * 16000)
+        sent = next((t for samples, t in self._sent if samples >= end_sample), None)
+        return None if sent is None else r.times[first] - sent
+
+    async def report_latency(self, reply_id: str) -> float:
+        """Send the client-measured voice to voice of a spoken reply, as the web client does."""
+        seconds = self.voice_to_voice(reply_id)
+        assert seconds is not None and seconds > 0, "no spoken turn and audio to measure"
+        await self.send_json({"type": "latency", "message_id": reply_id, "voice_to_voice_ms": seconds * 1000})
+        return seconds
 
     async def close(self) -> None:
         if self._ws is not None:

@@ -41,6 +41,11 @@ VOICE_TO_VOICE_SECONDS = Histogram(
     "End of the user's speech to the first reply audio sent to the client",
     buckets=LATENCY_BUCKETS,
 )
+CLIENT_VOICE_TO_VOICE_SECONDS = Histogram(
+    "parley_client_voice_to_voice_seconds",
+    "As clients report it: last speech sample sent to the reply's first audio frame received",
+    buckets=LATENCY_BUCKETS,
+)
 BUS_HOP_SECONDS = Histogram(
     "parley_bus_hop_seconds",
     "Publish-to-receive time of a bus message",

@@ -80,6 +80,9 @@ class _Reply:
     stored: schemas.AudioStored | None = None
     first_audio_sent: bool = False
     user_message_id: str | None = None
+    latency_reported: bool = False
+    spoken: bool = False
+    """It answers a spoken turn of this session (a client may report its latency)."""
 
 
 class ClientSession:
@@ -415,8 +418,19 @@ class ClientSession:
             await self._on_interrupt(msg)
         elif isinstance(msg, protocol.End):
             await self.close(1000, "session ended")
+        elif isinstance(msg, protocol.Latency):
+            self._on_latency(msg)
         else:
             self.error("unexpected_message", "session.start was already received")
+
+    def _on_latency(self, msg: protocol.Latency) -> None:
+        """Counted once per spoken reply this session relayed; anything else is refused."""
+        reply = self.replies.get(msg.message_id)
+        if reply is None or not reply.spoken or reply.latency_reported:
+            self.error("unknown_reply", "latency is reported once per spoken reply of this session")
+            return
+        reply.latency_reported = True
+        metrics.CLIENT_VOICE_TO_VOICE_SECONDS.observe(msg.voice_to_voice_ms / 1000)
 
     async def _on_user_text(self, msg: protocol.Text) -> None:
         text = msg.text.strip()
@@ -555,6 +569,7 @@ class ClientSession:
         if not reply.first_audio_sent:
             reply.first_audio_sent = True
             spoke_at = self.speech_end_at.pop(reply.user_message_id or "", None)
+            reply.spoken = spoke_at is not None
             if spoke_at:
                 metrics.VOICE_TO_VOICE_SECONDS.observe(time.time() - spoke_at)
         self.out.put_nowait(

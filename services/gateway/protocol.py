@@ -48,7 +48,16 @@ class End(ClientMessage, tag="session.end"):
     pass
 
 
-Incoming = Start | Text | Interrupt | End
+class Latency(ClientMessage, tag="latency"):
+    """The client's own measure of a spoken turn: from sending the last sample of the
+    person's speech (the `end_s` of the utterance's final transcript) to receiving the
+    first audio frame of the reply to it. Feeds the client-measured voice-to-voice metric."""
+
+    message_id: str
+    voice_to_voice_ms: Annotated[float, msgspec.Meta(gt=0, lt=120_000)]
+
+
+Incoming = Start | Text | Interrupt | End | Latency
 decoder = msgspec.json.Decoder(Incoming)
 
 # Server -> client audio: a 28-byte little-endian header, then PCM16 mono samples.

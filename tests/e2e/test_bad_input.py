@@ -59,6 +59,16 @@ async def test_a_start_the_gateway_cannot_honour_is_refused(stack, start, reason
     assert reason in closed.value.rcvd.reason
 
 
+async def test_a_latency_report_must_name_a_spoken_reply_of_the_session(stack):
+    client = Client(stack["ws_url"])
+    await client.connect(user="latency-liar")
+    await client.send_json({"type": "latency", "message_id": ids.new_id(), "voice_to_voice_ms": 420.0})
+    await client.send_json({"type": "latency", "message_id": ids.new_id(), "voice_to_voice_ms": -5})
+    errors = await client.wait_for(lambda r: len(r.events("error")) >= 2 and r.events("error"), 10)
+    assert [e["code"] for e in errors] == ["unknown_reply", "unknown_message"]
+    await client.close()
+
+
 async def test_unknown_conversation_is_refused(stack):
     client = Client(stack["ws_url"])
     with pytest.raises(AssertionError):

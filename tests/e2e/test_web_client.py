@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import subprocess
 
+import httpx
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
@@ -59,6 +60,7 @@ async def connected_page(stack, user: str, mic_wav=None):
 async def test_web_client_speaks_and_types_to_the_avatar(stack, mic_wav, tmp_path):
     from playwright.async_api import expect
 
+    reported = _client_reports(stack)
     async with connected_page(stack, "browser-user", mic_wav) as page:
         await page.click("#mic")
         await expect(page.locator("#log .user").first).to_contain_text("You: ", timeout=60000)
@@ -71,6 +73,16 @@ async def test_web_client_speaks_and_types_to_the_avatar(stack, mic_wav, tmp_pat
         assert int(await page.locator("#frames").text_content()) > 0
         assert await page.locator("#log .err").count() == 0
         await page.screenshot(path=str(tmp_path / "web-client.png"), full_page=True)
+    assert _client_reports(stack) >= reported + 1  # the spoken turn's latency, measured in the page
+
+
+def _client_reports(stack) -> float:
+    """How many client-measured voice-to-voice figures the gateway has taken."""
+    text = httpx.get(f"{stack['http_url']}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("parley_client_voice_to_voice_seconds_count"):
+            return float(line.split()[-1])
+    return 0.0
 
 
 async def test_web_client_interrupt_keeps_what_was_heard(stack):

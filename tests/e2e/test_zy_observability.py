@@ -102,7 +102,10 @@ async def test_every_dashboard_query_returns_data(stack, prometheus, speech_wav,
         client = Client(stack["ws_url"])
         await client.connect(user="observability")
         await client.stream_wav(speech_wav)
-        await client.wait_for(lambda r: r.events("audio.stored"), 180)
+        stored = (await client.wait_for(lambda r: r.events("audio.stored"), 180))[0]
+        await client.report_latency(stored["message_id"])
+        await asyncio.sleep(0.5)
+        assert client.received.events("error") == []  # the report was taken
         await client.close()
         await asyncio.sleep(2.5)  # the turn's last counts scraped
 
