@@ -183,3 +183,24 @@ async def test_uploads_ride_out_5xx_and_fail_clearly_when_it_persists(s3, store)
         assert failed.value.response["Error"]["Code"] in ("503", "ServiceUnavailable")
         assert down.refused == 6  # the request and botocore's five retries (standard mode), then the error
     assert not await store.exists("tts/flaky/b.wav")
+
+
+async def test_urls_are_signed_for_the_configured_time_or_public(s3):
+    """A presigned GET expires after PARLEY_S3_URL_EXPIRY_S. moto's server checks neither
+    expiry nor signatures, so what is checked is what Parley controls: the lifetime the URL
+    is signed for. With a public base URL (an R2 custom domain) the URL is plain."""
+    from urllib.parse import parse_qs, urlparse
+
+    settings = _settings(s3.url)
+    settings.s3_url_expiry_s = 90
+    async with objectstore.ObjectStore(settings) as st:
+        await st.ensure_bucket()
+        await st.put("tts/c/m.wav", b"RIFF", "audio/wav")
+        signed = urlparse(await st.url("tts/c/m.wav"))
+        query = parse_qs(signed.query)
+        assert query["X-Amz-Expires"] == ["90"] and query["X-Amz-Signature"]
+        async with httpx.AsyncClient(trust_env=False) as http:
+            assert (await http.get(signed.geturl())).content == b"RIFF"
+    settings.s3_public_base_url = "https://audio.example.org/"
+    async with objectstore.ObjectStore(settings) as st:
+        assert await st.url("tts/c/m.wav") == "https://audio.example.org/tts/c/m.wav"
