@@ -154,3 +154,32 @@ async def test_queued_sentences_of_a_cancelled_reply_are_never_synthesised(stack
     assert not any(listener.audio(reply, i) for i in range(3))
     assert not listener.failed  # skipped, not failed: the reply was cancelled
     await nc.close()
+
+
+async def test_a_poison_job_fails_on_its_own_and_the_others_keep_flowing(stack):
+    """A job that makes the worker raise on every delivery (its voice object is missing) is
+    retried, then reported as a failed sentence; jobs behind it are synthesised meanwhile."""
+    nc = await nats.connect(stack["env"]["PARLEY_NATS_URL"])
+    js = nc.jetstream()
+    conv, poisoned, healthy = ids.new_id(), ids.new_id(), ids.new_id()
+    listener = await Listener(nc, conv).start()
+
+    poison = job(conv, poisoned, 0, "This voice does not exist.")
+    poison.voice_key = "voices/no-such-voice.wav"
+    await js.publish(subjects.tts_job(conv), schemas.encode(poison))
+    for i in range(3):
+        await js.publish(subjects.tts_job(conv), schemas.encode(job(conv, healthy, i, f"Sentence {i} plays.")))
+    await _until(lambda: all(listener.ended(healthy, i) for i in range(3)) and listener.failed, 120)
+
+    assert all(listener.audio(healthy, i) for i in range(3))
+    assert [(f.message_id, f.sentence_index) for f in listener.failed] == [(poisoned, 0)]
+    assert "synthesis failed" in listener.failed[0].error
+    for _ in range(100):
+        try:
+            if await _speech_status(js, conv, poisoned, 0) == "failed":
+                break
+        except nats.js.errors.NotFoundError:
+            pass
+        await asyncio.sleep(0.05)
+    assert await _speech_status(js, conv, poisoned, 0) == "failed"
+    await nc.close()
