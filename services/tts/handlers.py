@@ -31,6 +31,7 @@ from .engine import SynthesisError, XttsEngine
 log = logging.getLogger(__name__)
 
 _END = object()
+_ACK_WAIT_S = 6.0
 _CANCELLED_KEPT = 10_000
 _CANCELLED_TTL_S = 3600.0
 """The bucket keeps a cancel for an hour; the local copy is pruned past that once it grows."""
@@ -68,7 +69,9 @@ class TtsService(Service):
         self._cancel_sub = await self.bus.nc.subscribe(f"$KV.{subjects.CANCEL_BUCKET}.>", cb=self._on_cancel)
         self.worker = busmod.Worker(
             self.bus,
-            busmod.WorkQueue("PARLEY_TTS", "tts", "parley.tts.*", ack_wait_s=30, max_deliver=3),
+            # A short ack wait, kept alive while a sentence streams: a killed worker's
+            # sentence goes to another within seconds, not half a minute.
+            busmod.WorkQueue("PARLEY_TTS", "tts", "parley.tts.*", ack_wait_s=_ACK_WAIT_S, max_deliver=3),
             self.handle_job,
             concurrency=s.tts_capacity,
             give_up=self._give_up,
@@ -110,9 +113,9 @@ class TtsService(Service):
         if not job.voice_key:
             await self._fail(job, "the avatar has no reference voice")
             return
-        voice = await self._voice(job.voice_key)
-        keep_alive = asyncio.create_task(busmod.keep_alive(msg))
+        keep_alive = asyncio.create_task(busmod.keep_alive(msg, every_s=_ACK_WAIT_S / 3))
         try:
+            voice = await self._voice(job.voice_key)
             pcm, first_at = await self._synthesise(job, voice)
         except SynthesisError as exc:
             await self._fail(job, str(exc))
