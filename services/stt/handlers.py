@@ -56,9 +56,9 @@ class Partials:
     and each published text starts with them.
     """
 
-    def __init__(self, utterance_seq: int, done_text: str = ""):
+    def __init__(self, utterance_seq: int):
         self.utterance_seq = utterance_seq
-        self.done_text = done_text
+        self.done_text = ""
         """Text of the utterance's windows already read in full."""
         self.seq = 0
         self.stable: list[str] = []

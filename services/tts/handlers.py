@@ -26,7 +26,7 @@ from services.common.runtime import Service
 from services.common.schemas import FIRST_AUDIO_HEADER, TEXT_HEADER, AudioMeta
 
 from .config import TtsSettings
-from .engine import SynthesisError, XttsEngine
+from .engine import SynthesisError, Voice, XttsEngine
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class TtsService(Service):
     def __init__(self, settings: TtsSettings):
         super().__init__(settings)
         self.settings: TtsSettings = settings
-        self._voice_bytes: dict[str, bytes] = {}
+        self._voices: dict[str, Voice] = {}
+        """The cloned voice per reference key, so a sentence neither refetches nor rehashes it."""
         self._cancelled: dict[str, float] = {}
         """Reply ids seen cancelled, with when; read by synthesis threads between chunks."""
 
@@ -98,11 +99,12 @@ class TtsService(Service):
         self._cancelled[message_id] = time.monotonic()
         return True
 
-    async def _voice(self, key: str):
-        """Reference audio is fetched once per key; the engine caches latents by content hash."""
-        if key not in self._voice_bytes:
-            self._voice_bytes[key] = await self.store.get(key)
-        return await asyncio.to_thread(self.engine.voice, self._voice_bytes[key])
+    async def _voice(self, key: str) -> Voice:
+        """Reference audio is fetched and cloned once per key (the engine's latent cache, by
+        content hash, spares the conditioning work for a recording seen under another key)."""
+        if key not in self._voices:
+            self._voices[key] = await asyncio.to_thread(self.engine.voice, await self.store.get(key))
+        return self._voices[key]
 
     async def handle_job(self, msg: NatsMsg) -> None:
         job = schemas.decode(msg.data, schemas.TtsJob)
