@@ -25,7 +25,7 @@ from services import devstack
 from services.cli import seed, test_model_env
 from services.common import db
 from services.common.settings import ServiceSettings
-from tests.client import AudioChunk, Client
+from tests.client import TEST_JWT_SECRET, AudioChunk, Client
 from tests.conftest import make_speech
 from tests.fakes.llm_server import FakeLLM
 
@@ -115,6 +115,7 @@ def main() -> None:
             "PARLEY_S3_REGION": "us-east-1",
             "PARLEY_LLM_BASE_URL": llm.base_url,
             "PARLEY_LOG_LEVEL": "WARNING",
+            "PARLEY_AUTH_JWT_SECRET": TEST_JWT_SECRET,
         }
         if "PARLEY_STT_MODEL" not in os.environ:
             env.update(test_model_env(Path(os.environ.get("PARLEY_MODEL_CACHE", ROOT / ".cache" / "models"))))

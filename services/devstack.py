@@ -65,12 +65,19 @@ def _nats_binary() -> str:
 
 @dataclass
 class NatsServer:
-    """nats-server with file-backed JetStream in `store_dir`; 8 MiB payloads for sentence audio."""
+    """nats-server with file-backed JetStream in `store_dir`; 8 MiB payloads for sentence audio.
+
+    With a `config` (a deployment's own nats.conf, e.g. deploy/nats/nats.conf with its users
+    and permissions) that file is run as it is, only moved onto our ports and store; `env`
+    gives the server what the file reads from its environment (the users' passwords).
+    """
 
     store_dir: Path
     port: int = field(default_factory=free_port)
     monitor_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    config: Path | None = None
+    env: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -78,18 +85,24 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        conf = self.store_dir / "nats.conf"
-        conf.write_text(
-            f"""listen: 127.0.0.1:{self.port}
+        if self.config is None:
+            conf = self.store_dir / "nats.conf"
+            conf.write_text(
+                f"""listen: 127.0.0.1:{self.port}
 http: 127.0.0.1:{self.monitor_port}
 max_payload: 8MB
 jetstream {{ store_dir: "{self.store_dir / "js"}" }}
 """
-        )
+            )
+            args = ["-c", str(conf)]
+        else:
+            args = ["-c", str(self.config), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port)]
+            args += ["-sd", str(self.store_dir / "js")]
         self.proc = subprocess.Popen(
-            [_nats_binary(), "-c", str(conf)],
+            [_nats_binary(), *args],
             stdout=subprocess.DEVNULL,
             stderr=open(self.store_dir / "nats.log", "ab"),
+            env={**os.environ, **self.env} if self.env else None,
         )
         wait_for_port(self.port, proc=self.proc)
         return self

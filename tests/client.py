@@ -11,7 +11,19 @@ from pathlib import Path
 
 import websockets
 
+from services.gateway.auth import mint_token
 from services.gateway.protocol import parse_audio_frame
+
+TEST_JWT_SECRET = "parley-test-secret-not-for-production-use"
+"""The gateway fixtures' PARLEY_AUTH_JWT_SECRET: test clients sign their own user tokens."""
+
+
+def token_for(user: str, **claims) -> str:
+    return mint_token(TEST_JWT_SECRET, user, **claims)
+
+
+def auth_headers(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(user)}"}
 
 
 @dataclass
@@ -59,9 +71,12 @@ class Client:
         self.samples_sent = 0
         self._sent: list[tuple[int, float]] = []  # (samples sent so far, monotonic time), per frame
 
-    async def connect(self, **start) -> dict:
-        self._ws = await websockets.connect(self.url, max_size=None)
+    async def connect(self, user: str | None = None, headers: dict | None = None, **start) -> dict:
+        """Open the socket and start a session; `user` signs a token for that user."""
+        self._ws = await websockets.connect(self.url, max_size=None, additional_headers=headers)
         CLIENTS.append(self)
+        if user is not None:
+            start.setdefault("token", token_for(user))
         await self.send_json({"type": "session.start", **start})
         self._reader = asyncio.create_task(self._read())
         return await self.wait_for(lambda r: r.events("session.started"), 30)

@@ -21,6 +21,7 @@ from services import devstack
 from services.cli import seed, test_model_env
 from services.common import db
 from services.common.settings import ServiceSettings
+from tests.client import TEST_JWT_SECRET
 from tests.fakes.llm_server import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,9 @@ def base_env(nats_server, database_url, s3, fake_llm):
         "PARLEY_LLM_FIRST_TOKEN_TIMEOUT_S": "10",
         "PARLEY_DRAIN_TIMEOUT_S": "10",
         "PARLEY_LOG_LEVEL": "INFO",
+        "PARLEY_AUTH_JWT_SECRET": TEST_JWT_SECRET,
+        # An edited avatar reaches conversations under way within a second (one test waits on it).
+        "PARLEY_LLM_AVATAR_CACHE_S": "1",
     }
 
 

@@ -39,10 +39,14 @@ def duration_s(pcm16_len: int, sample_rate: int) -> float:
     return pcm16_len / 2 / sample_rate
 
 
-def read_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode any file soundfile reads into mono float32 and its rate."""
+def read_audio(data: bytes, max_s: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode any file soundfile reads into mono float32 and its rate. With `max_s` only the
+    first `max_s` seconds are decoded, so a long compressed file cannot take much memory."""
     try:
-        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate = f.samplerate
+            frames = -1 if max_s is None else int(rate * max_s)
+            audio = f.read(frames, dtype="float32", always_2d=True)
     except Exception as exc:
         raise AudioError(f"undecodable audio: {exc}") from exc
     return audio.mean(axis=1), rate

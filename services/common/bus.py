@@ -69,11 +69,15 @@ async def connect(settings: ServiceSettings, name: str) -> Bus:
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
+    # Under per-service credentials each user may only read its own inbox (deploy/nats/parley-auth.conf),
+    # so no service sees another's replies or JetStream deliveries.
+    inbox = f"_INBOX.{settings.nats_user}" if settings.nats_user else "_INBOX"
     nc = await nats.connect(
         servers=[settings.nats_url],
         name=f"{name}@{settings.instance_id}",
         user=settings.nats_user,
         password=settings.nats_password,
+        inbox_prefix=inbox,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=on_error,

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -33,9 +34,27 @@ def migrate(database_url: str) -> int:
     return len(pending)
 
 
+def _storable(value: Any) -> Any:
+    """Postgres text and jsonb cannot hold U+0000: it is kept as U+FFFD instead. A NUL in a
+    client's text, a REST field or an LLM's output would otherwise fail the write, and a
+    typed turn would be answered, retried and failed again until it gave up."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(_storable(value))
+
+
 async def _init(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=_json, decoder=json.loads, schema="pg_catalog")
     await conn.set_type_codec("uuid", encoder=str, decoder=str, schema="pg_catalog", format="text")
+    await conn.set_type_codec("text", encoder=_storable, decoder=str, schema="pg_catalog", format="text")
 
 
 async def create_pool(database_url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
@@ -61,6 +80,23 @@ class HistoryItem:
 
 
 AVATAR_COLUMNS = "id, name, role_title, persona_prompt, language, voice_key, owner_id"
+AVATAR_EDITABLE = ("name", "role_title", "persona_prompt", "language")
+MESSAGE_COLUMNS = """id, role, avatar_id, reply_to, source, text, status, error, audio_key, audio_duration_s,
+    audio_expired_at IS NOT NULL AS audio_expired, timings, created_at"""
+
+
+# A conversation as listed: its avatars in order and a preview of its latest message.
+CONVERSATION_SELECT = """SELECT c.id, c.title, c.created_at,
+               GREATEST(c.updated_at, last.created_at) AS updated_at,
+               ARRAY(SELECT ca.avatar_id::text FROM conversation_avatars ca
+                     WHERE ca.conversation_id = c.id ORDER BY ca.position) AS avatar_ids,
+               last.role AS last_role, last.avatar_id AS last_avatar_id, last.text AS last_text,
+               last.created_at AS last_at
+        FROM conversations c
+        LEFT JOIN LATERAL (
+            SELECT m.role, m.avatar_id, left(m.text, 200) AS text, m.created_at FROM messages m
+            WHERE m.conversation_id = c.id AND m.text <> ''
+            ORDER BY m.created_at DESC, m.role='avatar' DESC, m.id DESC LIMIT 1) last ON true"""
 
 
 class _ExpiringBatch(list):
@@ -106,21 +142,38 @@ class Repo:
         )
 
     async def get_avatar(self, avatar_id: str) -> Avatar | None:
-        row = await self.pool.fetchrow(f"SELECT {AVATAR_COLUMNS} FROM avatars WHERE id=$1", avatar_id)
+        """An avatar that may join a new conversation: a deleted one may not (its old
+        conversations still read it through `conversation_avatars`)."""
+        row = await self.pool.fetchrow(
+            f"SELECT {AVATAR_COLUMNS} FROM avatars WHERE id=$1 AND deleted_at IS NULL", avatar_id
+        )
         return Avatar(**row) if row else None
 
     async def list_avatars(self, user_id: str | None) -> list[Avatar]:
         rows = await self.pool.fetch(
-            f"SELECT {AVATAR_COLUMNS} FROM avatars WHERE owner_id IS NULL OR owner_id=$1 ORDER BY name",
+            f"""SELECT {AVATAR_COLUMNS} FROM avatars
+                WHERE (owner_id IS NULL OR owner_id=$1) AND deleted_at IS NULL ORDER BY name, id""",
             user_id,
         )
         return [Avatar(**r) for r in rows]
 
     async def create_conversation(self, conv_id: str, user_id: str, avatar_ids: list[str]) -> None:
+        """An avatar named twice joins once, at its first place."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("INSERT INTO conversations (id, user_id) VALUES ($1, $2)", conv_id, user_id)
             await conn.executemany(
-                "INSERT INTO conversation_avatars (conversation_id, avatar_id, position) VALUES ($1,$2,$3)",
+                """INSERT INTO conversation_avatars (conversation_id, avatar_id, position) VALUES ($1,$2,$3)
+                   ON CONFLICT DO NOTHING""",
+                [(conv_id, a, i) for i, a in enumerate(avatar_ids)],
+            )
+
+    async def replace_conversation_avatars(self, conv_id: str, avatar_ids: list[str]) -> None:
+        """For a conversation nobody has answered yet (a Realtime client choosing its voice)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM conversation_avatars WHERE conversation_id=$1", conv_id)
+            await conn.executemany(
+                """INSERT INTO conversation_avatars (conversation_id, avatar_id, position) VALUES ($1,$2,$3)
+                   ON CONFLICT DO NOTHING""",
                 [(conv_id, a, i) for i, a in enumerate(avatar_ids)],
             )
 
@@ -198,6 +251,9 @@ class Repo:
             heard,
         )
 
+    async def message_exists(self, message_id: str) -> bool:
+        return await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM messages WHERE id=$1)", message_id)
+
     async def finished_replies(self, user_message_id: str) -> set[str]:
         """Avatars whose reply to this user message is already finished."""
         rows = await self.pool.fetch(
@@ -245,9 +301,216 @@ class Repo:
 
     async def messages(self, conv_id: str) -> list[dict]:
         rows = await self.pool.fetch(
-            """SELECT id, role, avatar_id, reply_to, source, text, status, error, audio_key,
-                      audio_duration_s, audio_expired_at IS NOT NULL AS audio_expired, timings, created_at
-               FROM messages WHERE conversation_id=$1 ORDER BY created_at, role DESC""",
+            f"""SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id=$1
+                ORDER BY created_at, role='avatar', id""",
             conv_id,
+        )
+        return [dict(r) for r in rows]
+
+    # --- API keys ---------------------------------------------------------------------------
+
+    async def create_api_key(self, key_id: str, user_id: str, name: str, key_hash: bytes) -> None:
+        await self.pool.execute(
+            "INSERT INTO api_keys (id, user_id, name, key_hash) VALUES ($1,$2,$3,$4)", key_id, user_id, name, key_hash
+        )
+
+    async def api_key_user(self, key_hash: bytes) -> tuple[str, str] | None:
+        """(user id, external id) of a live key, marking it used."""
+        row = await self.pool.fetchrow(
+            """UPDATE api_keys k SET last_used_at=now() FROM users u
+               WHERE k.key_hash=$1 AND k.revoked_at IS NULL AND u.id = k.user_id
+               RETURNING k.user_id, u.external_id""",
+            key_hash,
+        )
+        return (row["user_id"], row["external_id"]) if row else None
+
+    async def list_api_keys(self, user_id: str) -> list[dict]:
+        rows = await self.pool.fetch(
+            """SELECT id, name, created_at, last_used_at FROM api_keys
+               WHERE user_id=$1 AND revoked_at IS NULL ORDER BY created_at""",
+            user_id,
+        )
+        return [dict(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, user_id: str) -> bool:
+        done = await self.pool.execute(
+            "UPDATE api_keys SET revoked_at=now() WHERE id=$1 AND user_id=$2 AND revoked_at IS NULL", key_id, user_id
+        )
+        return done.endswith(" 1")
+
+    # --- client sessions --------------------------------------------------------------------
+
+    async def open_session(
+        self,
+        session_id: str,
+        user_id: str,
+        conv_id: str,
+        gateway: str,
+        options: dict,
+        limit: int,
+        stale_after: dt.timedelta,
+    ) -> bool:
+        """Record a live session unless the user already has `limit` live ones (a session
+        whose gateway stopped renewing it for `stale_after` no longer counts). Serialised
+        per user, so concurrent starts on several gateways cannot exceed the limit. A
+        resumed session takes over its own row."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))", user_id)
+            live = await conn.fetchval(
+                """SELECT count(*) FROM client_sessions
+                   WHERE user_id=$1 AND ended_at IS NULL AND seen_at > now() - $2::interval AND id <> $3""",
+                user_id,
+                stale_after,
+                session_id,
+            )
+            if live >= limit:
+                return False
+            await conn.execute(
+                """INSERT INTO client_sessions (id, user_id, conversation_id, gateway, options)
+                   VALUES ($1,$2,$3,$4,$5)
+                   ON CONFLICT (id) DO UPDATE SET gateway=$4, seen_at=now(), ended_at=NULL, end_reason=NULL""",
+                session_id,
+                user_id,
+                conv_id,
+                gateway,
+                options,
+            )
+            return True
+
+    async def renew_sessions(self, session_ids: list[str]) -> None:
+        if session_ids:
+            await self.pool.execute(
+                "UPDATE client_sessions SET seen_at=now() WHERE id = ANY($1::uuid[]) AND ended_at IS NULL", session_ids
+            )
+
+    async def end_session(self, session_id: str, connection: str, reason: str) -> None:
+        """End the session if `connection` still holds it (a resume elsewhere may have taken it)."""
+        await self.pool.execute(
+            """UPDATE client_sessions SET ended_at=now(), seen_at=now(), end_reason=$3
+               WHERE id=$1 AND gateway=$2 AND ended_at IS NULL""",
+            session_id,
+            connection,
+            reason,
+        )
+
+    async def resumable_session(self, session_id: str, grace: dt.timedelta) -> dict | None:
+        """A session that may be resumed: dropped (or its gateway died) within the grace window.
+        One the client ended itself, or the server ended for a limit, may not."""
+        row = await self.pool.fetchrow(
+            """SELECT id, user_id, conversation_id, options, started_at, ended_at IS NULL AS live, end_reason
+               FROM client_sessions WHERE id=$1 AND seen_at > now() - $2::interval""",
+            session_id,
+            grace,
+        )
+        if row is None or (not row["live"] and row["end_reason"] != "dropped"):
+            return None
+        return dict(row)
+
+    async def message_audio_key(self, conv_id: str, message_id: str) -> str | None:
+        return await self.pool.fetchval(
+            "SELECT audio_key FROM messages WHERE id=$1 AND conversation_id=$2", message_id, conv_id
+        )
+
+    # --- avatars and conversations as the REST API shows them ----------------------------------
+
+    async def visible_avatars(self, user_id: str) -> list[dict]:
+        """The user's own avatars and the public ones (no owner), deleted ones left out."""
+        rows = await self.pool.fetch(
+            f"""SELECT {AVATAR_COLUMNS}, created_at, updated_at FROM avatars
+                WHERE (owner_id IS NULL OR owner_id=$1) AND deleted_at IS NULL
+                ORDER BY owner_id IS NOT NULL, name, id""",
+            user_id,
+        )
+        return [dict(r) for r in rows]
+
+    async def visible_avatar(self, avatar_id: str, user_id: str) -> dict | None:
+        row = await self.pool.fetchrow(
+            f"""SELECT {AVATAR_COLUMNS}, created_at, updated_at FROM avatars
+                WHERE id=$1 AND (owner_id IS NULL OR owner_id=$2) AND deleted_at IS NULL""",
+            avatar_id,
+            user_id,
+        )
+        return dict(row) if row else None
+
+    async def create_avatar(self, a: Avatar) -> dict:
+        row = await self.pool.fetchrow(
+            f"""INSERT INTO avatars ({AVATAR_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7)
+                RETURNING {AVATAR_COLUMNS}, created_at, updated_at""",
+            a.id,
+            a.name,
+            a.role_title,
+            a.persona_prompt,
+            a.language,
+            a.voice_key,
+            a.owner_id,
+        )
+        return dict(row)
+
+    async def update_avatar(self, avatar_id: str, owner_id: str, changes: dict) -> dict | None:
+        """Change an owned, live avatar's editable fields (only those in `changes`)."""
+        columns = [c for c in AVATAR_EDITABLE if c in changes]
+        sets = "".join(f"{c}=${n}, " for n, c in enumerate(columns, start=3))
+        row = await self.pool.fetchrow(
+            f"""UPDATE avatars SET {sets}updated_at=now()
+                WHERE id=$1 AND owner_id=$2 AND deleted_at IS NULL
+                RETURNING {AVATAR_COLUMNS}, created_at, updated_at""",
+            avatar_id,
+            owner_id,
+            *(changes[c] for c in columns),
+        )
+        return dict(row) if row else None
+
+    async def set_avatar_voice(self, avatar_id: str, owner_id: str, voice_key: str) -> dict | None:
+        row = await self.pool.fetchrow(
+            f"""UPDATE avatars SET voice_key=$3, updated_at=now()
+                WHERE id=$1 AND owner_id=$2 AND deleted_at IS NULL
+                RETURNING {AVATAR_COLUMNS}, created_at, updated_at""",
+            avatar_id,
+            owner_id,
+            voice_key,
+        )
+        return dict(row) if row else None
+
+    async def delete_avatar(self, avatar_id: str, owner_id: str) -> bool:
+        """Soft: the row stays, so conversations that had the avatar keep their history."""
+        done = await self.pool.execute(
+            "UPDATE avatars SET deleted_at=now(), updated_at=now() WHERE id=$1 AND owner_id=$2 AND deleted_at IS NULL",
+            avatar_id,
+            owner_id,
+        )
+        return done.endswith(" 1")
+
+    async def user_conversations(
+        self, user_id: str, limit: int, before: tuple[dt.datetime, str] | None = None
+    ) -> list[dict]:
+        """A page of the user's conversations, newest first; `before` is the (created_at, id)
+        of the last one of the previous page."""
+        after_clause = "AND (c.created_at, c.id) < ($3, $4::uuid)" if before else ""
+        rows = await self.pool.fetch(
+            f"""{CONVERSATION_SELECT}
+                WHERE c.user_id=$1 {after_clause}
+                ORDER BY c.created_at DESC, c.id DESC LIMIT $2""",
+            user_id,
+            limit,
+            *(before or ()),
+        )
+        return [dict(r) for r in rows]
+
+    async def user_conversation(self, conv_id: str, user_id: str) -> dict | None:
+        row = await self.pool.fetchrow(f"{CONVERSATION_SELECT} WHERE c.id=$1 AND c.user_id=$2", conv_id, user_id)
+        return dict(row) if row else None
+
+    async def message_page(
+        self, conv_id: str, limit: int, after: tuple[dt.datetime, bool, str] | None = None
+    ) -> list[dict]:
+        """A page of a conversation's messages, oldest first (a user's turn before replies made
+        in the same instant); `after` is the (created_at, is_reply, id) of the previous page's last."""
+        after_clause = "AND (created_at, role='avatar', id) > ($3, $4, $5::uuid)" if after else ""
+        rows = await self.pool.fetch(
+            f"""SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id=$1 {after_clause}
+                ORDER BY created_at, role='avatar', id LIMIT $2""",
+            conv_id,
+            limit,
+            *(after or ()),
         )
         return [dict(r) for r in rows]

@@ -17,8 +17,10 @@ def reply_audio_key(conversation_id: str, message_id: str) -> str:
     return f"tts/{conversation_id}/{message_id}.wav"
 
 
-def voice_key(avatar_id: str) -> str:
-    return f"voices/{avatar_id}.wav"
+def voice_key(avatar_id: str, sha256_hex: str) -> str:
+    """A reference voice, by its avatar and content: a replaced voice gets a new key, so no TTS
+    worker keeps using the voice it cloned from the old recording (they cache clones by key)."""
+    return f"voices/{avatar_id}/{sha256_hex[:16]}.wav"
 
 
 class ObjectStore:

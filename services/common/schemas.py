@@ -47,6 +47,12 @@ class SttOpen(Msg):
     """A takeover: read the session's audio kept in AUDIO_IN from this point (seconds since
     the session's audio began), numbering utterances from ``first_utterance_seq``."""
     first_utterance_seq: int = 0
+    vad_threshold: float | None = None
+    """Speech probability that starts speech; the worker's own setting when unset."""
+    pad_ms: int | None = None
+    """Audio kept before speech start and after its end; the worker's own setting when unset."""
+    instructions: str | None = None
+    """Carried onto every `UserTurn` of the session (see `UserTurn.instructions`)."""
 
 
 class SttAlive(Msg):
@@ -69,11 +75,13 @@ class SessionControl(Msg):
 
     conversation_id: str
     session_id: str = ""
-    action: Literal["end", "cancel", "release"] = "end"
+    action: Literal["end", "cancel", "release", "resumed", "commit", "clear"] = "end"
     message_id: str = ""
     reason: str = ""
     worker_id: str = ""
     """For ``release``: the worker that must let go of the session (another took it over)."""
+    # ``resumed``: a client resumed `session_id` on another connection; the old one closes.
+    # ``commit``: end the utterance in progress of `session_id` now; ``clear``: drop it untranscribed.
 
 
 class SignRequest(Msg):
@@ -84,6 +92,33 @@ class SignRequest(Msg):
 
 class SignReply(Msg):
     urls: dict[str, str]
+
+
+class VoicePut(msgspec.Struct, kw_only=True, frozen=True):
+    """Gateway asks storage to keep an avatar's reference voice. The body is the WAV (mono
+    PCM16); this travels in headers beside it, like `AudioMeta`. `sha256` is the body's digest:
+    storage checks it and names the object by it."""
+
+    avatar_id: str
+    sha256: str
+
+    def headers(self) -> dict[str, str]:
+        return {"Parley-V": str(SCHEMA_VERSION), "Parley-Avatar": self.avatar_id, "Parley-Sha256": self.sha256}
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str] | None) -> VoicePut:
+        h = headers or {}
+        try:
+            return cls(avatar_id=h["Parley-Avatar"], sha256=h["Parley-Sha256"])
+        except KeyError as exc:
+            raise msgspec.ValidationError(f"bad voice headers: missing {exc}") from exc
+
+
+class VoiceStored(Msg):
+    """Storage's answer to `VoicePut`: the object's key, or why it was not stored."""
+
+    key: str = ""
+    error: str = ""
 
 
 # --- Facts (JetStream) ----------------------------------------------------------------------
@@ -104,6 +139,9 @@ class UserTurn(Msg):
     speech_end_s: float | None = None
     # wall-clock stage marks (seconds since epoch): speech_end, eot, final, received ...
     marks: dict[str, float] = {}
+    instructions: str | None = None
+    """The session's own system prompt (an OpenAI Realtime client's `instructions`): it stands
+    in for the answering avatar's persona."""
 
 
 class TtsJob(Msg):

@@ -75,6 +75,8 @@ def stt_alive(worker_id: str) -> str:
 
 
 STORAGE_SIGN = "parley.storage.sign"
+STORAGE_VOICE_PUT = "parley.storage.voice.put"
+"""Gateway asks storage to keep an avatar's reference voice (request/reply, queue group "storage")."""
 CANCEL_BUCKET = "parley_cancelled"
 TURNS_BUCKET = "parley_turns"
 

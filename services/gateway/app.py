@@ -1,67 +1,40 @@
 """The gateway's HTTP surface: the client WebSocket, REST with OpenAPI, ops endpoints, web client.
 
-Identity in this first version is the `X-Parley-User` header (REST) or `user` in
-`session.start` (WebSocket); signed tokens replace both (see docs/protocol.md).
+Every REST call and every socket carries a user token or API key (see auth.py); every
+conversation, message and audio object is reached only through its owner's conversation.
 """
 
 from __future__ import annotations
 
-import uuid
+import json
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, WebSocket
-from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common import ids
 from services.common.runtime import OPS_ROUTES, lifespan
 
+from . import rest
+from .auth import AuthError, Principal
 from .handlers import ClientSession, Gateway
+from .realtime import RealtimeSession
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON escaped to ASCII: an echoed input holding a lone surrogate stays encodable."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
 
 STATIC = Path(__file__).parent / "static"
-
-
-class AvatarOut(BaseModel):
-    id: str
-    name: str
-    role_title: str | None
-    language: str
-    has_voice: bool
-
-
-class ConversationIn(BaseModel):
-    avatar_ids: list[str] = Field(default_factory=list, description="defaults to the demo avatar")
-
-
-class ConversationOut(BaseModel):
-    id: str
-    avatar_ids: list[str]
-
-
-class MessageOut(BaseModel):
-    id: str
-    role: str
-    avatar_id: str | None
-    reply_to: str | None
-    source: str | None
-    text: str
-    status: str
-    error: str | None
-    audio_key: str | None
-    audio_url: str | None
-    audio_duration_s: float | None
-    audio_expired: bool = False
-    """The reply's audio was deleted after the retention period; its text stays."""
-    timings: dict
-    created_at: str
-
-
-def _uuid(value: str, what: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise HTTPException(404, f"no such {what}") from None
+BEARER = HTTPBearer(auto_error=False, description="a user token (JWT) or an API key (pk_…)")
 
 
 def create_app(gateway: Gateway) -> FastAPI:
@@ -75,51 +48,43 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise HTTPException(503, "gateway is not ready")
         return gateway
 
-    async def current_user(x_parley_user: Annotated[str | None, Header()] = None, g: Gateway = Depends(gw)) -> str:
-        if not x_parley_user:
-            raise HTTPException(401, "missing X-Parley-User header")
-        user_id = ids.user_id_for(x_parley_user)
-        await g.repo.ensure_user(user_id, x_parley_user)
-        return user_id
+    @app.middleware("http")
+    async def origin_allowlist(request: Request, call_next):
+        """A browser page from an origin not allowed gets nothing, not even a 404."""
+        if not gateway.ready or gateway.auth.origin_allowed(request.headers.get("origin"), request.headers.get("host")):
+            return await call_next(request)
+        return JSONResponse({"detail": "origin not allowed"}, status_code=403)
 
-    async def owned_conversation(conversation_id: str, user_id: str = Depends(current_user)) -> str:
-        conv = _uuid(conversation_id, "conversation")
-        owner = await gateway.repo.conversation_owner(conv)
-        if owner is None or owner != user_id:
-            raise HTTPException(404, "no such conversation")
-        return conv
+    async def principal(
+        creds: HTTPAuthorizationCredentials | None = Depends(BEARER), g: Gateway = Depends(gw)
+    ) -> Principal:
+        try:
+            return await g.auth.authenticate(creds.credentials if creds else None)
+        except AuthError as exc:
+            raise HTTPException(401, f"{exc.code}: {exc.message}", headers={"WWW-Authenticate": "Bearer"}) from None
 
-    @app.get("/v1/avatars", response_model=list[AvatarOut])
-    async def list_avatars(user_id: str = Depends(current_user)):
-        avatars = await gateway.repo.list_avatars(user_id)
-        return [
-            AvatarOut(id=a.id, name=a.name, role_title=a.role_title, language=a.language, has_voice=bool(a.voice_key))
-            for a in avatars
-        ]
+    async def current_user(p: Principal = Depends(principal)) -> str:
+        return p.user_id
 
-    @app.post("/v1/conversations", response_model=ConversationOut, status_code=201)
-    async def create_conversation(body: ConversationIn, user_id: str = Depends(current_user)):
-        avatar_ids = [_uuid(a, "avatar") for a in body.avatar_ids] or [gateway.settings.default_avatar_id]
-        for aid in avatar_ids:
-            avatar = await gateway.repo.get_avatar(aid)
-            if avatar is None or avatar.owner_id not in (None, user_id):
-                raise HTTPException(404, f"no such avatar: {aid}")
-        conv = ids.new_id()
-        await gateway.repo.create_conversation(conv, user_id, avatar_ids)
-        return ConversationOut(id=conv, avatar_ids=avatar_ids)
+    app.include_router(rest.build_router(gateway, current_user))
+    app.add_middleware(rest.BodyLimit, max_voice_bytes=gateway.settings.max_voice_upload_bytes)
 
-    @app.get("/v1/conversations/{conversation_id}/messages", response_model=list[MessageOut])
-    async def messages(conv: str = Depends(owned_conversation)):
-        rows = await gateway.repo.messages(conv)
-        urls = await gateway.sign([r["audio_key"] for r in rows if r["audio_key"]])
-        return [
-            MessageOut(
-                **{k: v for k, v in r.items() if k != "created_at"},
-                audio_url=urls.get(r["audio_key"]) if r["audio_key"] else None,
-                created_at=r["created_at"].isoformat(),
-            )
-            for r in rows
-        ]
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """A body that cannot be parsed is a malformed request like any other: 422, saying why
+        (Starlette and FastAPI answer a bad form or body with 400)."""
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            cause = f": {exc.__cause__}" if exc.__cause__ else ""
+            exc = HTTPException(422, f"the request body could not be parsed{cause}")
+        elif exc.status_code == 400 and request.headers.get("content-type", "").startswith("multipart/"):
+            exc = HTTPException(422, f"the multipart form could not be parsed: {exc.detail}")
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        """FastAPI's own 422, escaped: its default handler fails (500) on a body whose
+        strings are not valid Unicode, such as a lone surrogate."""
+        return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
     @app.websocket("/v1/ws")
     async def websocket(ws: WebSocket):
@@ -128,8 +93,18 @@ def create_app(gateway: Gateway) -> FastAPI:
             return
         await ClientSession(ws, gateway).run()
 
+    @app.websocket("/v1/realtime")
+    async def realtime(ws: WebSocket):
+        """OpenAI Realtime API compatible sessions (docs/openai-realtime.md)."""
+        if not gateway.ready:
+            await ws.close(1013, "gateway is not ready")
+            return
+        await RealtimeSession(ws, gateway).run()
+
     @app.get("/", include_in_schema=False)
     async def index():
         return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     return app

@@ -1,6 +1,8 @@
-"""Gateway settings."""
+"""Gateway settings: identity, browser origins, and the limits every session and upload is held to."""
 
 from __future__ import annotations
+
+from pydantic import SecretStr
 
 from services.common.ids import DEMO_AVATAR_ID
 from services.common.settings import ServiceSettings
@@ -9,11 +11,47 @@ from services.common.settings import ServiceSettings
 class GatewaySettings(ServiceSettings):
     http_port: int = 8000
     default_avatar_id: str = DEMO_AVATAR_ID
+
+    auth_jwt_secret: SecretStr | None = None
+    """HS256 shared secret for user tokens; or set auth_jwks_url for asymmetric keys."""
+    auth_jwks_url: str | None = None
+    auth_jwt_algorithms: list[str] = []
+    """Default: HS256 with a secret, RS256 and ES256 with JWKS."""
+    auth_jwt_audience: str = "parley"
+    auth_jwt_issuer: str | None = None
+    auth_max_token_lifetime_s: int = 86400
+    """User tokens are short-lived: one whose exp is further than this from its iat is refused."""
+    auth_clock_skew_s: float = 30.0
+    allowed_origins: list[str] = []
+    """Browser origins besides the gateway's own that may open sockets and call REST; `*` for any."""
+
     # 1 s of 16 kHz PCM16; clients send 20-100 ms frames.
     max_audio_frame_bytes: int = 32000
+    max_audio_rate: float = 1.2
+    """Mic audio may arrive at most this much faster than real time, after a burst allowance."""
+    audio_burst_s: float = 5.0
+    """Jitter allowance: frames bunched by the network (or a stalled client) up to this much audio pass."""
     max_text_chars: int = 4000
     start_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    """A session whose client sends nothing (no audio, no message) this long is closed."""
+    max_session_s: float = 4 * 3600.0
+    max_sessions_per_user: int = 5
+    resume_grace_s: float = 120.0
+    """A dropped session may be resumed this long after its last sign of life."""
+    session_lease_s: float = 30.0
+    """A live session's record is renewed this often; one not renewed in twice this is dead."""
     stt_open_timeout_s: float = 2.0
     stt_open_attempts: int = 3
     stt_takeover_after_s: float = 2.0
     """A session's STT worker silent this long is taken to be dead; another takes the session over."""
+
+    max_voice_upload_bytes: int = 10 * 1024 * 1024
+    """An avatar's reference voice file may be at most this large (larger: 413)."""
+    voice_min_s: float = 6.0
+    """A reference voice shorter than this is refused: too little to clone a voice from."""
+    voice_max_s: float = 20.0
+    """Only this much of a reference voice is kept. At 22050 Hz PCM16 20 s is 882 kB, inside
+    NATS's default 1 MB message, which carries it to the storage service."""
+    voice_store_timeout_s: float = 15.0
+    """How long an upload waits for the storage service to store a voice (then 503)."""

@@ -19,9 +19,17 @@ class ClientMessage(msgspec.Struct, kw_only=True, tag_field="type", forbid_unkno
     pass
 
 
+class Resume(msgspec.Struct, kw_only=True):
+    session_id: str
+    """The `session_id` of the dropped session's `session.started`."""
+    last_cursor: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """The highest `cursor` the client saw; omitted: every final event since the session began."""
+
+
 class Start(ClientMessage, tag="session.start"):
     protocol: int = PROTOCOL_VERSION
-    user: str = "anonymous"
+    token: str | None = None
+    """A user token (JWT) or API key, for clients that cannot send an Authorization header."""
     conversation_id: str | None = None
     avatar_ids: list[str] = []
     language: str | None = None
@@ -29,11 +37,15 @@ class Start(ClientMessage, tag="session.start"):
     sample_rate: Literal[16000] = 16000
     """Mic audio is 16 kHz PCM16 mono; a client that captures at another rate resamples
     before sending (declaring another rate is refused rather than misheard)."""
+    resume: Resume | None = None
+    barge_in: bool = True
+    """Speaking over a reply that is playing stops it (off for push-to-talk clients)."""
 
 
 class Text(ClientMessage, tag="text"):
     text: str
-    client_seq: int | None = None
+    client_seq: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
+    """Stored as the turn's 32-bit sequence: anything outside is refused here, not at the database."""
 
 
 class Interrupt(ClientMessage, tag="interrupt"):
@@ -42,6 +54,16 @@ class Interrupt(ClientMessage, tag="interrupt"):
     message_id: str | None = None
     sentence_index: int | None = None
     offset_ms: int | None = None
+
+
+class Playback(ClientMessage, tag="playback"):
+    """How much of a reply's audio the client has played (from the reply's first sample), and
+    whether it finished or stopped. The gateway uses the newest report to tell what was heard
+    when the person speaks over the reply or interrupts it without a position."""
+
+    message_id: str
+    played_ms: Annotated[float, msgspec.Meta(ge=0)]
+    ended: bool = False
 
 
 class End(ClientMessage, tag="session.end"):
@@ -57,7 +79,7 @@ class Latency(ClientMessage, tag="latency"):
     voice_to_voice_ms: Annotated[float, msgspec.Meta(gt=0, lt=120_000)]
 
 
-Incoming = Start | Text | Interrupt | End | Latency
+Incoming = Start | Text | Interrupt | Playback | End | Latency
 decoder = msgspec.json.Decoder(Incoming)
 
 # Server -> client audio: a 28-byte little-endian header, then PCM16 mono samples.
@@ -82,10 +104,19 @@ def parse_audio_frame(frame: bytes) -> tuple[str, int, int, int, bytes]:
     return str(uuid.UUID(bytes=mid)), idx, seq, rate, frame[AUDIO_HEADER.size :]
 
 
+SUBPROTOCOL = f"parley.v{PROTOCOL_VERSION}"
+"""Offered in Sec-WebSocket-Protocol, it is accepted; `session.start.protocol` decides."""
+
 # WebSocket close codes (4000-4999 are the application's).
+CLOSE_IDLE = 4000
+CLOSE_SESSION_TOO_LONG = 4001
 CLOSE_BAD_START = 4400
+CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_UNSUPPORTED_VERSION = 4406
 CLOSE_START_TIMEOUT = 4408
+CLOSE_SUPERSEDED = 4409
+CLOSE_RESUME_EXPIRED = 4410
+CLOSE_TOO_MANY_SESSIONS = 4429
 CLOSE_GOING_AWAY = 1001

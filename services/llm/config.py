@@ -12,6 +12,10 @@ class LlmSettings(ServiceSettings):
     llm_model: str = "llama3.2"
     llm_temperature: float = 0.7
     llm_max_tokens: int = 400
+    llm_cache_size: int = 10000
+    """Conversations whose avatars and history one replica keeps in memory."""
+    llm_avatar_cache_s: float = 30.0
+    """How soon an edited avatar (persona, voice, deletion) reaches conversations already cached."""
     llm_connect_timeout_s: float = 5.0
     llm_first_token_timeout_s: float = 15.0
     llm_total_timeout_s: float = 120.0

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from cachetools import LRUCache, TTLCache
 from nats.aio.msg import Msg as NatsMsg
 from nats.js.errors import NotFoundError
 
@@ -54,16 +55,23 @@ LANGUAGES = {
 }
 
 
-def build_prompt(avatar: Avatar, avatars: list[Avatar], history: list[HistoryItem]) -> list[dict]:
+def build_prompt(
+    avatar: Avatar, avatars: list[Avatar], history: list[HistoryItem], instructions: str | None = None
+) -> list[dict]:
     """The avatar's persona, then the recent messages (ending with the user's turn) as it sees them.
 
     Its own replies are the assistant's; the user's turns and, when several characters take
-    part, the others' replies (prefixed with their names) are user messages.
+    part, the others' replies (prefixed with their names) are user messages. A session's own
+    `instructions` replace the persona as given (no placeholders filled); the avatar's voice
+    still speaks only its language, so the prompt still asks for it.
     """
-    persona = (avatar.persona_prompt or DEFAULT_PERSONA).replace("{name}", avatar.name)
-    persona = persona.replace("{role}", avatar.role_title or "a conversational character")
+    if instructions:
+        persona = instructions
+    else:
+        persona = (avatar.persona_prompt or DEFAULT_PERSONA).replace("{name}", avatar.name)
+        persona = persona.replace("{role}", avatar.role_title or "a conversational character")
     language = LANGUAGES.get(avatar.language.lower(), avatar.language)
-    if "{language}" in persona:
+    if "{language}" in persona and not instructions:
         persona = persona.replace("{language}", language)
     else:
         persona += f"\nAlways answer in {language}."
@@ -114,8 +122,11 @@ class Orchestrator(Service):
     def __init__(self, settings: LlmSettings):
         super().__init__(settings)
         self.settings: LlmSettings = settings
-        self._avatars: dict[str, list[Avatar]] = {}
-        self._history: dict[str, _History] = {}
+        # Bounded: a replica that has served a million conversations holds only the recent ones.
+        # Avatars are re-read after a short while, so an edited persona or voice reaches
+        # conversations already cached; history is versioned, so the LRU bound is all it needs.
+        self._avatars: TTLCache[str, list[Avatar]] = TTLCache(settings.llm_cache_size, settings.llm_avatar_cache_s)
+        self._history: LRUCache[str, _History] = LRUCache(settings.llm_cache_size)
         self._turns: dict[str, _ActiveTurn] = {}
 
     async def start(self) -> None:
@@ -161,9 +172,10 @@ class Orchestrator(Service):
         self.workers.append(interruptions)
 
     async def _avatars_for(self, conv: str) -> list[Avatar]:
-        if conv not in self._avatars:
-            self._avatars[conv] = await self.repo.conversation_avatars(conv)
-        return self._avatars[conv]
+        avatars = self._avatars.get(conv)
+        if avatars is None:
+            avatars = self._avatars[conv] = await self.repo.conversation_avatars(conv)
+        return avatars
 
     async def _history_for(self, conv: str, version: int) -> list[HistoryItem]:
         """Cached per conversation; reloaded when another replica changed it since."""
@@ -364,7 +376,7 @@ class Orchestrator(Service):
             sentences += 1
 
         try:
-            async for delta in self.llm.stream(build_prompt(avatar, avatars, history)):
+            async for delta in self.llm.stream(build_prompt(avatar, avatars, history, turn.instructions)):
                 if tokens == 0:
                     first_token_s = time.perf_counter() - t0
                     timings["first_token"] = time.time()
@@ -411,6 +423,9 @@ class Orchestrator(Service):
         heard = await self._heard(intr)
         text = await self.repo.interrupt_reply(intr.message_id, heard)
         if text is None:
+            if not await self.repo.message_exists(intr.message_id):
+                # The reply's row is written while its stream starts; the cut waits for it.
+                raise busmod.Retry("interrupted reply not stored yet", delay_s=0.3)
             return
         self._history.pop(conv, None)
         await self.gate.touch(conv)

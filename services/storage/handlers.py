@@ -4,13 +4,16 @@ the client its URL. Every step is idempotent, so a redelivered reply costs a HEA
 S3 errors are retried by the client (botocore's standard mode: 5xx, throttling, timeouts),
 then by redelivery with backoff; a reply that still cannot be stored gets an
 `audio_store_failed` event. Reply audio past its retention is deleted by a periodic sweep.
+It also answers the gateway's requests for signed URLs and to keep avatars' reference voices.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
+import uuid
 
 from nats.aio.msg import Msg as NatsMsg
 from nats.js.errors import NotFoundError
@@ -47,6 +50,9 @@ class StorageService(Service):
         self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
         self._sign_sub = await self.bus.nc.subscribe(subjects.STORAGE_SIGN, queue="storage", cb=self._on_sign)
+        self._voice_sub = await self.bus.nc.subscribe(
+            subjects.STORAGE_VOICE_PUT, queue="storage", cb=self._on_voice_put
+        )
         self.worker = busmod.Worker(
             self.bus,
             busmod.WorkQueue("PARLEY_REPLIES", "storage", "parley.reply.*", ack_wait_s=60, max_deliver=200),
@@ -138,9 +144,35 @@ class StorageService(Service):
             urls = {}
         await msg.respond(schemas.encode(schemas.SignReply(urls=urls)))
 
+    async def _on_voice_put(self, msg: NatsMsg) -> None:
+        """Keep an avatar's reference voice (the gateway has no bucket credentials) under a key
+        named by its content; the gateway records the key on the avatar."""
+        try:
+            key = await store_voice(self.store, schemas.VoicePut.from_headers(msg.headers), msg.data or b"")
+            reply = schemas.VoiceStored(key=key)
+            metrics.EVENTS.labels("storage", "voice_stored").inc()
+        except Exception as exc:
+            log.warning("voice put failed: %s", exc)
+            reply = schemas.VoiceStored(error=str(exc) or type(exc).__name__)
+        await msg.respond(schemas.encode(reply))
+
     async def drain(self) -> None:
         await self._sign_sub.unsubscribe()
+        await self._voice_sub.unsubscribe()
         await super().drain()
+
+
+async def store_voice(store: objectstore.ObjectStore, meta: schemas.VoicePut, wav: bytes) -> str:
+    """Put a reference voice WAV at its content-named key (once) and return the key."""
+    avatar_id = str(uuid.UUID(meta.avatar_id))
+    if hashlib.sha256(wav).hexdigest() != meta.sha256.lower():
+        raise ValueError("the voice's sha256 does not match its bytes")
+    if wav[:4] != b"RIFF" or wav[8:12] != b"WAVE":
+        raise ValueError("a reference voice must be a WAV file")
+    key = objectstore.voice_key(avatar_id, meta.sha256.lower())
+    if not await store.exists(key):
+        await store.put(key, wav, "audio/wav")
+    return key
 
 
 def _age_s(msg: NatsMsg) -> float:

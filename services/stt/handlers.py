@@ -100,11 +100,12 @@ class LiveSession:
         s = worker.settings
         self.prompt = req.prompt or s.stt_prompt
         cfg = VadConfig(
-            threshold=s.vad_threshold,
+            threshold=req.vad_threshold or s.vad_threshold,
             end_of_turn_ms=req.end_of_turn_ms or s.vad_end_of_turn_ms,
             min_speech_ms=s.vad_min_speech_ms,
-            pad_ms=s.vad_pad_ms,
+            pad_ms=s.vad_pad_ms if req.pad_ms is None else req.pad_ms,
         )
+        self.instructions = req.instructions
         self.replay_from = None if req.replay_from_s is None else int(req.replay_from_s * cfg.sample_rate)
         self._cfg = cfg
         self.segmenter = Segmenter(worker.vad, cfg, first_utterance_index=req.first_utterance_seq)
@@ -254,6 +255,15 @@ class LiveSession:
         if ctl.action == "end" and ctl.session_id in ("", self.session_id):
             # Not awaited here: closing unsubscribes this very callback's subscription.
             self.worker.spawn(self.worker.close_session(self.conv, flush=True))
+        elif ctl.action == "commit" and ctl.session_id == self.session_id:
+            # The client ends its turn itself: the utterance in progress closes now.
+            await self._handle(self.segmenter.flush())
+        elif ctl.action == "clear" and ctl.session_id == self.session_id:
+            # The client discards what it said so far: the utterance in progress is never read.
+            for ev in self.segmenter.flush():
+                if isinstance(ev, UtteranceEnded):
+                    self.windows.pop(ev.utterance_index, None)
+            self.partials = None
         elif ctl.action == "release" and ctl.worker_id == self.worker.settings.instance_id:
             # Another worker took the session over and replays the utterance in progress.
             self.worker.spawn(self.worker.close_session(self.conv, flush=False, session=self))
@@ -327,6 +337,7 @@ class LiveSession:
                 speech_start_s=ev.start_s,
                 speech_end_s=ev.end_s,
                 marks=marks,
+                instructions=self.instructions,
             ),
             msg_id=message_id,
         )

@@ -9,7 +9,8 @@ import time
 import nats
 import pytest
 
-from services.common import ids, objectstore, schemas, subjects
+from services.cli import demo_voice_key
+from services.common import ids, schemas, subjects
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
@@ -65,7 +66,7 @@ def job(conv: str, reply: str, index: int, text: str, language: str = "en") -> s
         text=text,
         language=language,
         avatar_id=ids.DEMO_AVATAR_ID,
-        voice_key=objectstore.voice_key(ids.DEMO_AVATAR_ID),
+        voice_key=demo_voice_key(),
         created_at=time.time(),
     )
 

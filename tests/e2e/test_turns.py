@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from services.common import ids
-from tests.client import AudioChunk, Client
+from tests.client import AudioChunk, Client, auth_headers
 from tests.fakes.llm_server import reply_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
@@ -160,15 +160,14 @@ async def test_typed_turns_carry_history(stack, fake_llm):
     assert prompt[-2]["content"] == reply_for("What is Parley?")
 
     async with httpx.AsyncClient(base_url=stack["http_url"]) as http:
-        resp = await http.get(
-            f"/v1/conversations/{first['conversation_id']}/messages", headers={"X-Parley-User": "bob"}
-        )
+        resp = await http.get(f"/v1/conversations/{first['conversation_id']}/messages", headers=auth_headers("bob"))
         assert resp.status_code == 200
-        history = resp.json()
+        history = resp.json()["items"]
+        assert resp.json()["next_cursor"] is None
         assert [m["role"] for m in history] == ["user", "avatar", "user", "avatar"]
         assert all(m["audio_url"] for m in history if m["role"] == "avatar")
         other = await http.get(
-            f"/v1/conversations/{first['conversation_id']}/messages", headers={"X-Parley-User": "mallory"}
+            f"/v1/conversations/{first['conversation_id']}/messages", headers=auth_headers("mallory")
         )
         assert other.status_code == 404
     await client.close()

@@ -47,3 +47,11 @@ def test_named_characters_answer_in_conversation_order_else_the_first():
     assert answering([ADA, BO], "Bo?") == [BO]
     assert answering([ADA, BO], "anyone?") == [ADA]
     assert answering([ADA, BO], "Hello both, about the book") == [ADA]  # names are whole words
+
+
+def test_session_instructions_replace_the_persona_but_keep_the_language():
+    history = [HistoryItem("user", None, "Hi")]
+    prompt = build_prompt(ADA, [ADA], history, instructions="Be terse. {name} stays literal.")
+    assert prompt[0] == {"role": "system", "content": "Be terse. {name} stays literal.\nAlways answer in French."}
+    assert prompt[1:] == [{"role": "user", "content": "Hi"}]
+    assert build_prompt(ADA, [ADA], history, instructions=None) == build_prompt(ADA, [ADA], history)

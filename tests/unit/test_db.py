@@ -42,3 +42,20 @@ async def test_writes_are_idempotent_on_derived_ids(repo):
     history = await repo.history(conv, 10)
     assert [(h.role, h.text) for h in history] == [("user", "hello"), ("avatar", "hi there")]
     assert await repo.conversation_owner(conv) == user
+
+
+async def test_text_holding_nul_is_stored_not_refused(repo):
+    """Postgres refuses U+0000 in text and jsonb; the write keeps U+FFFD in its place."""
+    user = ids.user_id_for("nul-user")
+    await repo.ensure_user(user, "nul-user")
+    avatar = db.Avatar(ids.new_id(), "Nul\x00", None, "You are {name}.", "en", None, None)
+    await repo.upsert_avatar(avatar)
+    assert (await repo.get_avatar(avatar.id)).name == "Nul\ufffd"
+    conv = ids.new_id()
+    await repo.create_conversation(conv, user, [avatar.id])
+    msg = ids.user_message_id(conv, "s", "text", 0)
+    await repo.insert_user_message(msg, conv, "text", ids.new_id(), 0, "a\x00b", {"note\x00": ["c\x00"]})
+    (row,) = await repo.messages(conv)
+    assert row["text"] == "a\ufffdb" and row["timings"] == {"note\ufffd": ["c\ufffd"]}
+    await repo.create_api_key(ids.new_id(), user, "key\x00", b"digest-of-a-nul-key")
+    assert [k["name"] for k in await repo.list_api_keys(user)] == ["key\ufffd"]

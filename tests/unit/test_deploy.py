@@ -1,9 +1,11 @@
 """The deployment files hold together: the compose file is valid against the Compose
-specification (check-jsonschema's vendored schema, offline), and Prometheus scrapes every
-Parley service the compose stack runs, on the port it serves /metrics on."""
+specification (check-jsonschema's vendored schema, offline), Prometheus scrapes every
+Parley service the compose stack runs, on the port it serves /metrics on, and compose and
+Kubernetes both run the one NATS users file with each service as its own user."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -124,3 +126,62 @@ def test_every_object_of_every_overlay_is_valid_kubernetes(overlay):
         assert (
             by_kind["HorizontalPodAutoscaler"]["parley-gateway"]["spec"]["scaleTargetRef"]["name"] == "parley-gateway"
         )
+
+
+NATS_DIR = ROOT / "deploy" / "nats"
+
+
+def _nats_users() -> dict[str, str]:
+    """Each user of deploy/nats/parley-auth.conf and the environment variable holding its password."""
+    text = (NATS_DIR / "parley-auth.conf").read_text()
+    return dict(re.findall(r"^\s*user:\s*(\w+)\s*\n\s*password:\s*\$(\w+)", text, re.MULTILINE))
+
+
+def test_the_nats_config_is_valid_and_needs_every_password():
+    """nats-server itself parses the compose config with its users; without a password it refuses to start."""
+    from services.devstack import _nats_binary
+
+    users = _nats_users()
+    assert set(users) == {*SERVICES, "ops"}
+    conf = str(NATS_DIR / "nats.conf")
+    env = {"PATH": "/usr/bin:/bin", **{var: "x" for var in users.values()}}
+    ok = subprocess.run([_nats_binary(), "-t", "-c", conf], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    env.pop(users["tts"])
+    missing = subprocess.run([_nats_binary(), "-t", "-c", conf], env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and users["tts"] in missing.stdout + missing.stderr
+
+
+def test_compose_runs_that_nats_config_and_gives_each_service_its_own_user():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    users = _nats_users()
+    nats = compose["nats"]
+    assert "./deploy/nats:/etc/nats/parley:ro" in nats["volumes"]
+    assert nats["command"][:2] == ["-c", "/etc/nats/parley/nats.conf"]
+    assert set(nats["environment"]) == set(users.values())
+    for name in SERVICES:
+        env = compose[name]["environment"]
+        assert env["PARLEY_NATS_USER"] == name
+        assert env["PARLEY_NATS_PASSWORD"] == nats["environment"][users[name]]  # the same variable from .env
+        assert f"{users[name]}=" in (ROOT / ".env.example").read_text()
+
+
+def test_kubernetes_includes_that_nats_config_and_gives_each_service_its_own_user():
+    values = yaml.safe_load((K8S / "nats-values.yaml").read_text())
+    users = _nats_users()
+    includes = [v for k, v in values["config"]["merge"].items() if k.endswith("$include")]
+    assert includes == ["parley-auth.conf"]
+    set_file = "--set-file 'configMap.merge.data.parley-auth\\.conf=deploy/nats/parley-auth.conf'"
+    assert set_file in (K8S / "README.md").read_text() and set_file in (K8S / "nats-values.yaml").read_text()
+    server_env = values["container"]["env"]
+    assert set(server_env) == set(users.values())
+    for user, var in users.items():
+        assert server_env[var] == {"valueFrom": {"secretKeyRef": {"name": "parley-nats", "key": user}}}
+    for overlay in ("dev", "prod"):
+        for doc in _render(overlay):
+            if doc["kind"] != "Deployment":
+                continue
+            name = doc["metadata"]["name"].removeprefix("parley-")
+            env = {e["name"]: e for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+            assert env["PARLEY_NATS_USER"]["value"] == name
+            assert env["PARLEY_NATS_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "parley-nats", "key": name}}

@@ -1,0 +1,2 @@
+DROP TABLE client_sessions;
+DROP TABLE api_keys;

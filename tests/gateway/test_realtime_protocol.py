@@ -1,0 +1,85 @@
+"""The Realtime API's event shapes and the session settings they map onto (no stack needed)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from services.gateway import realtime as rtsession
+from services.gateway import realtime_protocol as rt
+
+
+def test_ga_and_beta_session_updates_decode_to_the_same_settings():
+    ga = rt.decoder.decode(
+        b'{"type": "session.update", "session": {"type": "realtime", "output_modalities": ["audio"],'
+        b' "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection":'
+        b' {"type": "server_vad", "silence_duration_ms": 700}}, "output": {"voice": "Ada"}}}}'
+    )
+    beta = rt.decoder.decode(
+        b'{"type": "session.update", "session": {"modalities": ["text", "audio"], "input_audio_format": "pcm16",'
+        b' "voice": "Ada", "turn_detection": {"type": "server_vad", "silence_duration_ms": 700},'
+        b' "temperature": 0.8}}'
+    )
+    assert ga.session.audio.output.voice == beta.session.voice == "Ada"
+    assert ga.session.audio.input.turn_detection == beta.session.turn_detection
+    assert rtsession._modalities(beta.session.modalities, "p") == ["audio"]
+    rtsession._check_format(ga.session.audio.input.format, msgspec.UNSET, "p")
+    rtsession._check_format(msgspec.UNSET, beta.session.input_audio_format, "p")
+
+
+def test_an_explicit_null_is_told_apart_from_a_missing_field():
+    off = rt.decoder.decode(b'{"type": "session.update", "session": {"audio": {"input": {"transcription": null}}}}')
+    assert off.session.audio.input.transcription is None
+    assert off.session.audio.input.turn_detection is msgspec.UNSET
+    with pytest.raises(rtsession._Refused) as refused:
+        rtsession._apply_turn_detection(rtsession._Config(model="m"), None)
+    assert refused.value.param == "session.audio.input.turn_detection"
+
+
+@pytest.mark.parametrize(
+    "turn,param",
+    [
+        ({"type": "semantic_vad"}, "type"),
+        ({"create_response": False}, "create_response"),
+        ({"threshold": 1.0}, "threshold"),
+        ({"prefix_padding_ms": -1}, "prefix_padding_ms"),
+        ({"silence_duration_ms": 50}, "silence_duration_ms"),
+    ],
+)
+def test_turn_detection_outside_what_the_vad_does_is_refused(turn, param):
+    cfg = rtsession._Config(model="m")
+    with pytest.raises(rtsession._Refused) as refused:
+        rtsession._apply_turn_detection(cfg, msgspec.convert(turn, rt.TurnDetectionIn))
+    assert refused.value.param == f"session.audio.input.turn_detection.{param}"
+    assert cfg == rtsession._Config(model="m")
+
+
+def test_server_vad_maps_onto_the_stt_session():
+    cfg = rtsession._Config(model="m")
+    turn = rt.TurnDetectionIn(
+        threshold=0.6, prefix_padding_ms=250, silence_duration_ms=800, interrupt_response=False, idle_timeout_ms=9000
+    )
+    rtsession._apply_turn_detection(cfg, turn)
+    assert (cfg.threshold, cfg.prefix_padding_ms, cfg.silence_duration_ms) == (0.6, 250, 800)
+    assert cfg.interrupt_response is False
+
+
+@pytest.mark.parametrize("fmt", [{"type": "audio/pcmu"}, {"type": "audio/pcma"}, {"type": "audio/pcm", "rate": 16000}])
+def test_audio_other_than_pcm16_at_24khz_is_refused(fmt):
+    with pytest.raises(rtsession._Refused):
+        rtsession._check_format(msgspec.convert(fmt, rt.AudioFormatIn), msgspec.UNSET, "p")
+    with pytest.raises(rtsession._Refused):
+        rtsession._check_format(msgspec.UNSET, "g711_ulaw", "p")
+
+
+def test_validation_errors_name_the_field():
+    with pytest.raises(msgspec.ValidationError) as bad:
+        rt.decoder.decode(
+            b'{"type": "conversation.item.truncate", "item_id": 3, "content_index": 0, "audio_end_ms": 1}'
+        )
+    assert rt.error_param(bad.value) == "item_id"
+
+
+def test_server_events_carry_their_type_and_an_event_id():
+    body = msgspec.json.decode(rt.encoder.encode(rt.Cleared()))
+    assert body["type"] == "input_audio_buffer.cleared" and body["event_id"].startswith("event_")
