@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import asyncpg
 import msgspec
 import nats
+import nats.errors
+from botocore.exceptions import BotoCoreError, ClientError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg as NatsMsg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from . import metrics, schemas, subjects
 from .settings import ServiceSettings
@@ -36,6 +42,31 @@ class Bus:
     def __init__(self, nc: NATS):
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
+        self.declared = False
+        """This client declared the streams (`ensure_streams`), so it declares them again
+        after a reconnect."""
+        self._redeclaring: asyncio.Task | None = None
+
+    def reconnected(self) -> None:
+        """A restarted nats-server brings back file-backed streams, their durable consumers and
+        the KV buckets, but not memory streams (PARLEY_AUDIO_IN): until someone declares it
+        again, mic audio lands nowhere and STT workers' ordered consumers cannot be re-created.
+        Every service that declared the streams declares them again (in the background:
+        JetStream may still be recovering its streams)."""
+        if self.declared and (self._redeclaring is None or self._redeclaring.done()):
+            self._redeclaring = asyncio.create_task(self._redeclare())
+
+    async def _redeclare(self) -> None:
+        delay = 0.25
+        while not self.nc.is_closed:
+            try:
+                await ensure_streams(self)
+                log.info("streams declared again after reconnecting")
+                return
+            except Exception as exc:
+                log.warning("declaring the streams after reconnecting failed (%s); trying again", exc)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     async def publish(self, subject: str, msg: msgspec.Struct, headers: dict | None = None) -> None:
         """Core publish: at most once, no wait. For live events and control."""
@@ -66,8 +97,12 @@ async def connect(settings: ServiceSettings, name: str) -> Bus:
     async def on_disconnect() -> None:
         log.warning("nats disconnected")
 
+    bus: Bus | None = None
+
     async def on_reconnect() -> None:
         log.info("nats reconnected")
+        if bus is not None:
+            bus.reconnected()
 
     # Under per-service credentials each user may only read its own inbox (deploy/nats/parley-auth.conf),
     # so no service sees another's replies or JetStream deliveries.
@@ -84,10 +119,11 @@ async def connect(settings: ServiceSettings, name: str) -> Bus:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
-    return Bus(nc)
+    bus = Bus(nc)
+    return bus
 
 
-def _stream_config(spec: subjects.StreamSpec) -> StreamConfig:
+def _stream_config(spec: subjects.StreamSpec, first_seq: int | None = None) -> StreamConfig:
     return StreamConfig(
         name=spec.name,
         description=spec.description,
@@ -99,24 +135,75 @@ def _stream_config(spec: subjects.StreamSpec) -> StreamConfig:
         duplicate_window=spec.duplicate_window_s or None,
         discard=spec.discard,
         max_msg_size=spec.max_msg_size,
+        first_seq=first_seq,
     )
 
 
+def _first_seq(spec: subjects.StreamSpec) -> int | None:
+    """A memory stream starts numbering at the clock in microseconds, past any number an
+    earlier life of it (before a nats-server restart) handed out. An ordered consumer that
+    lost its server-side state resumes after the last sequence it saw (nats.py re-creates it
+    from there), so on a stream renumbered from 1 it would skip everything until the numbers
+    caught up; now it reads on at once. It holds while the stream averages fewer than a
+    million messages a second, and the numbers stay below 2^53."""
+    return int(time.time() * 1_000_000) if spec.storage == StorageType.MEMORY else None
+
+
 async def ensure_streams(bus: Bus) -> None:
-    """Create or update every stream; safe to run from every replica at every start."""
+    """Create or update every stream; safe to run from every replica at every start, and run
+    again by each of them after reconnecting (see `Bus.reconnected`)."""
     for spec in subjects.STREAMS:
-        cfg = _stream_config(spec)
         try:
             await bus.js.stream_info(spec.name)
         except NotFoundError:
             try:
-                await bus.js.add_stream(cfg)
+                await bus.js.add_stream(_stream_config(spec, _first_seq(spec)))
                 continue
             except BadRequestError:
                 pass  # another replica created it first
-        await bus.js.update_stream(cfg)
+        await bus.js.update_stream(_stream_config(spec))
     await bus.js.create_key_value(bucket=subjects.CANCEL_BUCKET, ttl=3600)
     await bus.js.create_key_value(bucket=subjects.TURNS_BUCKET, ttl=3600, history=1)
+    bus.declared = True
+
+
+_NATS_DOWN = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.NoRespondersError,  # a JetStream publish while the stream is being recovered
+    ServiceUnavailableError,
+)
+_PG_DOWN = (
+    asyncpg.PostgresConnectionError,  # the connection was lost or refused
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+)
+_NETWORK_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.ETIMEDOUT,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+}
+
+
+def dependency_down(exc: BaseException) -> bool:
+    """Whether a handler failed because something it needs is down or restarting (the bus,
+    Postgres, the object store), rather than because of the message it was handling."""
+    if isinstance(exc, (ConnectionError, TimeoutError, *_NATS_DOWN, *_PG_DOWN)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:  # e.g. asyncio's "Connect call failed"
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "closed" in str(exc)  # a pooled connection cut under a query
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or status == 429
+    return isinstance(exc, BotoCoreError) and "connect" in type(exc).__name__.lower()
 
 
 @dataclass
@@ -129,6 +216,9 @@ class WorkQueue:
     ack_wait_s: float = 30.0
     max_deliver: int = 5
     max_ack_pending: int = 1000
+    outage_patience_s: float = 120.0
+    """How long a handler whose dependency is down is retried in place before a delivery is
+    spent (see `Worker`)."""
 
 
 Handler = Callable[[NatsMsg], Awaitable[None]]
@@ -141,6 +231,12 @@ class Worker:
     A handler that raises `Retry` is redelivered after its delay; any other error is
     redelivered with backoff until `max_deliver`, then `give_up` publishes the failure event
     and the message is terminated. Draining stops fetching and waits for handlers in flight.
+
+    A handler that failed because a dependency is down (`dependency_down`: Postgres
+    restarting, S3 answering 5xx, the bus reconnecting) is retried in place instead, the
+    message kept in progress, for up to `outage_patience_s`: `max_deliver` bounds what a bad
+    message may cost, and a few seconds of outage would otherwise spend it (a turn's four
+    deliveries are gone within two seconds) and fail turns that nothing was wrong with.
     """
 
     def __init__(
@@ -206,7 +302,7 @@ class Worker:
         gauge = metrics.IN_FLIGHT.labels(self.service)
         gauge.inc()
         try:
-            await self.handler(msg)
+            await self._handle(msg)
             await msg.ack()
         except Retry as r:
             log.debug("retry %s: %s", msg.subject, r)
@@ -219,6 +315,33 @@ class Worker:
         finally:
             gauge.dec()
             self._slots.release()
+
+    async def _handle(self, msg: NatsMsg) -> None:
+        """The handler, run again in place while what it needs is down (see the class)."""
+        give_up_at = time.monotonic() + self.queue.outage_patience_s
+        delay = 0.25
+        # Between attempts the message is kept in progress well within its ack wait.
+        longest = max(0.25, min(5.0, self.queue.ack_wait_s / 3))
+        while True:
+            try:
+                return await self.handler(msg)
+            except Retry:
+                raise
+            except Exception as exc:
+                if not dependency_down(exc) or self._stopping.is_set() or time.monotonic() + delay > give_up_at:
+                    raise
+                log.warning(
+                    "%s: a dependency is down (%s: %s); trying again in %.2f s",
+                    self.queue.durable,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                metrics.HANDLER_ERRORS.labels(self.service, self.queue.durable).inc()
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, longest)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
 
     async def _redeliver_or_give_up(self, msg: NatsMsg, exc: BaseException, delay: float) -> None:
         if msg.metadata.num_delivered >= self.queue.max_deliver:

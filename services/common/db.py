@@ -254,6 +254,9 @@ class Repo:
     async def message_exists(self, message_id: str) -> bool:
         return await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM messages WHERE id=$1)", message_id)
 
+    async def message_status(self, message_id: str) -> str | None:
+        return await self.pool.fetchval("SELECT status FROM messages WHERE id=$1", message_id)
+
     async def finished_replies(self, user_message_id: str) -> set[str]:
         """Avatars whose reply to this user message is already finished."""
         rows = await self.pool.fetch(

@@ -59,6 +59,10 @@ class Service:
             except Exception:
                 log.exception("%s: error while closing", self.name)
 
+    async def release_clients(self) -> None:
+        """Let go of clients' open connections the service's own way, before the HTTP server
+        closes them (the gateway: close 1001, sessions left resumable). Default: none held."""
+
     def status(self) -> dict:
         return {"in_flight": sum(w.in_flight for w in self.workers)} if self.workers else {}
 
@@ -133,6 +137,26 @@ def ops_app(service: Service) -> Starlette:
 class _Server(uvicorn.Server):
     """A SIGTERM that was drained is a clean exit (status 0), not a re-raised signal."""
 
+    def __init__(self, config: uvicorn.Config, service: Service):
+        super().__init__(config)
+        self.service = service
+
+    async def shutdown(self, sockets=None) -> None:
+        """Stop accepting, then let the service release its clients, then uvicorn's own
+        shutdown. Uvicorn closes every open WebSocket with 1012 before the lifespan's drain
+        runs, so without this a gateway's clients never got the 1001 that tells them to
+        resume through another replica."""
+        for server in self.servers:
+            server.close()
+        svc = self.service
+        if svc.ready:
+            svc.ready = False  # /readyz answers 503 from here on
+            try:
+                await asyncio.wait_for(svc.release_clients(), svc.settings.drain_timeout_s)
+            except Exception:
+                log.exception("%s: releasing clients failed", svc.name)
+        await super().shutdown(sockets)
+
     @contextlib.contextmanager
     def capture_signals(self):
         with super().capture_signals():
@@ -140,7 +164,7 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def serve(service: Service, app: Starlette | None = None) -> None:
+def serve(service: Service, app: Starlette | None = None, **uvicorn_options) -> None:
     """Run a service until SIGTERM/SIGINT. The app defaults to the ops endpoints alone."""
     s = service.settings
     logs.setup(service.name, s.log_level, s.log_json)
@@ -155,5 +179,6 @@ def serve(service: Service, app: Starlette | None = None) -> None:
         lifespan="on",
         timeout_graceful_shutdown=int(s.drain_timeout_s),
         ws_max_size=1 << 20,
+        **uvicorn_options,
     )
-    _Server(config).run()
+    _Server(config, service).run()

@@ -8,8 +8,9 @@ from .handlers import Gateway
 
 
 def main() -> None:
-    gateway = Gateway(GatewaySettings())
-    serve(gateway, create_app(gateway))
+    settings = GatewaySettings()
+    gateway = Gateway(settings)
+    serve(gateway, create_app(gateway), ws_per_message_deflate=settings.ws_deflate)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@ class GatewaySettings(ServiceSettings):
     allowed_origins: list[str] = []
     """Browser origins besides the gateway's own that may open sockets and call REST; `*` for any."""
 
+    ws_deflate: bool = False
+    """Offer permessage-deflate to WebSocket clients. Off: PCM audio, nearly all of the
+    traffic, does not compress, and deflating it cost a third of the gateway's CPU
+    (docs/benchmarks.md)."""
+
     # 1 s of 16 kHz PCM16; clients send 20-100 ms frames.
     max_audio_frame_bytes: int = 32000
     max_audio_rate: float = 1.2

@@ -74,6 +74,9 @@ class Gateway(Service):
         return {"sessions": len(self.sessions)}
 
     async def drain(self) -> None:
+        await self.release_clients()
+
+    async def release_clients(self) -> None:
         """Close every socket with 1001; the sessions stay resumable through another replica."""
         for session in list(self.sessions):
             session.close(protocol.CLOSE_GOING_AWAY, "server shutting down; resume on another gateway")
@@ -554,29 +557,54 @@ class ClientSession:
     # --- incoming ---------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
+        """Frames in until the client leaves, goes idle or outstays the session length. One
+        watchdog per session keeps those deadlines, not a timer armed and cancelled for every
+        frame (tens of thousands a second at hundreds of sessions)."""
+        self._waiting = False
+        self._expired = False
+        watchdog = asyncio.create_task(self._watchdog(asyncio.current_task()))
+        try:
+            while not self._expired:
+                self._waiting = True
+                try:
+                    message = await self.ws.receive()
+                except asyncio.CancelledError:
+                    if self._expired and asyncio.current_task().uncancel() == 0:
+                        return
+                    raise
+                finally:
+                    self._waiting = False
+                self.last_heard = time.monotonic()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("bytes") is not None:
+                    await self._on_audio(message["bytes"])
+                elif message.get("text") is not None:
+                    await self._on_text(message["text"])
+        finally:
+            watchdog.cancel()
+
+    async def _watchdog(self, receiver: asyncio.Task) -> None:
+        """Sleep to the nearer of the idle and session-length deadlines; at it, say why and
+        close. A receiver busy with a frame finishes it first."""
         s = self.settings
         while True:
             now = time.monotonic()
             idle_left = self.last_heard + s.idle_timeout_s - now
             life_left = self.opened_at + s.max_session_s - now
-            try:
-                async with asyncio.timeout(max(0.0, min(idle_left, life_left))):
-                    message = await self.ws.receive()
-            except TimeoutError:
-                if life_left <= idle_left:
-                    self.error("session_too_long", f"sessions last at most {s.max_session_s:g} s; start a new one")
-                    self.close(protocol.CLOSE_SESSION_TOO_LONG, "maximum session length", "max_length")
-                else:
-                    self.error("idle_timeout", f"nothing received for {s.idle_timeout_s:g} s")
-                    self.close(protocol.CLOSE_IDLE, "idle timeout", "idle")
-                return
-            self.last_heard = time.monotonic()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("bytes") is not None:
-                await self._on_audio(message["bytes"])
-            elif message.get("text") is not None:
-                await self._on_text(message["text"])
+            if min(idle_left, life_left) > 0:
+                await asyncio.sleep(min(idle_left, life_left))
+                continue
+            if life_left <= idle_left:
+                self.error("session_too_long", f"sessions last at most {s.max_session_s:g} s; start a new one")
+                self.close(protocol.CLOSE_SESSION_TOO_LONG, "maximum session length", "max_length")
+            else:
+                self.error("idle_timeout", f"nothing received for {s.idle_timeout_s:g} s")
+                self.close(protocol.CLOSE_IDLE, "idle timeout", "idle")
+            self._expired = True
+            if self._waiting:
+                receiver.cancel()
+            return
 
     def _within_rate(self, samples: int) -> bool:
         """A token bucket of audio: real time times max_audio_rate, after a burst allowance."""

@@ -32,6 +32,10 @@ from .ordering import TurnGate
 
 log = logging.getLogger(__name__)
 
+_TURN_ACK_WAIT_S = 6.0
+"""A turn's ack wait, kept alive every third of it while the turn is answered: the turn of an
+orchestrator killed mid-reply is redelivered within seconds, not after half a minute."""
+
 DEFAULT_PERSONA = "You are {name}, {role}. Speak naturally and briefly: your words are spoken aloud."
 # The languages XTTS-v2 speaks, named for the prompt.
 LANGUAGES = {
@@ -153,7 +157,7 @@ class Orchestrator(Service):
         self._ctl_sub = await self.bus.nc.subscribe(subjects.control("*"), cb=self._on_control)
         self.worker = busmod.Worker(
             self.bus,
-            busmod.WorkQueue("PARLEY_TURNS", "llm", "parley.turn.*", ack_wait_s=30, max_deliver=4),
+            busmod.WorkQueue("PARLEY_TURNS", "llm", "parley.turn.*", ack_wait_s=_TURN_ACK_WAIT_S, max_deliver=4),
             self.handle_turn,
             concurrency=s.llm_concurrency,
             give_up=self._give_up,
@@ -196,7 +200,7 @@ class Orchestrator(Service):
         sent = turn.marks.get("final") or turn.marks.get("received")
         if sent:
             metrics.BUS_HOP_SECONDS.labels("turn").observe(max(0.0, turn.marks["llm_received"] - sent))
-        keep_alive = asyncio.create_task(busmod.keep_alive(msg))
+        keep_alive = asyncio.create_task(busmod.keep_alive(msg, every_s=_TURN_ACK_WAIT_S / 3))
         # Registered before entering the gate, so a newer turn's cancel cannot miss it.
         active = self._turns[turn.message_id] = _ActiveTurn(conv, turn.message_id)
         # Read beside the gate: replies of this turn already finished (a redelivery, however late).

@@ -11,9 +11,11 @@ on two replicas. Each conversation has a small record in the JetStream KV bucket
 
 A turn enters when nothing is active. A newer turn arriving while an older one is active
 publishes a cancel for it (a new user turn interrupts the reply still streaming) and waits
-until it leaves; if its holder died, the newer turn takes over after `wait_s`. A turn older
-than the active or last finished one is superseded: it is stored, but not answered. Replicas
-use `version` to know whether their cached history is still current.
+until it leaves, repeating the cancel every `cancel_every_s`: when the holder died, the turn
+comes back as a redelivery that must hear the cancel too. If nobody answers it, the newer
+turn takes over after `wait_s`. A turn older than the active or last finished one is
+superseded: it is stored, but not answered. Replicas use `version` to know whether their
+cached history is still current.
 """
 
 from __future__ import annotations
@@ -49,11 +51,14 @@ _dec = msgspec.json.Decoder(TurnState)
 
 
 class TurnGate:
-    def __init__(self, kv: KeyValue, bus: busmod.Bus, wait_s: float = 10.0, poll_s: float = 0.01):
+    def __init__(
+        self, kv: KeyValue, bus: busmod.Bus, wait_s: float = 10.0, poll_s: float = 0.01, cancel_every_s: float = 1.0
+    ):
         self.kv = kv
         self.bus = bus
         self.wait_s = wait_s
         self.poll_s = poll_s
+        self.cancel_every_s = cancel_every_s
         # What this replica last wrote or read per conversation: when it answered the previous
         # turn too, entering costs one compare-and-set instead of a read and a write.
         self._known: dict[str, tuple[TurnState, int]] = {}
@@ -90,6 +95,7 @@ class TurnGate:
                 return Admission("held", state.version)
         deadline: float | None = None
         interrupted = ""
+        cancel_at = 0.0
         while True:
             state, rev = await self._read(conv)
             if state.active_seq > seq or (seq <= state.last_seq and state.active_seq != seq):
@@ -100,10 +106,15 @@ class TurnGate:
                 if await self._write(conv, held, rev):
                     return Admission("held", state.version)
                 continue
-            if state.active_message != interrupted:
-                # Each older turn that becomes active while we wait is interrupted in turn.
-                interrupted = state.active_message
-                deadline = time.monotonic() + self.wait_s
+            now = time.monotonic()
+            if state.active_message != interrupted or now >= cancel_at:
+                # Each older turn that becomes active while we wait is interrupted in turn, and
+                # again while it stays: the first cancel is lost on a holder that was killed,
+                # and the turn's redelivery (same message) registers only when it comes back.
+                if state.active_message != interrupted:
+                    interrupted = state.active_message
+                    deadline = now + self.wait_s
+                cancel_at = now + self.cancel_every_s
                 await self.bus.publish(
                     subjects.control(conv),
                     schemas.SessionControl(

@@ -3,7 +3,8 @@ by subject, upload one WAV under a deterministic key, record the key on the mess
 the client its URL. Every step is idempotent, so a redelivered reply costs a HEAD request.
 S3 errors are retried by the client (botocore's standard mode: 5xx, throttling, timeouts),
 then by redelivery with backoff; a reply that still cannot be stored gets an
-`audio_store_failed` event. Reply audio past its retention is deleted by a periodic sweep.
+`audio_store_failed` event, and so does a reply still `complete` none of whose sentences has
+audio. Reply audio past its retention is deleted by a periodic sweep.
 It also answers the gateway's requests for signed URLs and to keep avatars' reference voices.
 """
 
@@ -110,6 +111,11 @@ class StorageService(Service):
             log.warning("storing reply without %d sentence(s)", missing, extra=ctx(message_id=mid))
         wav, duration, _ = assemble(sentences)
         if not wav:
+            if await self.repo.message_status(mid) == "complete":
+                # Every sentence failed or was cancelled (a newer turn cancels the audio of one
+                # whose text had already finished): without this the reply would stay complete
+                # with neither audio nor a reason the client saw, and the ledger not balance.
+                await self._store_failed(done, f"none of its {done.sentence_count} sentence(s) has audio")
             return
         key = objectstore.reply_audio_key(conv, mid)
         if not await self.store.exists(key):
@@ -124,16 +130,19 @@ class StorageService(Service):
         metrics.EVENTS.labels("storage", "reply_audio_stored").inc()
 
     async def _give_up(self, msg: NatsMsg, exc: BaseException) -> None:
-        done = schemas.decode(msg.data, schemas.ReplyDone)
+        await self._store_failed(schemas.decode(msg.data, schemas.ReplyDone), str(exc))
+
+    async def _store_failed(self, done: schemas.ReplyDone, reason: str) -> None:
         await self.bus.publish_event(
             schemas.ErrorEvent(
                 conversation_id=done.conversation_id,
                 code="audio_store_failed",
-                message=f"the reply's audio could not be stored: {exc}",
+                message=f"the reply's audio could not be stored: {reason}",
                 message_id=done.message_id,
             ),
             msg_id=f"store-fail.{done.message_id}",
         )
+        metrics.EVENTS.labels("storage", "reply_audio_failed").inc()
 
     async def _on_sign(self, msg: NatsMsg) -> None:
         try:

@@ -32,6 +32,7 @@ def strict_gateway(stack, tmp_path_factory):
         "PARLEY_MAX_SESSION_S": "6",
         "PARLEY_MAX_SESSIONS_PER_USER": "2",
         "PARLEY_ALLOWED_ORIGINS": '["https://app.example"]',
+        "PARLEY_WS_DEFLATE": "true",
     }
     proc = devstack.ServiceProcess("gateway", env, tmp_path_factory.mktemp("gw2") / "gateway.log").start()
     proc.wait_ready()
@@ -393,3 +394,14 @@ async def test_a_reply_of_another_users_conversation_cannot_be_interrupted(stack
             await http.get(f"/v1/conversations/{done['conversation_id']}/messages", headers=auth_headers("reply-owner"))
         ).json()["items"]
     assert [(r["status"], r["text"]) for r in rows if r["role"] == "avatar"] == [("complete", done["text"])]
+
+
+async def test_permessage_deflate_is_declined_unless_configured(stack, strict_gateway):
+    """PCM does not compress: by default the gateway answers a client's offer without the
+    extension; PARLEY_WS_DEFLATE=true (the strict gateway) accepts it."""
+    for url, accepted in ((stack["ws_url"], False), (strict_gateway["ws_url"], True)):
+        async with websockets.connect(url, compression="deflate") as ws:
+            offered = ws.request.headers.get("Sec-WebSocket-Extensions", "")
+            answered = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert "permessage-deflate" in offered
+            assert ("permessage-deflate" in answered) is accepted, answered
