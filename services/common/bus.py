@@ -257,10 +257,13 @@ class Worker:
         self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
+        self._fetching = False
+        self._fetched_at = 0.0
 
     async def start(self) -> None:
         q = self.queue
         cfg = ConsumerConfig(
+            name=q.durable,
             durable_name=q.durable,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=q.ack_wait_s,
@@ -268,6 +271,9 @@ class Worker:
             max_ack_pending=q.max_ack_pending,
             filter_subject=q.filter_subject,
         )
+        # Create, or update in place: a durable consumer made by an older release keeps its old
+        # ack wait and max deliveries otherwise (pull_subscribe only binds to one that exists).
+        await self.bus.js.add_consumer(q.stream, config=cfg)
         self._sub = await self.bus.js.pull_subscribe(q.filter_subject, durable=q.durable, stream=q.stream, config=cfg)
         self._loop_task = asyncio.create_task(self._loop(), name=f"worker-{q.durable}")
 
@@ -282,6 +288,8 @@ class Worker:
             while held < self.concurrency and not self._slots.locked():
                 await self._slots.acquire()
                 held += 1
+            self._fetching = True
+            self._fetched_at = time.monotonic()
             try:
                 msgs = await self._sub.fetch(held, timeout=1.0)
             except (TimeoutError, NatsTimeout):
@@ -291,6 +299,8 @@ class Worker:
                 if not self._stopping.is_set():
                     log.warning("fetch from %s failed: %s", self.queue.durable, exc)
                     await asyncio.sleep(0.5)
+            finally:
+                self._fetching = False
             for _ in range(held - len(msgs)):
                 self._slots.release()
             for msg in msgs:
@@ -357,20 +367,43 @@ class Worker:
             await msg.nak(delay=delay)
 
     async def drain(self, timeout: float) -> None:
-        """Stop taking work, then let what is in flight finish (its acks land, nothing redelivers)."""
+        """Stop taking work, then let what is in flight finish (its acks land, nothing redelivers).
+
+        A fetch under way is let finish (at most its 1 s) and what it brings is handled: cut
+        off, the messages it had taken would come back only after their ack wait."""
         self._stopping.set()
         if self._loop_task:
+            if self._fetching:
+                await asyncio.wait({self._loop_task}, timeout=2.0)
             self._loop_task.cancel()
             try:
                 await self._loop_task
             except asyncio.CancelledError:
                 pass
+        await self._take_stragglers()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         try:
             await self._sub.unsubscribe()
         except Exception:
             pass
+
+    async def _take_stragglers(self) -> None:
+        """A fetch's lingering pull (open up to its 1 s) may deliver after the fetch returned;
+        such messages wait in the subscription and are handled here rather than left to come
+        back after their ack wait."""
+        await asyncio.sleep(max(0.0, self._fetched_at + 1.05 - time.monotonic()))
+        pending = getattr(self._sub, "pending_msgs", 0)
+        if not pending:
+            return
+        try:
+            msgs = await self._sub.fetch(pending, timeout=0.2)
+        except Exception:
+            return
+        for msg in msgs:
+            t = asyncio.create_task(self._run(msg))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
 
 
 async def keep_alive(msg: NatsMsg, every_s: float = 10.0) -> None:

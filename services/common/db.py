@@ -223,23 +223,38 @@ class Repo:
         )
 
     async def finish_reply(
-        self, reply_id: str, text: str, status: str, error: str | None, timings: dict
+        self, reply_id: str, text: str, status: str, error: str | None, timings: dict, sentences: int = 0
     ) -> tuple[bool, str, str]:
         """Finish a reply still streaming. Returns (whether this call finished it, the stored
         status, the stored text): an interruption may have finished it first."""
         row = await self.pool.fetchrow(
-            """UPDATE messages SET text=$2, status=$3, error=$4, timings=timings || $5, updated_at=now()
+            """UPDATE messages SET text=$2, status=$3, error=$4, timings=timings || $5, sentence_count=$6,
+                      updated_at=now()
                WHERE id=$1 AND status='streaming' RETURNING status, text""",
             reply_id,
             text,
             status,
             error,
             timings,
+            sentences,
         )
         if row is not None:
             return True, row["status"], row["text"]
-        row = await self.pool.fetchrow("SELECT status, text FROM messages WHERE id=$1", reply_id)
+        # Interrupted first: the count of sentences sent is still this attempt's to record.
+        row = await self.pool.fetchrow(
+            """UPDATE messages SET sentence_count=COALESCE(sentence_count, $2) WHERE id=$1
+               RETURNING status, text""",
+            reply_id,
+            sentences,
+        )
         return False, row["status"], row["text"]
+
+    async def reply_outcome(self, reply_id: str):
+        """A finished reply as it was announced: status, text, error and sentence count."""
+        return await self.pool.fetchrow(
+            "SELECT status, text, error, sentence_count FROM messages WHERE id=$1 AND status <> 'streaming'",
+            reply_id,
+        )
 
     async def interrupt_reply(self, reply_id: str, heard: str | None) -> str | None:
         """Mark a reply interrupted, keeping only the heard text when it is known; returns the
@@ -256,6 +271,14 @@ class Repo:
 
     async def message_status(self, message_id: str) -> str | None:
         return await self.pool.fetchval("SELECT status FROM messages WHERE id=$1", message_id)
+
+    async def fail_streaming_replies(self, user_message_id: str, error: str) -> None:
+        await self.pool.execute(
+            """UPDATE messages SET status='failed', error=$2, updated_at=now()
+               WHERE reply_to=$1 AND role='avatar' AND status='streaming'""",
+            user_message_id,
+            error,
+        )
 
     async def finished_replies(self, user_message_id: str) -> set[str]:
         """Avatars whose reply to this user message is already finished."""

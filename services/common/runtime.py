@@ -102,6 +102,8 @@ async def lifespan(app: Starlette):
             # it out of the collector's reach keeps full collections short on the hot path.
             gc.collect()
             gc.freeze()
+            _, older, oldest = gc.get_threshold()
+            gc.set_threshold(svc.settings.gc_young_threshold, older, oldest)
             svc.ready = True
             log.info("%s ready", svc.name)
         except Exception as exc:

@@ -26,6 +26,10 @@ class ServiceSettings(BaseSettings):
     """Names this process on the bus (heartbeats, connection names): unique per process, so
     several replicas on one host are told apart."""
     drain_timeout_s: float = 20.0
+    gc_young_threshold: int = 100_000
+    """Allocations between young-generation collections once started (CPython's default: 700).
+    At hundreds of live sessions a young collection took 4-10 ms and ran many times a second,
+    most of the gateway's relay tail (docs/benchmarks.md)."""
 
     s3_endpoint_url: str | None = None
     s3_region: str = "auto"

@@ -46,6 +46,9 @@ class GatewaySettings(ServiceSettings):
     """A dropped session may be resumed this long after its last sign of life."""
     session_lease_s: float = 30.0
     """A live session's record is renewed this often; one not renewed in twice this is dead."""
+    audio_fill_after_s: float = 1.0
+    """A stored reply whose live audio has not all arrived this long after `audio.stored`
+    is filled from the stored sentences (live chunks lost in a bus outage)."""
     stt_open_timeout_s: float = 2.0
     stt_open_attempts: int = 3
     stt_takeover_after_s: float = 2.0

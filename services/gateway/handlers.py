@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 import msgspec
 from fastapi import WebSocket, WebSocketDisconnect
 from nats.aio.msg import Msg as NatsMsg
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from services.common import bus as busmod
 from services.common import db, ids, metrics, schemas, subjects
@@ -167,7 +169,9 @@ class ClientSession:
         self.replies: dict[str, _Reply] = {}
         self.interrupted: set[str] = set()
         self.speech_end_at: dict[str, float] = {}
+        self._audio_before_final: dict[str, tuple[_Reply, float]] = {}
         self._subs: list = []
+        self._fills: set[asyncio.Task] = set()
         self._closed = False
         self._live = False
         """Live events flow only once `session.started` is queued: it is always seq 1."""
@@ -188,6 +192,7 @@ class ClientSession:
         self._audio_budget = self.settings.audio_burst_s * 16000
         self._budget_at = now
         self._rate_error_at = 0.0
+        self._bus_error_at = 0.0
 
     # --- outgoing ---------------------------------------------------------------------------
 
@@ -515,6 +520,8 @@ class ClientSession:
                 self._stt_seen = time.monotonic()  # try again after another silent spell
                 continue
             metrics.EVENTS.labels("gateway", "stt_takeover").inc()
+            if self.stt_worker == old:
+                continue  # the owner took its own session back (after a bus outage): nothing to release
             await self.bus.publish(
                 subjects.control(self.conv),
                 schemas.SessionControl(
@@ -526,6 +533,8 @@ class ClientSession:
         self._closed = True
         if self._watch is not None:
             self._watch.cancel()
+        for fill in list(self._fills):
+            fill.cancel()
         if self._alive_sub is not None:
             self._subs.append(self._alive_sub)
         for sub in self._subs:
@@ -577,10 +586,22 @@ class ClientSession:
                 self.last_heard = time.monotonic()
                 if message["type"] == "websocket.disconnect":
                     return
-                if message.get("bytes") is not None:
-                    await self._on_audio(message["bytes"])
-                elif message.get("text") is not None:
-                    await self._on_text(message["text"])
+                try:
+                    if message.get("bytes") is not None:
+                        await self._on_audio(message["bytes"])
+                    elif message.get("text") is not None:
+                        await self._on_text(message["text"])
+                except (TimeoutError, NatsError) as exc:
+                    # The bus is down or reconnecting: the client hears it (once a second at
+                    # most) and may resend; a text with client_seq is the same turn again.
+                    now = time.monotonic()
+                    if now - self._bus_error_at >= 1.0:
+                        self._bus_error_at = now
+                        self.error(
+                            "bus_unavailable",
+                            f"the message could not be passed on ({type(exc).__name__}); send it again",
+                            retryable=True,
+                        )
         finally:
             watchdog.cancel()
 
@@ -848,7 +869,12 @@ class ClientSession:
         reply = self.replies.get(mid) if mid else None
         if isinstance(ev, schemas.TranscriptFinal):
             if ev.speech_end_at:
-                self.speech_end_at[ev.message_id] = ev.speech_end_at
+                early = self._audio_before_final.pop(ev.message_id, None)
+                if early is None:
+                    self.speech_end_at[ev.message_id] = ev.speech_end_at
+                else:
+                    early[0].spoken = True
+                    metrics.VOICE_TO_VOICE_SECONDS.observe(early[1] - ev.speech_end_at)
             if ev.session_id == self.session_id and ev.end_s is not None:
                 if self.last_final is None or ev.utterance_seq > self.last_final[0]:
                     self.last_final = (ev.utterance_seq, ev.end_s)
@@ -866,8 +892,33 @@ class ClientSession:
             return
         elif isinstance(ev, schemas.AudioStored) and not reply.playout.ended:
             reply.stored = (ev, cursor)  # the URL follows the end-of-message marker
+            fill = asyncio.create_task(self._fill_from_store(ev.message_id))
+            self._fills.add(fill)
+            fill.add_done_callback(self._fills.discard)
             return
         self.send_event(ev, cursor)
+
+    async def _fill_from_store(self, message_id: str) -> None:
+        """The reply is stored, so every sentence is in PARLEY_SPEECH. What has not arrived live
+        a moment later (lost while the bus was down) is read back from there, so the reply
+        plays to its end and the end marker and URL follow."""
+        await asyncio.sleep(self.settings.audio_fill_after_s)
+        reply = self.replies.get(message_id)
+        if self._closed or reply is None or reply.playout.ended or reply.playout.sentence_count is None:
+            return
+        playout = reply.playout
+        for index in range(playout.next_sentence, playout.sentence_count):
+            try:
+                raw = await self.bus.js.get_last_msg("PARLEY_SPEECH", subjects.speech(self.conv, message_id, index))
+            except NotFoundError:
+                frames = playout.failed(index)
+            else:
+                meta = AudioMeta.from_headers(raw.headers or {})
+                frames = playout.whole(index, raw.data or b"", meta.sample_rate, meta.status == "ok")
+            metrics.EVENTS.labels("gateway", "audio_filled_from_store").inc()
+            self._play(message_id, frames)
+            if playout.ended:
+                return
 
     def _play(self, message_id: str, frames: list[Frame]) -> None:
         """Send what may be heard now; then, once the reply is complete, the end marker and URL."""
@@ -897,6 +948,12 @@ class ClientSession:
             reply.spoken = spoke_at is not None
             if spoke_at:
                 metrics.VOICE_TO_VOICE_SECONDS.observe(time.time() - spoke_at)
+            elif reply.user_message_id:
+                # Live audio may overtake the final transcript (an ordered consumer) under load;
+                # a typed turn has none, so only the newest few wait.
+                self._audio_before_final[reply.user_message_id] = (reply, time.time())
+                while len(self._audio_before_final) > 16:
+                    del self._audio_before_final[next(iter(self._audio_before_final))]
         index = frame.sentence_index
         reply.sentence_s[index] = reply.sentence_s.get(index, 0.0) + len(frame.pcm) / 2 / frame.sample_rate
         self._emit_audio(message_id, frame)

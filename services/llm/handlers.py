@@ -257,6 +257,7 @@ class Orchestrator(Service):
         try:
             for avatar in answering(avatars, turn.text):
                 if avatar.id in finished:
+                    await self._announce_again(turn, avatar)
                     continue
                 if active.cancel.is_set():
                     first_out.set()
@@ -286,6 +287,19 @@ class Orchestrator(Service):
         finished, _, _ = await self.repo.finish_reply(reply_id, "", "interrupted", "superseded by a newer turn", {})
         if finished:
             await self._announce(turn, avatar, reply_id, "interrupted", "", 0, "superseded by a newer turn")
+        else:
+            await self._announce_again(turn, avatar)
+
+    async def _announce_again(self, turn: schemas.UserTurn, avatar: Avatar) -> None:
+        """A reply an earlier attempt of this turn finished: that attempt may have failed before
+        announcing it, so it is announced again (both publishes are de-duplicated by id)."""
+        reply_id = ids.reply_id(turn.message_id, avatar.id)
+        row = await self.repo.reply_outcome(reply_id)
+        if row is None or row["sentence_count"] is None:
+            return  # stored before sentence counts were kept
+        await self._announce(
+            turn, avatar, reply_id, row["status"], row["text"] or "", row["sentence_count"], row["error"], again=True
+        )
 
     async def _announce(
         self,
@@ -296,6 +310,7 @@ class Orchestrator(Service):
         text: str,
         sentences: int,
         error: str | None,
+        again: bool = False,
     ) -> None:
         conv = turn.conversation_id
         done = schemas.ReplyDone(
@@ -315,7 +330,8 @@ class Orchestrator(Service):
             ),
             msg_id=f"done.{reply_id}",
         )
-        metrics.EVENTS.labels("llm", f"reply_{status}").inc()
+        if not again:
+            metrics.EVENTS.labels("llm", f"reply_{status}").inc()
 
     async def _reply(
         self,
@@ -415,7 +431,7 @@ class Orchestrator(Service):
         first_out.set()
         await persist_reply
         # An interruption with the playback position may have stored the heard text already.
-        _, status, text = await self.repo.finish_reply(reply_id, text, status, error, timings)
+        _, status, text = await self.repo.finish_reply(reply_id, text, status, error, timings, sentences)
         await self._announce(turn, avatar, reply_id, status, text, sentences, error)
         return HistoryItem("avatar", avatar.id, text) if text and status != "failed" else None
 
@@ -495,3 +511,5 @@ class Orchestrator(Service):
             ),
             msg_id=f"turn-fail.{turn.message_id}",
         )
+        # A reply its last attempt had begun must not stay `streaming`: the failure event covers it.
+        await self.repo.fail_streaming_replies(turn.message_id, f"turn_failed: {exc}")

@@ -30,6 +30,10 @@ from .engine import SentenceAudio, assemble
 
 log = logging.getLogger(__name__)
 
+_ACK_WAIT_S = 10.0
+"""A reply's ack wait, kept alive while its audio is assembled and uploaded: the reply of a
+storage process killed mid-upload is taken up again within seconds, not a minute."""
+
 _SWEEP_BATCH = 500
 
 
@@ -56,7 +60,7 @@ class StorageService(Service):
         )
         self.worker = busmod.Worker(
             self.bus,
-            busmod.WorkQueue("PARLEY_REPLIES", "storage", "parley.reply.*", ack_wait_s=60, max_deliver=200),
+            busmod.WorkQueue("PARLEY_REPLIES", "storage", "parley.reply.*", ack_wait_s=_ACK_WAIT_S, max_deliver=200),
             self.handle_reply,
             concurrency=s.storage_concurrency,
             give_up=self._give_up,
@@ -95,6 +99,13 @@ class StorageService(Service):
         )
 
     async def handle_reply(self, msg: NatsMsg) -> None:
+        keep_alive = asyncio.create_task(busmod.keep_alive(msg, every_s=_ACK_WAIT_S / 3))
+        try:
+            await self._store_reply(msg)
+        finally:
+            keep_alive.cancel()
+
+    async def _store_reply(self, msg: NatsMsg) -> None:
         done = schemas.decode(msg.data, schemas.ReplyDone)
         if done.sentence_count == 0:
             return

@@ -202,23 +202,6 @@ async def _seen(infra, client: Client) -> str:
     return "; ".join(out)
 
 
-async def _only_announcements_lost(infra, clients: list[Client]) -> bool:
-    """Whether what is missing is only `reply.done` of replies whose rows are finished, with
-    the ledger balanced: the signature of ORCHESTRATOR_LOSES_REPLY_DONE."""
-    missing = [p.split()[1].rstrip(":") for c in clients for p in _outstanding(c, audio=False)]
-    if not missing or await _ledger(infra, clients):
-        return False
-    pool = await db.create_pool(infra["settings"].database_url)
-    try:
-        for user_message in missing:
-            reply = ids.reply_id(user_message, ids.DEMO_AVATAR_ID)
-            if await pool.fetchval("SELECT status FROM messages WHERE id=$1", reply) in (None, "streaming"):
-                return False
-    finally:
-        await pool.close()
-    return True
-
-
 async def _queues(infra) -> str:
     """Where each work queue stands, for a failure message."""
     lines = []
@@ -348,31 +331,15 @@ async def test_postgres_restarted_under_live_turns(infra):
         await c.close()
 
 
-GATEWAY_HOLDS_AUDIO_STORED = (
-    "gateway bug: it holds `audio.stored` until `audio.end`, which needs every sentence's live audio "
-    "or its core copy on parley.speech.*; those sent while the bus was down are lost by design, so the "
-    "stored reply's URL never reaches the client (services/gateway/handlers.py `_on_event`)"
-)
-ORCHESTRATOR_LOSES_REPLY_DONE = (
-    "orchestrator bug: a turn whose attempt failed after its reply row was finished (e.g. a JetStream "
-    "publish timing out across the outage) is retried, finds the reply finished, and never publishes "
-    "its `ReplyDone` / `reply.done` (services/llm/handlers.py `_answer` skips finished replies, "
-    "`_close_unanswered` announces only when it finished the row itself)"
-)
-GATEWAY_RELEASES_ITS_OWN_TAKEOVER = (
-    "gateway bug: after the bus outage the session is taken over by the very worker that owned it, "
-    "and the `release` naming the old worker then closes the new session on that worker, so the "
-    "person is not heard any more (services/gateway/handlers.py `_watch_stt`)"
-)
-
-
 async def test_nats_restarted_under_live_conversations(infra, speech_wav):
     """nats-server stopped while a person speaks and two typed replies stream, and started
     again on the same port and store. Live messages of the outage are lost by design; every
     service reconnects (core subscriptions, ordered consumers, pull consumers, KV), every
     accepted turn ends in a reply or a failure event the client saw, nothing stays streaming,
     and new turns afterwards (typed on the same sessions, spoken on a new one) are answered
-    whole. Two gateway bugs this found are checked last, as expected failures until fixed."""
+    whole. Found by this test and fixed: the gateway now fills a stored reply's lost live audio
+    from PARLEY_SPEECH, releases a session only when another worker took it, and a retried turn
+    announces a reply its failed attempt had finished."""
     nats: devstack.NatsServer = infra["nats"]
     speaker, *typists = await _connect(infra, ["infra-nats-speaker", "infra-nats-a", "infra-nats-b"])
     assert speaker.received.events("session.started")[0]["speech_input"]
@@ -395,28 +362,19 @@ async def test_nats_restarted_under_live_conversations(infra, speech_wav):
     await newcomer.stream_wav(speech_wav)
     spoken = await newcomer.wait_for(lambda r: r.events("transcript.final"), WHOLE_DEADLINE_S)
     clients = [speaker, *typists, newcomer]
-    try:
-        whole_s = await _whole(infra, clients, back_at, audio=False)
-    except AssertionError as exc:
-        if await _only_announcements_lost(infra, clients):
-            pytest.xfail(f"{ORCHESTRATOR_LOSES_REPLY_DONE}: {exc}"[:4000])
-        raise
+    whole_s = await _whole(infra, clients, back_at, audio=False)
     for c, turn in zip([*typists, newcomer], [*after, spoken[0]["message_id"]], strict=True):
         done = await _answered(c, turn)
         assert done["status"] == "complete"
     print(f"NATS down {back_at - down_at:.1f} s; whole {whole_s:.1f} s after it was back")
 
-    # Replies under way during the outage: their stored audio's URL reaches the client too.
-    try:
-        await _whole(infra, clients, back_at, deadline_s=20)
-    except AssertionError as exc:
-        pytest.xfail(f"{GATEWAY_HOLDS_AUDIO_STORED}: {exc}"[:4000])
-    # The session that was live through the restart still hears its person.
+    # Replies under way during the outage: their stored audio's URL reaches the client too (the
+    # gateway fills the live audio lost in the outage from the stored sentences).
+    await _whole(infra, clients, back_at, deadline_s=20)
+    # The session that was live through the restart still hears its person (its worker took
+    # the session back and was not told to release it).
     finals = len(speaker.received.events("transcript.final"))
     await speaker.stream_wav(speech_wav)
-    try:
-        await speaker.wait_for(lambda r: r.events("transcript.final")[finals:], 30)
-    except AssertionError:
-        pytest.xfail(GATEWAY_RELEASES_ITS_OWN_TAKEOVER)
+    await speaker.wait_for(lambda r: r.events("transcript.final")[finals:], 30)
     for c in clients:
         await c.close()
