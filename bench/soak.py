@@ -178,30 +178,18 @@ async def _conversation(
 async def ledger_problems(settings, clients: list[Client], deadline_s: float = 60.0) -> list[str]:
     """The ledger over the clients' conversations, within a deadline (what stays unsettled)."""
     from services import ledger
-    from services.common import bus as busmod
-    from services.common import db, objectstore
 
     conversations = [
         c.received.events("session.started")[0]["conversation_id"]
         for c in clients
         if c.received.events("session.started")
     ]
-    bus = await busmod.connect(settings, "soak-ledger")
-    pool = await db.create_pool(settings.database_url)
-    try:
-        give_up = time.monotonic() + deadline_s
-        while True:
-            evidence = await ledger.read_events(bus, conversations)
-            for c in clients:
-                evidence.add_client_events(c.received.events())
-            async with objectstore.ObjectStore(settings) as store:
-                problems = await ledger.check(db.Repo(pool), store, evidence, conversations)
-            if not problems or time.monotonic() > give_up:
-                return problems
-            await asyncio.sleep(1.0)
-    finally:
-        await pool.close()
-        await bus.close()
+    give_up = time.monotonic() + deadline_s
+    while True:
+        problems = await ledger.run(settings, conversations, [c.received.events() for c in clients])
+        if not problems or time.monotonic() > give_up:
+            return problems
+        await asyncio.sleep(1.0)
 
 
 async def soak(

@@ -192,57 +192,22 @@ class PostgresCluster:
 
 @dataclass
 class S3StandIn:
-    """moto's S3 over HTTP on a free port: a local stand-in for R2 (no real server is packaged).
-
-    An outage can be switched on and off while it runs: with `fail_status` set (e.g. 503)
-    every request is answered with that status and an S3 error body, as an endpoint in
-    trouble answers; `refused` counts those answers.
-    """
+    """moto's S3 over HTTP on a free port: a local stand-in for R2 (no real server is packaged)."""
 
     port: int = field(default_factory=free_port)
     server: object = None
-    fail_status: int | None = None
-    refused: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _faulty(self, app):
-        """WSGI middleware before moto: answers `fail_status` while it is set."""
-
-        def wrapped(environ, start_response):
-            status = self.fail_status
-            if status is None:
-                return app(environ, start_response)
-            self.refused += 1
-            body = b"<Error><Code>ServiceUnavailable</Code><Message>injected outage</Message></Error>"
-            start_response(
-                f"{status} Injected Outage",
-                [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
-            )
-            return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
-
-        return wrapped
-
     def start(self) -> S3StandIn:
         import logging
 
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from moto.server import ThreadedMotoServer
-        from werkzeug.serving import make_server
-
-        stand_in = self
-
-        class _Server(ThreadedMotoServer):
-            def _server_entry(self) -> None:  # moto's own, with the fault switch before the app
-                app = stand_in._faulty(DomainDispatcherApplication(create_backend_app))
-                self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
-                self._server_ready_event.set()
-                self._server.serve_forever()
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self.server = _Server(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
         wait_for_port(self.port)
         return self

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -154,11 +155,17 @@ async def _objects(store: objectstore.ObjectStore, prefix: str):
             yield obj["Key"]
 
 
-async def run(settings: ServiceSettings, conversations: list[str] | None = None) -> list[str]:
+async def run(
+    settings: ServiceSettings, conversations: list[str] | None = None, client_events: Iterable[list[dict]] = ()
+) -> list[str]:
+    """The check over a deployment; `client_events` (each client's event log) adds what clients
+    saw, so their closed utterances are checked too."""
     bus = await busmod.connect(settings, "ledger")
     pool = await db.create_pool(settings.database_url)
     try:
         evidence = await read_events(bus, conversations)
+        for events in client_events:
+            evidence.add_client_events(events)
         async with objectstore.ObjectStore(settings) as store:
             return await check(db.Repo(pool), store, evidence, conversations)
     finally:

@@ -13,25 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 import asyncpg
-import httpx
 import nats
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from services import devstack
 from services.common import ids, schemas, subjects
 from tests.client import Client
 from tests.fakes.llm_server import reply_for
+from tests.s3proxy import S3Proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
@@ -344,62 +338,13 @@ async def test_an_orchestrator_drains_the_reply_it_is_streaming_on_sigterm(stack
     await client.close()
 
 
-class SlowS3:
-    """An HTTP proxy before the S3 endpoint that holds each upload of reply audio (`tts/`
-    keys) for `hold_s` before passing it on, and counts requests by method and key."""
-
-    def __init__(self, upstream: str, hold_s: float):
-        self.upstream = upstream
-        self.hold_s = hold_s
-        self.requests: Counter[tuple[str, str]] = Counter()
-        self.uploading = threading.Event()
-        self.port = devstack.free_port()
-        methods = ["GET", "PUT", "POST", "HEAD", "DELETE"]
-        app = Starlette(routes=[Route("/{path:path}", self.proxy, methods=methods)])
-        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def proxy(self, request: Request) -> Response:
-        path = request.url.path
-        self.requests[(request.method, path)] += 1
-        body = await request.body()
-        if request.method == "PUT" and "/tts/" in path:
-            self.uploading.set()
-            await asyncio.sleep(self.hold_s)
-        async with httpx.AsyncClient(base_url=self.upstream, trust_env=False) as client:
-            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-            headers["host"] = httpx.URL(self.upstream).netloc.decode()
-            upstream = await client.request(
-                request.method, path, params=request.query_params, headers=headers, content=body
-            )
-        drop = {"content-length", "transfer-encoding", "content-encoding", "connection"}
-        return Response(
-            upstream.content,
-            status_code=upstream.status_code,
-            headers={k: v for k, v in upstream.headers.items() if k.lower() not in drop},
-        )
-
-    def __enter__(self) -> SlowS3:
-        self.thread.start()
-        devstack.wait_for_port(self.port)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
-
-
 async def test_storage_drains_the_upload_in_flight_on_sigterm(stack, storage_process, tmp_path):
     """SIGTERM while a reply's WAV is being uploaded: the upload completes, the key is on the
     message, `audio.stored` is sent and the reply is acked before the process exits 0; the
     object is written once."""
     code, _ = await _sigterm(storage_process)  # idle: only the replica below takes the reply
     assert code == 0
-    with SlowS3(stack["env"]["PARLEY_S3_ENDPOINT_URL"], hold_s=2.0) as s3:
+    with S3Proxy(stack["env"]["PARLEY_S3_ENDPOINT_URL"], hold_uploads_s=2.0) as s3:
         env = {**stack["env"], "PARLEY_S3_ENDPOINT_URL": s3.url}
         replica = devstack.ServiceProcess("storage", env, tmp_path / "storage-2.log").start()
         try:
@@ -432,7 +377,7 @@ async def test_storage_killed_mid_upload_stores_the_reply_after_redelivery(stack
     on the message and announced once."""
     code, _ = await _sigterm(storage_process)  # idle: only the replica below takes the reply
     assert code == 0
-    with SlowS3(stack["env"]["PARLEY_S3_ENDPOINT_URL"], hold_s=2.0) as s3:
+    with S3Proxy(stack["env"]["PARLEY_S3_ENDPOINT_URL"], hold_uploads_s=2.0) as s3:
         env = {**stack["env"], "PARLEY_S3_ENDPOINT_URL": s3.url}
         replica = devstack.ServiceProcess("storage", env, tmp_path / "storage-killed.log").start()
         try:

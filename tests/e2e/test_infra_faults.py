@@ -22,11 +22,12 @@ import pytest
 from services import devstack, ledger
 from services.cli import seed
 from services.common import bus as busmod
-from services.common import db, ids, objectstore
+from services.common import db, ids
 from services.common.settings import ServiceSettings
 from tests import client as client_mod
 from tests.client import TEST_JWT_SECRET, Client
 from tests.fakes.llm_server import FakeLLM
+from tests.s3proxy import S3Proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
@@ -58,7 +59,9 @@ def infra(tmp_path_factory, model_env):
             undo.callback(cluster.stop)
             database_url = cluster.url
         db.migrate(database_url)
-        s3 = devstack.S3StandIn().start()
+        stand_in = devstack.S3StandIn().start()
+        undo.callback(stand_in.stop)
+        s3 = S3Proxy(stand_in.url).start()  # every service reaches the bucket through it
         undo.callback(s3.stop)
         llm = FakeLLM().start()
         undo.callback(llm.stop)
@@ -144,19 +147,8 @@ def _outstanding(client: Client, audio: bool = True) -> list[str]:
 
 
 async def _ledger(infra, clients: list[Client]) -> list[str]:
-    settings = infra["settings"]
     conversations = [c.received.events("session.started")[0]["conversation_id"] for c in clients]
-    bus = await busmod.connect(settings, "ledger-test")
-    pool = await db.create_pool(settings.database_url)
-    try:
-        evidence = await ledger.read_events(bus, conversations)
-        for c in clients:
-            evidence.add_client_events(c.received.events())
-        async with objectstore.ObjectStore(settings) as store:
-            return await ledger.check(db.Repo(pool), store, evidence, conversations)
-    finally:
-        await pool.close()
-        await bus.close()
+    return await ledger.run(infra["settings"], conversations, [c.received.events() for c in clients])
 
 
 async def _whole(
@@ -256,7 +248,7 @@ async def test_the_s3_endpoint_failing_then_recovering_under_a_live_turn(infra):
     uploads fail (botocore's retries, then redelivery with backoff); once the endpoint is back,
     the reply's audio is stored and the client gets `audio.stored` (or, had it stayed down past
     the retries, `audio_store_failed`). Either way the ledger balances."""
-    s3: devstack.S3StandIn = infra["s3"]
+    s3: S3Proxy = infra["s3"]
     client = Client(infra["ws_url"])
     await client.connect(user="infra-s3")
     warm = await _typed(client, "Say something before the storage fails")

@@ -22,8 +22,6 @@ import pytest
 
 from services import devstack, ledger
 from services.cli import seed
-from services.common import bus as busmod
-from services.common import db, objectstore
 from services.common.settings import ServiceSettings
 from tests.client import Client, auth_headers
 
@@ -134,16 +132,7 @@ async def test_a_whole_conversation_runs_under_per_service_credentials(
     await client.close()
 
     settings = locked_stack["settings"].model_copy(update={"nats_user": "ops", "nats_password": passwords["ops"]})
-    bus = await busmod.connect(settings, "ledger")
-    pool = await db.create_pool(settings.database_url)
-    try:
-        evidence = await ledger.read_events(bus, [started["conversation_id"]])
-        evidence.add_client_events(client.received.events())
-        async with objectstore.ObjectStore(settings) as store:
-            assert await ledger.check(db.Repo(pool), store, evidence, [started["conversation_id"]]) == []
-    finally:
-        await pool.close()
-        await bus.close()
+    assert await ledger.run(settings, [started["conversation_id"]], [client.received.events()]) == []
     assert _violations(locked_nats) == []
 
 

@@ -26,8 +26,7 @@ from openai._models import validate_type
 from openai.types.realtime import RealtimeServerEvent
 
 from services import ledger
-from services.common import bus as busmod
-from services.common import db, ids, objectstore
+from services.common import ids
 from tests.client import auth_headers, token_for
 from tests.conftest import make_speech
 from tests.fakes.llm_server import reply_for
@@ -590,15 +589,7 @@ async def test_zz_every_realtime_conversation_balances(stack):
     settings = stack["settings"]
     problems: list[str] = []
     for _ in range(60):
-        bus = await busmod.connect(settings, "ledger-realtime")
-        pool = await db.create_pool(settings.database_url)
-        try:
-            evidence = await ledger.read_events(bus, CONVERSATIONS)
-            async with objectstore.ObjectStore(settings) as store:
-                problems = await ledger.check(db.Repo(pool), store, evidence, CONVERSATIONS)
-        finally:
-            await pool.close()
-            await bus.close()
+        problems = await ledger.run(settings, CONVERSATIONS)
         if not problems:
             break
         await asyncio.sleep(0.5)

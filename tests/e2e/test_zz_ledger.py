@@ -13,31 +13,16 @@ import asyncio
 import pytest
 
 from services import ledger
-from services.common import bus as busmod
-from services.common import db, objectstore
+from services.common import objectstore
 from tests.client import CLIENTS, Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
 
 async def _check(stack, clients: list[Client]) -> list[str]:
-    settings = stack["settings"]
-    conversations = [
-        c.received.events("session.started")[0]["conversation_id"]
-        for c in clients
-        if c.received.events("session.started")
-    ]
-    bus = await busmod.connect(settings, "ledger-test")
-    pool = await db.create_pool(settings.database_url)
-    try:
-        evidence = await ledger.read_events(bus, conversations)
-        for c in clients:
-            evidence.add_client_events(c.received.events())
-        async with objectstore.ObjectStore(settings) as store:
-            return await ledger.check(db.Repo(pool), store, evidence, conversations)
-    finally:
-        await pool.close()
-        await bus.close()
+    started = [c for c in clients if c.received.events("session.started")]
+    conversations = [c.received.events("session.started")[0]["conversation_id"] for c in started]
+    return await ledger.run(stack["settings"], conversations, [c.received.events() for c in clients])
 
 
 async def _settled(stack, clients: list[Client], deadline_s: float = 30) -> list[str]:

@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import threading
 
 import httpx
 import pytest
-import uvicorn
 from botocore.exceptions import ClientError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from services import devstack
 from services.common import db, ids, objectstore
 from services.common.settings import ServiceSettings
 from services.storage.handlers import expire_audio
+from tests.s3proxy import S3Proxy
 
 
 def _settings(s3_url: str, bucket: str = "parley-lifecycle") -> ServiceSettings:
@@ -121,62 +115,14 @@ async def test_deleting_objects_already_gone_succeeds(store):
     assert not await store.exists("tts/x/y.wav")
 
 
-class FlakyS3:
-    """An HTTP proxy before the S3 endpoint that answers 503 to the first `failures` writes."""
-
-    def __init__(self, upstream: str, failures: int):
-        self.upstream = upstream
-        self.failures = failures
-        self.refused = 0
-        self.port = devstack.free_port()
-        app = Starlette(routes=[Route("/{path:path}", self.proxy, methods=["GET", "PUT", "POST", "HEAD", "DELETE"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def proxy(self, request: Request) -> Response:
-        if request.method in ("PUT", "POST") and self.refused < self.failures:
-            self.refused += 1
-            body = b"<Error><Code>ServiceUnavailable</Code><Message>try again</Message></Error>"
-            return Response(body, status_code=503, media_type="application/xml")
-        async with httpx.AsyncClient(base_url=self.upstream, trust_env=False) as client:
-            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-            headers["host"] = httpx.URL(self.upstream).netloc.decode()
-            upstream = await client.request(
-                request.method,
-                request.url.path,
-                params=request.query_params,
-                headers=headers,
-                content=await request.body(),
-            )
-        drop = {"content-length", "transfer-encoding", "content-encoding", "connection"}
-        return Response(
-            upstream.content,
-            status_code=upstream.status_code,
-            headers={k: v for k, v in upstream.headers.items() if k.lower() not in drop},
-        )
-
-    def __enter__(self) -> FlakyS3:
-        self.thread.start()
-        devstack.wait_for_port(self.port)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
-
-
 async def test_uploads_ride_out_5xx_and_fail_clearly_when_it_persists(s3, store):
-    with FlakyS3(s3.url, failures=2) as flaky:
+    with S3Proxy(s3.url, fail_writes=2) as flaky:
         async with objectstore.ObjectStore(_settings(flaky.url)) as through:
             await through.put("tts/flaky/a.wav", b"first", "audio/wav")
         assert flaky.refused == 2
     assert await store.get("tts/flaky/a.wav") == b"first"
 
-    with FlakyS3(s3.url, failures=1000) as down:
+    with S3Proxy(s3.url, fail_writes=1000) as down:
         async with objectstore.ObjectStore(_settings(down.url)) as through:
             with pytest.raises(ClientError) as failed:
                 await through.put("tts/flaky/b.wav", b"second", "audio/wav")
