@@ -486,7 +486,7 @@ class Orchestrator(Service):
             return
         if ctl.action != "cancel":
             return
-        for active in self._turns.values():
+        for active in list(self._turns.values()):
             if active.conversation_id != ctl.conversation_id:
                 continue
             named = ctl.message_id in (active.turn_message_id, active.reply_id)
