@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 _TURN_ACK_WAIT_S = 6.0
 """A turn's ack wait, kept alive every third of it while the turn is answered: the turn of an
 orchestrator killed mid-reply is redelivered within seconds, not after half a minute."""
+_EARLY_CANCEL_TTL_S = 600.0
+_SUPERSEDED = "superseded by a newer turn"
+_CANCELLED_BEFORE = "cancelled before it began"
 
 DEFAULT_PERSONA = "You are {name}, {role}. Speak naturally and briefly: your words are spoken aloud."
 # The languages XTTS-v2 speaks, named for the prompt.
@@ -132,6 +135,9 @@ class Orchestrator(Service):
         self._avatars: TTLCache[str, list[Avatar]] = TTLCache(settings.llm_cache_size, settings.llm_avatar_cache_s)
         self._history: LRUCache[str, _History] = LRUCache(settings.llm_cache_size)
         self._turns: dict[str, _ActiveTurn] = {}
+        # Cancels that named no turn this replica held: a client may cancel a response whose
+        # turn has not reached any replica yet (a core NATS control overtakes the turn's fact).
+        self._cancelled_early: TTLCache[str, bool] = TTLCache(10_000, _EARLY_CANCEL_TTL_S)
 
     async def start(self) -> None:
         s = self.settings
@@ -155,6 +161,8 @@ class Orchestrator(Service):
         self.cancelled = await self.bus.js.key_value(subjects.CANCEL_BUCKET)
         self.gate = TurnGate(await self.bus.js.key_value(subjects.TURNS_BUCKET), self.bus, s.llm_turn_wait_s)
         self._ctl_sub = await self.bus.nc.subscribe(subjects.control("*"), cb=self._on_control)
+        # Replies another replica (or an interruption) marked cancelled, as the KV writes them.
+        self._cancel_sub = await self.bus.nc.subscribe(f"$KV.{subjects.CANCEL_BUCKET}.>", cb=self._on_cancelled)
         self.worker = busmod.Worker(
             self.bus,
             busmod.WorkQueue("PARLEY_TURNS", "llm", "parley.turn.*", ack_wait_s=_TURN_ACK_WAIT_S, max_deliver=4),
@@ -167,7 +175,9 @@ class Orchestrator(Service):
         self.workers.append(self.worker)
         interruptions = busmod.Worker(
             self.bus,
-            busmod.WorkQueue("PARLEY_INTERRUPTS", "llm-interrupts", "parley.interrupt.*", max_deliver=5),
+            # Up to 20 deliveries with growing delays (about half a minute): an interruption may
+            # come before its reply's turn has been taken (see `handle_interruption`).
+            busmod.WorkQueue("PARLEY_INTERRUPTS", "llm-interrupts", "parley.interrupt.*", max_deliver=20),
             self.handle_interruption,
             concurrency=8,
             service=self.name,
@@ -203,6 +213,8 @@ class Orchestrator(Service):
         keep_alive = asyncio.create_task(busmod.keep_alive(msg, every_s=_TURN_ACK_WAIT_S / 3))
         # Registered before entering the gate, so a newer turn's cancel cannot miss it.
         active = self._turns[turn.message_id] = _ActiveTurn(conv, turn.message_id)
+        if turn.message_id in self._cancelled_early:
+            active.cancel.set()
         # Read beside the gate: replies of this turn already finished (a redelivery, however late).
         finished = asyncio.create_task(self.repo.finished_replies(turn.message_id))
         try:
@@ -259,9 +271,9 @@ class Orchestrator(Service):
                 if avatar.id in finished:
                     await self._announce_again(turn, avatar)
                     continue
-                if active.cancel.is_set():
+                if active.cancel.is_set() or ids.reply_id(turn.message_id, avatar.id) in self._cancelled_early:
                     first_out.set()
-                    await self._close_unanswered(turn, avatar, persist_user)
+                    await self._close_unanswered(turn, avatar, persist_user, _CANCELLED_BEFORE)
                     continue
                 # Each character of the turn sees the ones who answered before it.
                 item = await self._reply(turn, avatar, avatars, list(history), persist_user, first_out, active)
@@ -276,17 +288,19 @@ class Orchestrator(Service):
         avatars = await self._avatars_for(turn.conversation_id)
         persist_user = asyncio.create_task(self._persist_user(turn))
         for avatar in answering(avatars, turn.text):
-            await self._close_unanswered(turn, avatar, persist_user)
+            await self._close_unanswered(turn, avatar, persist_user, _SUPERSEDED)
         await persist_user
 
-    async def _close_unanswered(self, turn: schemas.UserTurn, avatar: Avatar, persist_user: asyncio.Task) -> None:
+    async def _close_unanswered(
+        self, turn: schemas.UserTurn, avatar: Avatar, persist_user: asyncio.Task, why: str
+    ) -> None:
         """A reply that was interrupted before it began: stored empty, announced, no audio."""
         reply_id = ids.reply_id(turn.message_id, avatar.id)
         await persist_user
         await self.repo.start_reply(reply_id, turn.conversation_id, turn.message_id, avatar.id)
-        finished, _, _ = await self.repo.finish_reply(reply_id, "", "interrupted", "superseded by a newer turn", {})
+        finished, _, _ = await self.repo.finish_reply(reply_id, "", "interrupted", why, {})
         if finished:
-            await self._announce(turn, avatar, reply_id, "interrupted", "", 0, "superseded by a newer turn")
+            await self._announce(turn, avatar, reply_id, "interrupted", "", 0, why)
         else:
             await self._announce_again(turn, avatar)
 
@@ -444,8 +458,10 @@ class Orchestrator(Service):
         text = await self.repo.interrupt_reply(intr.message_id, heard)
         if text is None:
             if not await self.repo.message_exists(intr.message_id):
-                # The reply's row is written while its stream starts; the cut waits for it.
-                raise busmod.Retry("interrupted reply not stored yet", delay_s=0.3)
+                # The reply's row is written once its first sentence is out, or when its turn,
+                # seeing the cancel above, closes it unanswered; the cut waits for either.
+                delay = min(0.25 * msg.metadata.num_delivered, 2.0)
+                raise busmod.Retry("interrupted reply not stored yet", delay_s=delay)
             return
         self._history.pop(conv, None)
         await self.gate.touch(conv)
@@ -479,6 +495,9 @@ class Orchestrator(Service):
                 parts += words[: int(len(words) * share)]
         return " ".join(parts)
 
+    async def _on_cancelled(self, msg: NatsMsg) -> None:
+        self._cancelled_early[msg.subject.rsplit(".", 1)[-1]] = True
+
     async def _on_control(self, msg: NatsMsg) -> None:
         try:
             ctl = schemas.decode(msg.data, schemas.SessionControl)
@@ -486,6 +505,8 @@ class Orchestrator(Service):
             return
         if ctl.action != "cancel":
             return
+        if ctl.message_id:
+            self._cancelled_early[ctl.message_id] = True
         for active in list(self._turns.values()):
             if active.conversation_id != ctl.conversation_id:
                 continue

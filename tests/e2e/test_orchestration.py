@@ -261,3 +261,59 @@ async def test_no_cancelled_sentence_is_synthesised(stack):
     capacity = TtsSettings().tts_capacity
     assert synthesised == list(range(len(synthesised))) and 1 <= len(synthesised) <= capacity < count
     await client.close()
+
+
+async def test_a_response_cancelled_before_its_turn_is_taken_is_never_answered(stack, fake_llm):
+    """A client may cancel a response whose turn no replica holds yet (the core NATS cancel
+    overtakes the turn's fact): the turn is kept, its reply stored empty, nothing spoken."""
+    import nats
+
+    from services.common import schemas, subjects
+
+    client = Client(stack["ws_url"])
+    started = (await client.connect(user="lena"))[0]
+    conv = started["conversation_id"]
+    user_id = ids.new_id()
+    reply_id = ids.reply_id(user_id, ids.DEMO_AVATAR_ID)
+    requests_before = len(fake_llm.requests)
+
+    nc = await nats.connect(stack["env"]["PARLEY_NATS_URL"])
+    js = nc.jetstream()
+    cancel = schemas.SessionControl(conversation_id=conv, action="cancel", message_id=user_id, reason="test")
+    await nc.publish(subjects.control(conv), schemas.encode(cancel))
+    await js.publish(
+        subjects.interrupt(conv),
+        schemas.encode(schemas.Interruption(conversation_id=conv, message_id=reply_id, sentence_index=0, offset_s=0.0)),
+        headers={"Nats-Msg-Id": f"interrupt.{reply_id}"},
+    )
+    # Longer than the interruption's first few redeliveries: it must wait for the reply's row.
+    await asyncio.sleep(2.5)
+    turn = schemas.UserTurn(
+        conversation_id=conv,
+        message_id=user_id,
+        session_id=started["session_id"],
+        turn_seq=7,
+        source="text",
+        text="Never mind",
+    )
+    await js.publish(subjects.turn(conv), schemas.encode(turn), headers={"Nats-Msg-Id": f"turn.{user_id}"})
+    done = (await client.wait_for(lambda r: r.events("reply.done"), 60))[0]
+    assert done["message_id"] == reply_id and done["status"] == "interrupted" and done["text"] == ""
+    rows = await _rows(
+        stack, "SELECT id::text, role, status, text FROM messages WHERE id=ANY($1::uuid[])", [user_id, reply_id]
+    )
+    assert sorted((r["role"], r["status"], r["text"]) for r in rows) == [
+        ("avatar", "interrupted", ""),
+        ("user", "complete", "Never mind"),
+    ]
+    # The interruption is taken and acked once the row exists.
+    for _ in range(200):
+        info = await js.consumer_info("PARLEY_INTERRUPTS", "llm-interrupts")
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+    await nc.close()
+    assert len(fake_llm.requests) == requests_before  # nothing was asked of the LLM
+    assert not client.received.events("reply.started") and not client.received.audio()
+    await client.close()
