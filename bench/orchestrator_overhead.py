@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -140,9 +141,20 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=200)
     ap.add_argument("--conversations", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument(
+        "--orchestrator-cpu",
+        type=int,
+        default=None,
+        help="run the orchestrator alone on this core, everything else on the others (default: all share)",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "orchestrator_overhead.json"))
     args = ap.parse_args()
 
+    all_cpus = os.sched_getaffinity(0)
+    orch_cpus = other_cpus = all_cpus
+    if args.orchestrator_cpu is not None:
+        orch_cpus, other_cpus = {args.orchestrator_cpu}, all_cpus - {args.orchestrator_cpu}
+        os.sched_setaffinity(0, other_cpus)  # everything started from here inherits it
     work = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     nats = devstack.NatsServer(work / "nats").start()
     pg = devstack.PostgresCluster().start()
@@ -162,7 +174,11 @@ def main() -> None:
             "PARLEY_LLM_BASE_URL": llm_url,
             "PARLEY_LOG_LEVEL": "WARNING",
         }
-        proc = devstack.ServiceProcess("llm", env, work / "llm.log").start()
+        os.sched_setaffinity(0, orch_cpus)
+        try:
+            proc = devstack.ServiceProcess("llm", env, work / "llm.log").start()
+        finally:
+            os.sched_setaffinity(0, other_cpus)
         proc.wait_ready()
         baseline = uvloop.run(llm_first_byte(llm_url, 100))
         uvloop.run(measure(nats.url, convs[:2], 4, 1))  # warm-up: connections, caches
@@ -192,7 +208,12 @@ def main() -> None:
         k: {"n": len(v), "p50_ms": statistics.median(v) * 1000, "p99_ms": pct(v, 0.99) * 1000} for k, v in rows.items()
     }
     samples = {k: [round(x * 1000, 3) for x in v] for k, v in rows.items()}
-    out = write_result(args.out, {"args": vars(args), "summary": summary, "samples_ms": samples})
+    out = write_result(
+        args.out,
+        {"args": vars(args), "summary": summary, "samples_ms": samples},
+        orchestrator_cpus=sorted(orch_cpus),
+        other_cpus=sorted(other_cpus),
+    )
     print(f"{'measure':52} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}")
     for k, v in summary.items():
         print(f"{k:52} {v['n']:5d} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f}")

@@ -167,7 +167,9 @@ def _delta(data: str) -> str:
 
 
 _MARKUP = re.compile(r"[*_#`>~|]+|\[(.*?)\]\([^)]*\)|^\s*(?:[-+]|\d+[.)])\s+", re.M)
-_TERMINATORS = re.compile(r"[.!?;:…。！？]['\")\]]*\s")
+# pysbd (about 0.25 ms a call) runs only once a sentence mark is followed by the next word:
+# before that, it could only return the one growing segment.
+_TERMINATORS = re.compile(r"[.!?;:…。！？]['\")\]]*\s+\S")
 # Addresses are masked before segmenting: pysbd would split "a.html?b=1" at the "?".
 _ADDRESS = re.compile(r"\b(?:https?://|www\.)\S*[^\s.,!?;:)\]'\"]|\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # A clause may end the first piece early: punctuation followed by a space (so "3,500" is safe).

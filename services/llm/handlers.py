@@ -138,6 +138,9 @@ class Orchestrator(Service):
         # Cancels that named no turn this replica held: a client may cancel a response whose
         # turn has not reached any replica yet (a core NATS control overtakes the turn's fact).
         self._cancelled_early: TTLCache[str, bool] = TTLCache(10_000, _EARLY_CANCEL_TTL_S)
+        # Turns this process has begun to answer: a second attempt (retried in place while a
+        # dependency was down) may find some of its replies finished by the first.
+        self._attempted: LRUCache[str, bool] = LRUCache(10_000)
 
     async def start(self) -> None:
         s = self.settings
@@ -215,8 +218,12 @@ class Orchestrator(Service):
         active = self._turns[turn.message_id] = _ActiveTurn(conv, turn.message_id)
         if turn.message_id in self._cancelled_early:
             active.cancel.set()
-        # Read beside the gate: replies of this turn already finished (a redelivery, however late).
-        finished = asyncio.create_task(self.repo.finished_replies(turn.message_id))
+        # Replies of this turn already finished, read beside the gate when the turn may have
+        # been answered before: a redelivery, or an attempt of this process retried in place.
+        finished: asyncio.Task | None = None
+        if msg.metadata.num_delivered > 1 or turn.message_id in self._attempted:
+            finished = asyncio.create_task(self.repo.finished_replies(turn.message_id))
+        self._attempted[turn.message_id] = True
         try:
             seq = msg.metadata.sequence.stream
             admission = await self.gate.enter(conv, seq, turn.message_id)
@@ -226,18 +233,22 @@ class Orchestrator(Service):
             if admission.outcome == "superseded":
                 await self._supersede(turn)
                 return
+            if finished is None and admission.repeat:
+                # A finished turn published again past de-duplication: the gate remembers it.
+                finished = asyncio.create_task(self.repo.finished_replies(turn.message_id))
             done = False
             try:
-                await self._answer(turn, admission.version, active, await finished)
+                await self._answer(turn, admission.version, active, await finished if finished else set())
                 done = True
             finally:
                 # A failed attempt leaves the turn unfinished, so its redelivery is answered.
-                version = await self.gate.leave(conv, seq, done)
+                version = await self.gate.leave(conv, seq, done, turn.message_id)
                 if conv in self._history:
                     self._history[conv].version = version
         finally:
             del self._turns[turn.message_id]
-            finished.cancel()
+            if finished is not None:
+                finished.cancel()
             keep_alive.cancel()
 
     async def _persist_user(self, turn: schemas.UserTurn, after: asyncio.Event | None = None) -> None:

@@ -8,6 +8,7 @@ on two replicas. Each conversation has a small record in the JetStream KV bucket
     active_message  its user message id
     last_seq        the newest turn finished
     version         bumped whenever the conversation's history changes
+    recent          the user message ids of the last turns finished
 
 A turn enters when nothing is active. A newer turn arriving while an older one is active
 publishes a cancel for it (a new user turn interrupts the reply still streaming) and waits
@@ -15,7 +16,8 @@ until it leaves, repeating the cancel every `cancel_every_s`: when the holder di
 comes back as a redelivery that must hear the cancel too. If nobody answers it, the newer
 turn takes over after `wait_s`. A turn older than the active or last finished one is
 superseded: it is stored, but not answered. Replicas use `version` to know whether their
-cached history is still current.
+cached history is still current. A turn whose message id is in `recent` is a finished turn
+published again past de-duplication: the handler then looks up which replies it already has.
 """
 
 from __future__ import annotations
@@ -38,12 +40,18 @@ class TurnState(msgspec.Struct):
     active_message: str = ""
     last_seq: int = 0
     version: int = 0
+    recent: list[str] = []
+
+
+_RECENT = 16
 
 
 @dataclass(frozen=True)
 class Admission:
     outcome: Literal["held", "superseded"]
     version: int
+    repeat: bool = False
+    """The turn's message id is among the conversation's last finished turns."""
 
 
 _enc = msgspec.json.Encoder()
@@ -91,8 +99,9 @@ class TurnGate:
                 return Admission("held", 0)
         elif known[0].active_seq == 0 and known[0].last_seq < seq:
             state = known[0]
-            if await self._write(conv, TurnState(seq, message_id, state.last_seq, state.version), known[1]):
-                return Admission("held", state.version)
+            held = TurnState(seq, message_id, state.last_seq, state.version, state.recent)
+            if await self._write(conv, held, known[1]):
+                return Admission("held", state.version, message_id in state.recent)
         deadline: float | None = None
         interrupted = ""
         cancel_at = 0.0
@@ -102,9 +111,9 @@ class TurnGate:
                 return Admission("superseded", state.version)
             force = deadline is not None and time.monotonic() > deadline
             if state.active_seq in (0, seq) or force:
-                held = TurnState(seq, message_id, state.last_seq, state.version)
+                held = TurnState(seq, message_id, state.last_seq, state.version, state.recent)
                 if await self._write(conv, held, rev):
-                    return Admission("held", state.version)
+                    return Admission("held", state.version, message_id in state.recent)
                 continue
             now = time.monotonic()
             if state.active_message != interrupted or now >= cancel_at:
@@ -126,7 +135,7 @@ class TurnGate:
                 )
             await asyncio.sleep(self.poll_s)
 
-    async def leave(self, conv: str, seq: int, done: bool = True) -> int:
+    async def leave(self, conv: str, seq: int, done: bool = True, message_id: str = "") -> int:
         """The turn is no longer active; returns the conversation's new history version.
 
         Only a turn that is `done` counts as finished: an attempt that failed leaves
@@ -136,7 +145,10 @@ class TurnGate:
             state, rev = await self._read(conv)
             active = (0, "") if state.active_seq == seq else (state.active_seq, state.active_message)
             last = max(state.last_seq, seq) if done else state.last_seq
-            new = TurnState(*active, last, state.version + 1)
+            recent = state.recent
+            if done and message_id and message_id not in recent:
+                recent = [*recent, message_id][-_RECENT:]
+            new = TurnState(*active, last, state.version + 1, recent)
             if await self._write(conv, new, rev):
                 return new.version
 

@@ -80,3 +80,28 @@ async def test_a_failed_attempt_does_not_finish_its_turn(gates):
     assert (await b.enter("c5", 50, "m50")).outcome == "held"
     await b.leave("c5", 50)
     assert (await a.enter("c5", 50, "m50")).outcome == "superseded"  # now it is finished
+
+
+async def test_a_finished_turn_published_again_is_known_to_every_replica(gates):
+    """A turn republished past de-duplication gets a newer sequence; the gate still knows it
+    finished, on the replica that answered it and on one that never saw it."""
+    a, b, _ = gates
+    first = await a.enter("c9", 50, "m50")
+    assert first.outcome == "held" and not first.repeat
+    await a.leave("c9", 50, message_id="m50")
+    again = await a.enter("c9", 51, "m50")  # this replica's own fast path
+    assert again.outcome == "held" and again.repeat
+    await a.leave("c9", 51, done=False, message_id="m50")
+    elsewhere = await b.enter("c9", 52, "m50")
+    assert elsewhere.outcome == "held" and elsewhere.repeat
+    await b.leave("c9", 52, message_id="m50")
+    other = await a.enter("c9", 53, "m53")
+    assert other.outcome == "held" and not other.repeat
+    await a.leave("c9", 53, message_id="m53")
+    for n in range(54, 54 + 16):  # only the last sixteen finished turns are kept
+        assert not (await b.enter("c9", n, f"m{n}")).repeat
+        await b.leave("c9", n, message_id=f"m{n}")
+    state, _ = await b._read("c9")
+    assert state.recent == [f"m{n}" for n in range(54, 70)]
+    assert not (await a.enter("c9", 70, "m50")).repeat
+    await a.leave("c9", 70)
