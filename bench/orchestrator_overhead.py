@@ -10,6 +10,9 @@ first token, measured by the same HTTP client beforehand, is reported beside it.
 "orchestrator only" row subtracts, turn by turn, the time the orchestrator itself waited
 for the provider's first token (its reply's `started` and `first_token` marks in Postgres),
 so what remains is the bus, the turn gate, the prompt, the cut and the TTS job publish.
+It is given twice: up to the moment a subscriber (this bench) received the job, and up to
+the job's own publish stamp (`TtsJob.created_at`, the orchestrator's clock, which is this
+host's), which leaves out the job's delivery and the bench process's own wake-up.
 Prints a table, writes JSON.
 """
 
@@ -62,13 +65,14 @@ async def measure(nats_url: str, convs: list[str], turns: int, concurrency: int)
             return
         if msg.subject.startswith("parley.tts.") and "job" not in w:
             w["job"] = now
+            w["job_published"] = schemas.decode(msg.data, schemas.TtsJob).created_at
             w["done"].set()
         elif msg.subject.endswith(".reply_delta") and "delta" not in w:
             w["delta"] = now
 
     await bus.nc.subscribe("parley.tts.*", cb=on_msg)
     await bus.nc.subscribe("parley.live.*.reply_delta", cb=on_msg)
-    results: dict[str, list[float]] = {"first_delta": [], "first_tts_job": []}
+    results: dict[str, list[float]] = {"first_delta": [], "first_tts_job": [], "first_tts_job_published": []}
     replies: list[str] = []
     counter = 0
     sem = asyncio.Semaphore(concurrency)
@@ -91,6 +95,8 @@ async def measure(nats_url: str, convs: list[str], turns: int, concurrency: int)
             await bus.publish_fact(subjects.turn(conv), turn, msg_id)
             await asyncio.wait_for(w["done"].wait(), 10)
             results["first_tts_job"].append(w["job"] - t0)
+            # The job's own stamp (the orchestrator's clock: the same host's) against the turn's.
+            results["first_tts_job_published"].append(w["job_published"] - turn.marks["received"])
             replies.append(ids.reply_id(msg_id, ids.DEMO_AVATAR_ID))
             results["first_delta"].append(w["delta"] - t0)
             await asyncio.sleep(0.3)  # let the reply finish before this conversation's next turn
@@ -195,10 +201,14 @@ def main() -> None:
     rows = {
         "stand-in LLM first token (HTTP, alone)": baseline,
         "turn -> first reply.delta": results["first_delta"],
-        "turn -> first TTS job": results["first_tts_job"],
+        "turn -> first TTS job (received by a subscriber)": results["first_tts_job"],
+        "turn -> first TTS job (published)": results["first_tts_job_published"],
         "provider wait seen by the orchestrator": stages["provider_wait"],
-        "orchestrator only (first TTS job - provider wait)": [
+        "orchestrator only, to the job received (- provider wait)": [
             x - w for x, w in zip(results["first_tts_job"], stages["provider_wait"], strict=True)
+        ],
+        "orchestrator only, to the job published (- provider wait)": [
+            x - w for x, w in zip(results["first_tts_job_published"], stages["provider_wait"], strict=True)
         ],
         "  of which: turn publish -> handler": stages["bus_hop"],
         "  of which: handler -> LLM request (gate, context)": stages["received_to_started"],
@@ -214,9 +224,9 @@ def main() -> None:
         orchestrator_cpus=sorted(orch_cpus),
         other_cpus=sorted(other_cpus),
     )
-    print(f"{'measure':52} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'measure':58} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}")
     for k, v in summary.items():
-        print(f"{k:52} {v['n']:5d} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f}")
+        print(f"{k:58} {v['n']:5d} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f}")
     print(f"\nwrote {out}")
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from bench.common import ROOT, pct, write_result
+from bench.common import ROOT, Usage, pct, write_result
 
 SR = 16000
 FRAME = 320
@@ -114,9 +114,11 @@ def run(engine, vad, speech, sessions: int, seconds: float, partials: bool, max_
     async def main():
         await asyncio.gather(*(session(n, speech, seconds, batcher, vad, partials, lat) for n in range(sessions)))
 
+    usage = Usage()
     asyncio.run(main())
     batcher.close()
     return {
+        **usage.done(),
         "sessions": sessions,
         "utterances": len(lat),
         "final_p50_ms": statistics.median(lat) * 1000,
@@ -161,12 +163,14 @@ def main() -> None:
         print(
             f"sessions {c:3d}  utterances {row['utterances']:4d}  final p50 {row['final_p50_ms']:8.1f} ms  "
             f"p95 {row['final_p95_ms']:8.1f} ms  model calls {row['model_calls']:5d}  "
-            f"mean batch {row['mean_batch']:5.2f}",
+            f"mean batch {row['mean_batch']:5.2f}  cpu {row['cpu_cores']:4.2f} cores  rss {row['rss_mib']:6.0f} MiB",
             flush=True,
         )
     within = [r["sessions"] for r in rows if r["final_p95_ms"] <= args.bound_ms]
     capacity = max(within) if within else 0
-    print(f"\nmost sessions with p95 finalization <= {args.bound_ms:.0f} ms (of those run): {capacity}")
+    at = next((r for r in rows if r["sessions"] == capacity), None)
+    use = f" ({at['cpu_cores']:.2f} cores, {at['rss_mib']:.0f} MiB resident)" if at else ""
+    print(f"\nmost sessions with p95 finalization <= {args.bound_ms:.0f} ms (of those run): {capacity}{use}")
     out = write_result(
         args.out,
         {"args": vars(args), "model": model, "rows": rows, "capacity": capacity},

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import ROOT, pct, write_result
+from bench.common import ROOT, Usage, pct, write_result
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the woods."
 DEMO_VOICE = ROOT / "services" / "common" / "assets" / "demo_voice.wav"
@@ -58,6 +58,7 @@ def run(engine, voice, streams: int, sentences: int) -> dict:
                 audio_s += samples / engine.sample_rate
 
     threads = [threading.Thread(target=speaker) for _ in range(streams)]
+    usage = Usage()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -65,11 +66,13 @@ def run(engine, voice, streams: int, sentences: int) -> dict:
         t.join()
     wall = time.perf_counter() - t0
     return {
+        **usage.done(),
         "streams": streams,
         "sentences": len(ttfa),
         "ttfa_p50_ms": statistics.median(ttfa) * 1000,
         "ttfa_p95_ms": pct(ttfa, 0.95) * 1000,
         "rtf_p50": statistics.median(rtf),
+        "rtf_p95": pct(rtf, 0.95),
         "audio_s_per_s": audio_s / wall,
         "wall_s": wall,
     }
@@ -84,6 +87,7 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=4, help="sentences per stream")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--chunk", type=int, default=20, help="stream chunk size in audio tokens")
+    ap.add_argument("--bound-ms", type=float, default=300.0, help="p95 time to first audio bound for capacity")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "tts.json"))
     args = ap.parse_args()
 
@@ -108,21 +112,34 @@ def main() -> None:
             engine.load()
             voice = engine.voice(DEMO_VOICE.read_bytes())
             run(engine, voice, 1, 1)  # warm-up: kernels, allocator, caches
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             row = {"lanes": lanes, **run(engine, voice, streams, args.sentences)}
+            if device == "cuda":
+                row["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
             rows.append(row)
             print(
                 f"lanes {lanes:2d}  streams {streams:2d}  ttfa p50 {row['ttfa_p50_ms']:8.1f} ms  "
                 f"p95 {row['ttfa_p95_ms']:8.1f} ms  rtf p50 {row['rtf_p50']:6.3f}  "
-                f"audio/s {row['audio_s_per_s']:6.2f}",
+                f"audio/s {row['audio_s_per_s']:6.2f}  cpu {row['cpu_cores']:4.2f} cores  rss {row['rss_mib']:6.0f} MiB"
+                + (f"  gpu peak {row['gpu_peak_mib']:.0f} MiB" if "gpu_peak_mib" in row else ""),
                 flush=True,
             )
             del engine
             if device == "cuda":
                 torch.cuda.empty_cache()
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
+    # A worker sustains a load when every stream's first audio comes within the bound and each
+    # sentence is synthesised at least as fast as it plays (the player never runs dry).
+    within = [r for r in rows if r["lanes"] == r["streams"] and r["ttfa_p95_ms"] <= args.bound_ms and r["rtf_p95"] <= 1]
+    at = max(within, key=lambda r: r["streams"]) if within else None
+    capacity = at["streams"] if at else 0
+    use = f" ({at['cpu_cores']:.2f} cores, {at['rss_mib']:.0f} MiB resident)" if at else ""
+    bound = f"first audio p95 <= {args.bound_ms:.0f} ms and RTF p95 <= 1"
+    print(f"\nmost streams with {bound} (of those run): {capacity}{use}")
     out = write_result(
         args.out,
-        {"args": vars(args), "model": str(model_dir), "rows": rows},
+        {"args": vars(args), "model": str(model_dir), "rows": rows, "capacity": capacity},
         device=device,
         gpu=gpu,
         torch_threads=torch.get_num_threads(),
