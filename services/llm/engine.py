@@ -201,19 +201,25 @@ class SentenceCutter:
         except ValueError:
             self._seg = pysbd.Segmenter(language="en", clean=False, char_span=True)
         self._buf = ""
+        self._seen = 0
+        """Sentence marks before this index were already put to pysbd, which kept them inside a
+        sentence ("e.g. this"): only a new one calls it again, not every later token."""
         self._first = True
         self._first_clause_words = first_clause_words
 
     def push(self, delta: str) -> list[str]:
         self._buf += delta
         out: list[str] = []
-        if _TERMINATORS.search(self._buf):
+        marks = [m.start() for m in _TERMINATORS.finditer(self._buf, self._seen)]
+        if marks:
             masked = _ADDRESS.sub(lambda m: "x" * len(m.group()), self._buf)
             spans = self._seg.segment(masked)
+            self._seen = marks[-1] + 1
             if len(spans) >= 2:
                 cuts = [sp.start for sp in spans[1:]]
                 pieces = [self._buf[a:b] for a, b in zip([0, *cuts[:-1]], cuts)]
                 out, self._buf = [p.strip() for p in pieces if p.strip()], self._buf[cuts[-1] :]
+                self._seen = max(0, self._seen - cuts[-1])
         if self._first and not out and self._first_clause_words:
             out = self._first_clause()
         if out:
@@ -225,9 +231,11 @@ class SentenceCutter:
             head = self._buf[: m.start() + 1]
             if len(head.split()) >= self._first_clause_words:
                 self._buf = self._buf[m.end() :]
+                self._seen = max(0, self._seen - m.end())
                 return [head.strip()]
         return []
 
     def flush(self) -> list[str]:
+        self._seen = 0
         rest, self._buf = self._buf.strip(), ""
         return [rest] if rest else []

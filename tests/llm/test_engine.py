@@ -63,6 +63,19 @@ def test_never_cut_inside_numbers_abbreviations_addresses(text, expected, step):
     assert cut(text, step) == expected
 
 
+def test_a_mark_inside_a_sentence_is_put_to_pysbd_once():
+    """After "e.g. " the sentence goes on for many tokens; only a new mark segments again."""
+    c = SentenceCutter("en", first_clause_words=0)
+    calls = []
+    segment = c._seg.segment
+    c._seg.segment = lambda text: calls.append(text) or segment(text)
+    out = []
+    for word in "I like fruit, e.g. apples and pears and plums and figs. Next one".split(" "):
+        out += c.push(word + " ")
+    assert out == ["I like fruit, e.g. apples and pears and plums and figs."]
+    assert len(calls) == 2  # at "e.g. apples" and at "figs. Next"
+
+
 def test_the_first_piece_may_be_a_clause_later_ones_are_sentences():
     text = "Well, I think that the weather, honestly, is great today. Yes, 3,500 people came, and more."
     assert cut(text, first_clause_words=4) == [
