@@ -41,19 +41,24 @@ async def repo(database_url):
     await pool.close()
 
 
+# Its own avatar: the database is the session's, and the demo avatar's voice is the one the
+# end-to-end stack speaks with.
+AVATAR_ID = ids.new_id()
+
+
 async def _conversation_with_replies(repo: db.Repo, store, ages_h: list[float]) -> tuple[str, list[str]]:
     """A conversation with one reply per age, each with its audio stored that long ago."""
     user = ids.user_id_for(f"lifecycle-{ids.new_id()}")
     await repo.ensure_user(user, user)
     conv = ids.new_id()
-    await repo.create_conversation(conv, user, [ids.DEMO_AVATAR_ID])
+    await repo.create_conversation(conv, user, [AVATAR_ID])
     replies = []
     for n, age in enumerate(ages_h):
         session = ids.new_id()
         user_msg = ids.user_message_id(conv, session, "text", n)
         await repo.insert_user_message(user_msg, conv, "text", session, n, f"question {n}", {})
-        reply = ids.reply_id(user_msg, ids.DEMO_AVATAR_ID)
-        await repo.start_reply(reply, conv, user_msg, ids.DEMO_AVATAR_ID)
+        reply = ids.reply_id(user_msg, AVATAR_ID)
+        await repo.start_reply(reply, conv, user_msg, AVATAR_ID)
         await repo.finish_reply(reply, f"answer {n}", "complete", None, {})
         key = objectstore.reply_audio_key(conv, reply)
         await store.put(key, b"RIFF....WAVE", "audio/wav")
@@ -72,10 +77,8 @@ async def _row(repo: db.Repo, message_id: str):
 
 
 @pytest.fixture(autouse=True)
-async def demo_avatar(repo):
-    await repo.upsert_avatar(
-        db.Avatar(ids.DEMO_AVATAR_ID, "Ada", None, "You are {name}.", "en", "voices/none.wav", None)
-    )
+async def avatar(repo):
+    await repo.upsert_avatar(db.Avatar(AVATAR_ID, "Lif", None, "You are {name}.", "en", "voices/none.wav", None))
 
 
 async def test_retention_deletes_only_old_audio_and_keeps_the_text(repo, store):
