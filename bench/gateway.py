@@ -51,7 +51,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import nats
 import numpy as np
@@ -630,19 +629,6 @@ def run_step(n: int, args, gw: devstack.ServiceProcess, pids: dict[str, int], ct
     }
 
 
-def _fresh_database(admin_url: str) -> str:
-    async def create() -> str:
-        name = f"parley_bench_{uuid.uuid4().hex[:8]}"
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        return f"{admin_url.rpartition('/')[0]}/{name}"
-
-    return asyncio.run(create())
-
-
 async def _seed(url: str) -> None:
     """The demo avatar, the gateway's default (no voice: no reply here is synthesised)."""
     pool = await db.create_pool(url)
@@ -726,7 +712,7 @@ def main() -> None:
     args.nats_url = nats_server.url
     pg = None
     if os.environ.get("DATABASE_URL"):
-        url = _fresh_database(os.environ["DATABASE_URL"])
+        url = devstack.fresh_database(os.environ["DATABASE_URL"], "parley_bench")
     else:
         pg = devstack.PostgresCluster().start()
         url = pg.url

@@ -8,6 +8,7 @@ and each service as its own process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -17,9 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,6 +281,22 @@ def start_services(env: dict[str, str], log_dir: Path, names=SERVICES) -> dict[s
             p.stop()
         raise
     return procs
+
+
+def fresh_database(admin_url: str, prefix: str = "parley") -> str:
+    """A new, empty database on the server `admin_url` names (e.g. a given `DATABASE_URL`),
+    so a run never shares tables with another; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return f"{admin_url.rpartition('/')[0]}/{name}"
 
 
 def temp_dir(prefix: str) -> Path:

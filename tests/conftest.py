@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from services import devstack
@@ -35,22 +33,11 @@ def nats_server(tmp_path_factory):
     server.stop()
 
 
-async def _fresh_database(admin_url: str) -> str:
-    name = f"parley_test_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, _ = admin_url.rpartition("/")
-    return f"{base}/{name}"
-
-
 @pytest.fixture(scope="session")
 def database_url():
     given = os.environ.get("DATABASE_URL")
     if given:
-        url = asyncio.run(_fresh_database(given))
+        url = devstack.fresh_database(given, "parley_test")
         db.migrate(url)
         yield url
         return

@@ -44,8 +44,6 @@ QUEUES = [
 @pytest.fixture(scope="module")
 def infra(tmp_path_factory, model_env):
     """A whole stack of its own: faults here must not reach the session's shared `stack`."""
-    from tests.conftest import _fresh_database
-
     root = tmp_path_factory.mktemp("infra-faults")
     with contextlib.ExitStack() as undo:
         nats = devstack.NatsServer(root / "nats").start()
@@ -53,7 +51,7 @@ def infra(tmp_path_factory, model_env):
         cluster = None
         given = os.environ.get("DATABASE_URL")
         if given:
-            database_url = asyncio.run(_fresh_database(given))
+            database_url = devstack.fresh_database(given, "parley_test")
         else:
             cluster = devstack.PostgresCluster().start()
             undo.callback(cluster.stop)
