@@ -34,7 +34,9 @@ USERS = ("gateway", "stt", "llm", "tts", "storage", "ops")
 
 @pytest.fixture(scope="module")
 def passwords() -> dict[str, str]:
-    return {user: secrets.token_urlsafe(18) for user in USERS}
+    # Hex, as deploy/k8s/README.md and .env.example make them: nats-server reads a variable
+    # starting with "-" as a number and refuses the config (token_urlsafe did 1 run in 11).
+    return {user: secrets.token_hex(24) for user in USERS}
 
 
 @pytest.fixture(scope="module")
