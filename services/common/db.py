@@ -69,6 +69,15 @@ async def create_pool(database_url: str, min_size: int = 1, max_size: int = 10) 
 
 
 @dataclass(frozen=True)
+class Interruption:
+    """What an interruption did to its reply: ``cut`` (stored with ``text``), ``absent`` (no
+    row yet), ``streaming`` (no position given and the text not final yet) or ``failed``."""
+
+    outcome: str
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class Avatar:
     id: str
     name: str
@@ -249,10 +258,11 @@ class Repo:
             return True, row["status"], row["text"]
         # Interrupted first: the count of sentences sent is still this attempt's to record.
         row = await self.pool.fetchrow(
-            """UPDATE messages SET sentence_count=COALESCE(sentence_count, $2) WHERE id=$1
-               RETURNING status, text""",
+            """UPDATE messages SET sentence_count=COALESCE(sentence_count, $2), text=COALESCE(text, $3)
+               WHERE id=$1 RETURNING status, text""",
             reply_id,
             sentences,
+            text,
         )
         return False, row["status"], row["text"]
 
@@ -263,18 +273,29 @@ class Repo:
             reply_id,
         )
 
-    async def interrupt_reply(self, reply_id: str, heard: str | None) -> str | None:
-        """Mark a reply interrupted, keeping only the heard text when it is known; returns the
-        stored text, or None when there is no such reply or it had failed."""
-        return await self.pool.fetchval(
-            """UPDATE messages SET status='interrupted', text=COALESCE($2, text), updated_at=now()
-               WHERE id=$1 AND role='avatar' AND status <> 'failed' RETURNING text""",
+    async def interrupt_reply(self, reply_id: str, heard: str | None) -> Interruption:
+        """Mark a reply interrupted, keeping only the heard text when it is known.
+
+        One statement, so one snapshot, tells the outcomes apart: a second query could see a
+        row the first did not (a reply inserted between them) and take "not there yet" for
+        "failed". Without a position (``heard`` None) a reply still streaming is left alone
+        until its text is final, so the text streamed so far is what is kept."""
+        row = await self.pool.fetchrow(
+            """WITH cur AS (SELECT status FROM messages WHERE id=$1 AND role='avatar'),
+                    cut AS (UPDATE messages SET status='interrupted', text=COALESCE($2, text), updated_at=now()
+                            WHERE id=$1 AND role='avatar' AND status <> 'failed'
+                              AND ($2::text IS NOT NULL OR status <> 'streaming')
+                            RETURNING text)
+               SELECT (SELECT status FROM cur) AS status, EXISTS (SELECT 1 FROM cut) AS cut,
+                      (SELECT text FROM cut) AS text""",
             reply_id,
             heard,
         )
-
-    async def message_exists(self, message_id: str) -> bool:
-        return await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM messages WHERE id=$1)", message_id)
+        if row["cut"]:
+            return Interruption("cut", row["text"] or "")
+        if row["status"] is None:
+            return Interruption("absent")
+        return Interruption("streaming" if row["status"] == "streaming" else "failed")
 
     async def message_status(self, message_id: str) -> str | None:
         return await self.pool.fetchval("SELECT status FROM messages WHERE id=$1", message_id)

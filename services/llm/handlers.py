@@ -466,14 +466,16 @@ class Orchestrator(Service):
         conv = intr.conversation_id
         await self.cancelled.put(intr.message_id, b"1")
         heard = await self._heard(intr)
-        text = await self.repo.interrupt_reply(intr.message_id, heard)
-        if text is None:
-            if not await self.repo.message_exists(intr.message_id):
-                # The reply's row is written once its first sentence is out, or when its turn,
-                # seeing the cancel above, closes it unanswered; the cut waits for either.
-                delay = min(0.25 * msg.metadata.num_delivered, 2.0)
-                raise busmod.Retry("interrupted reply not stored yet", delay_s=delay)
+        done = await self.repo.interrupt_reply(intr.message_id, heard)
+        if done.outcome in ("absent", "streaming"):
+            # The reply's row is written once its first sentence is out, or when its turn,
+            # seeing the cancel above, closes it unanswered; without a position the cut also
+            # waits for the streamed text to be final. The cancel makes either come soon.
+            delay = min(0.25 * msg.metadata.num_delivered, 2.0)
+            raise busmod.Retry(f"interrupted reply {done.outcome}", delay_s=delay)
+        if done.outcome == "failed":
             return
+        text = done.text
         self._history.pop(conv, None)
         await self.gate.touch(conv)
         await self.bus.publish_event(
