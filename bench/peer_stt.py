@@ -1,9 +1,9 @@
 """Parley's STT worker beside a published streaming Whisper server (WhisperLive), one run.
 
     bench/peers/install-whisperlive.sh            # once: WhisperLive in its own virtualenv
-    python -m bench.peer_stt [--streams 1,2,4] [--seconds 20] [--pause 10,14] [--tokens 12]
-                             [--partial-ms 500] [--cpu-threads N] [--peer-same-output 10]
-                             [--systems parley,whisperlive]
+    python -m bench.peer_stt [--model tiny.en|base|DIR] [--streams 1,2,4] [--seconds 20]
+                             [--pause 10,14] [--tokens N] [--partial-ms 500] [--cpu-threads N]
+                             [--peer-same-output 10] [--systems parley,whisperlive]
 
 The peer is WhisperLive (PyPI `whisper-live`, pinned in bench/peers/install-whisperlive.sh),
 its own `TranscriptionServer` with the faster_whisper backend, started by
@@ -54,6 +54,15 @@ Where the two differ, and what "final" means in each:
 - Parley's path carries the bus (nats-server, counted in Parley's CPU); WhisperLive's is a
   direct websocket.
 
+With a real model (`--model tiny.en` or `base`, the packaged Whisper, or any CTranslate2
+folder) neither system's decode is capped (a real model ends its text itself) and WhisperLive
+keeps Whisper's timestamps, so it commits segments where the speaker pauses, as it is meant to
+run; both are greedy. Each system's word error rate is scored per stream: every final it sent
+(WhisperLive: every committed segment) in order, against every phrase the stream spoke, through
+Whisper's English normaliser (tools/wer.py). The `batch` row is the same model reading each
+phrase whole with faster-whisper's own `transcribe()`: a system's WER above it is what its
+streaming segmentation costs.
+
 Measured per system and concurrency, on the client's clock: finalization latency (the
 moment the last speech sample of an utterance was sent to the final transcript covering
 it: each system's end-of-turn wait included), time to first partial (first speech sample
@@ -83,7 +92,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ROOT, pct, write_result
-from bench.stt import FRAME, SR, utterances
+from bench.stt import FRAME, PHRASES, SR, utterances
+from tools.wer import corpus_wer
 
 PEER_VENV = ROOT / ".cache" / "peers" / "whisperlive-venv"
 PEER_INSTALL = ROOT / "bench" / "peers" / "install-whisperlive.sh"
@@ -94,11 +104,13 @@ COVER_TOL_S = 0.35
 
 @dataclass
 class Stream:
-    """One stream's audio and where its speech lies (samples)."""
+    """One stream's audio, where its speech lies (samples) and what each utterance says."""
 
     pcm: np.ndarray
     speech: list[tuple[int, int]]
     offset_s: float
+    said: list[int] = field(default_factory=list)
+    """Per utterance, its index in PHRASES."""
 
 
 def speech_bounds(pcm: np.ndarray, level: int = 500) -> tuple[int, int]:
@@ -108,17 +120,19 @@ def speech_bounds(pcm: np.ndarray, level: int = 500) -> tuple[int, int]:
 
 def make_stream(n: int, speech: list[np.ndarray], seconds: float, pause: tuple[float, float]) -> Stream:
     rng = random.Random(n)
-    parts, spans, total = [], [], 0
+    parts, spans, said, total = [], [], [], 0
     while total < seconds * SR:
         gap = np.zeros(int(rng.uniform(*pause) * SR) if parts else int(0.5 * SR), dtype=np.int16)
-        words = speech[rng.randrange(len(speech))]
+        phrase = rng.randrange(len(speech))
+        said.append(phrase)
+        words = speech[phrase]
         lo, hi = speech_bounds(words)
         start = total + len(gap)
         spans.append((start + lo, start + hi))
         parts += [gap, words]
         total += len(gap) + len(words)
     parts.append(np.zeros(int(pause[1] * SR), dtype=np.int16))
-    return Stream(np.concatenate(parts), spans, rng.uniform(0, 1.0))
+    return Stream(np.concatenate(parts), spans, rng.uniform(0, 1.0), said)
 
 
 @dataclass
@@ -129,6 +143,8 @@ class Observed:
     finals: list[tuple[float, float, float]] = field(default_factory=list)
     """(arrival, start_s, end_s) of each final transcript."""
     partials: list[tuple[float, float, float]] = field(default_factory=list)
+    texts: list[tuple[float, str]] = field(default_factory=list)
+    """(arrival, text) of each final transcript or committed segment."""
     late_s: float = 0.0
     """The most a frame was sent behind its real-time schedule (the bench's own pace)."""
     trace: list[tuple[float, str]] = field(default_factory=list)
@@ -213,13 +229,14 @@ class Parley:
             "PARLEY_STT_MODEL": model,
             "PARLEY_STT_DEVICE": "cpu",
             "PARLEY_STT_COMPUTE_TYPE": "int8",
-            "PARLEY_STT_MAX_NEW_TOKENS": str(args.tokens),
             "PARLEY_STT_CPU_THREADS": str(args.cpu_threads),
             "PARLEY_STT_PARTIAL_INTERVAL_MS": str(args.partial_ms),
             "PARLEY_STT_LANGUAGE": "en",
             "PARLEY_STT_CAPACITY": "1000",
             "PARLEY_LOG_LEVEL": "WARNING",
         }
+        if args.tokens:
+            env["PARLEY_STT_MAX_NEW_TOKENS"] = str(args.tokens)
         self.worker = devstack.ServiceProcess("stt", env, tmp / "stt.log").start()
         self.worker.wait_ready()
         self.pids = [self.worker.proc.pid, self.nats.proc.pid]
@@ -247,6 +264,7 @@ class Parley:
                     obs.partials.append((now, s, s))
             elif kind == "transcript.final":
                 obs.finals.append((now, ev["start_s"], ev["end_s"]))
+                obs.texts.append((now, ev["text"]))
                 if all_final(stream, obs):
                     done.set()
 
@@ -296,6 +314,8 @@ class WhisperLive:
         cmd = [str(python), str(PEER_SERVER), "--port", str(self.port), "--model", model]
         cmd += ["--tokens", str(args.tokens), "--cpu-threads", str(args.cpu_threads)]
         cmd += ["--max-clients", str(max(args.stream_counts) + 1)]
+        if args.model:
+            cmd.append("--timestamps")  # a real model places segments where the speaker pauses
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         devstack.wait_for_port(self.port, timeout=60, proc=self.proc)
         self.pids = [self.proc.pid]
@@ -305,7 +325,7 @@ class WhisperLive:
 
         done = asyncio.Event()
         seen: set[tuple[str, str, str]] = set()
-        pending: list[tuple[float, float] | None] = [None]
+        pending: list[tuple[float, float, str] | None] = [None]
         async with websockets.connect(f"ws://127.0.0.1:{self.port}", max_size=None) as ws:
             options = {
                 "uid": str(uuid.uuid4()),
@@ -332,6 +352,7 @@ class WhisperLive:
                     if segments is None:
                         continue
                     open_now = None
+                    added = set()
                     for seg in segments:
                         s, e, text = float(seg["start"]), float(seg["end"]), seg["text"].strip()
                         if not text:
@@ -341,13 +362,16 @@ class WhisperLive:
                             if key not in seen:
                                 seen.add(key)
                                 obs.finals.append((now, s, e))
+                                obs.texts.append((now, text))
+                                added.add(text)
                         else:
-                            open_now = (s, e)
+                            open_now = (s, e, text)
                             obs.partials.append((now, s, e))
-                    if open_now is None and pending[0] is not None:
+                    if open_now is None and pending[0] is not None and pending[0][2] not in added:
                         # The pending segment was committed; WhisperLive sends it as a new
                         # completed segment unless its text equals the previous one's.
-                        obs.finals.append((now, *pending[0]))
+                        obs.finals.append((now, *pending[0][:2]))
+                        obs.texts.append((now, pending[0][2]))
                     pending[0] = open_now
                     if all_final(stream, obs):
                         done.set()
@@ -388,6 +412,10 @@ def run_load(system, streams: list[Stream], args) -> dict:
             f.write(json.dumps({"speech_s": spans, "offset_s": s.offset_s}) + "\n")
             for t, raw in o.trace:
                 f.write(json.dumps({"t": round(t - t0, 3), "msg": raw}) + "\n")
+    heard = [
+        (" ".join(PHRASES[i] for i in s.said), " ".join(t for _, t in sorted(o.texts)))
+        for s, o in zip(streams, observed)
+    ]
     lat = [x for sc in scored for x in sc["latencies"] if x is not None]
     ttfp = [x for sc in scored for x in sc["ttfp"]]
     utts = sum(len(s.speech) for s in streams)
@@ -397,6 +425,7 @@ def run_load(system, streams: list[Stream], args) -> dict:
         "streams": len(streams),
         "utterances": utts,
         "finalized": len(lat),
+        "wer": corpus_wer(heard),
         "final_p50_ms": statistics.median(lat) * 1000 if lat else None,
         "final_p95_ms": pct(lat, 0.95) * 1000 if lat else None,
         "partial_p50_ms": statistics.median(ttfp) * 1000 if ttfp else None,
@@ -419,6 +448,22 @@ def warm_up(system, speech: list[np.ndarray], args) -> None:
     asyncio.run(main())
 
 
+def batch_transcripts(model: str, speech: list[np.ndarray], args) -> list[str]:
+    """Each phrase read whole by faster-whisper's own `transcribe()`, decoded as both systems
+    decode: what streaming segmentation is measured against."""
+    from faster_whisper import WhisperModel
+
+    wm = WhisperModel(model, device="cpu", compute_type="int8", cpu_threads=args.cpu_threads)
+    kw = {"max_new_tokens": args.tokens} if args.tokens else {}
+    out = []
+    for pcm in speech:
+        segments, _ = wm.transcribe(
+            pcm.astype(np.float32) / 32768.0, language="en", beam_size=1, temperature=0.0, without_timestamps=True, **kw
+        )
+        out.append(" ".join(seg.text.strip() for seg in segments))
+    return out
+
+
 def fmt(x: float | None, spec: str = "8.0f") -> str:
     if x is not None:
         return format(x, spec)
@@ -435,27 +480,42 @@ def main() -> None:
     ap.add_argument("--streams", default="1,2,4", help="concurrent streams, comma-separated")
     ap.add_argument("--seconds", type=float, default=20.0, help="speech and pauses per stream")
     ap.add_argument("--pause", default="10,14", help="silence between turns, min,max seconds")
-    ap.add_argument("--tokens", type=int, default=12, help="tokens generated per decode (both)")
+    ap.add_argument(
+        "--tokens",
+        type=int,
+        help="most tokens per decode, both (default: 12 for the random model, none for a real one)",
+    )
     ap.add_argument("--partial-ms", type=int, default=500, help="Parley's partial interval (0: none)")
     ap.add_argument("--cpu-threads", type=int, default=os.cpu_count(), help="CTranslate2 threads (both)")
     ap.add_argument("--peer-same-output", type=int, default=10, help="WhisperLive same_output_threshold")
     ap.add_argument("--keepup-s", type=float, default=1.0, help="latency rise over a stream still kept up")
     ap.add_argument("--drain-s", type=float, default=60.0, help="longest wait for the last finals")
     ap.add_argument("--systems", default="parley,whisperlive")
-    ap.add_argument("--model", help="a CTranslate2 Whisper folder instead of the built tiny random model")
+    ap.add_argument(
+        "--model",
+        help="a real Whisper: tiny.en or base (packaged) or a CTranslate2 folder; default: the tiny random model",
+    )
     ap.add_argument("--peer-venv", default=str(PEER_VENV))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "peer_stt.json"))
     args = ap.parse_args()
     args.stream_counts = [int(x) for x in args.streams.split(",")]
     pause = tuple(float(x) for x in args.pause.split(","))
 
+    from services.localmodels import WHISPER_MODELS, whisper_path
     from tools.testmodels.whisper import build_whisper
 
-    model = args.model or str(build_whisper(ROOT / ".cache" / "models" / "whisper-tiny"))
+    cache = ROOT / ".cache" / "models"
+    if args.model in WHISPER_MODELS:
+        model = str(whisper_path(args.model, cache))
+    else:
+        model = args.model or str(build_whisper(cache / "whisper-tiny"))
+    if args.tokens is None:
+        args.tokens = 0 if args.model else 12
     tmp = Path(tempfile.mkdtemp(prefix="parley-bench-peer-"))
     args.trace_dir = str(tmp)
     print(f"logs and message traces in {tmp}", file=sys.stderr)
     speech = utterances(tmp)
+    batch = batch_transcripts(model, speech, args)
     kinds = {"parley": Parley, "whisperlive": WhisperLive}
     systems = []
     try:
@@ -466,11 +526,14 @@ def main() -> None:
         rows = []
         for c in args.stream_counts:
             streams = [make_stream(n, speech, args.seconds, pause) for n in range(c)]
+            refs = [(" ".join(PHRASES[i] for i in st.said), " ".join(batch[i] for i in st.said)) for st in streams]
+            rows.append({"system": "batch", "streams": c, "wer": corpus_wer(refs)})
             for system in systems:
                 row = run_load(system, streams, args)
                 rows.append(row)
                 print(
                     f"{row['system']:12s} streams {c:3d}  finals {row['finalized']:3d}/{row['utterances']:<3d} "
+                    f"WER {row['wer']:.3f} "
                     f"p50 {fmt(row['final_p50_ms'])} ms  p95 {fmt(row['final_p95_ms'])} ms  "
                     f"first partial p50 {fmt(row['partial_p50_ms'])} ms  cpu {row['cpu_cores']:4.2f} cores  "
                     f"kept up {row['kept_up']}/{c}  bench late {row['bench_late_ms']:.0f} ms",
@@ -482,13 +545,19 @@ def main() -> None:
             system.close()
 
     by = {(r["system"], r["streams"]): r for r in rows}
-    print("\n| streams | system | finals | final p50 ms | final p95 ms | first partial p50 ms | CPU cores | kept up |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| streams | system | WER | finals | final p50 ms | final p95 ms | first partial p50 ms | CPU cores "
+        "| kept up |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if r["system"] == "batch":
+            print(f"| {r['streams']} | same model, batch `transcribe()` per utterance | {r['wer']:.3f} | | | | | | |")
+            continue
         print(
-            f"| {r['streams']} | {r['system']} | {r['finalized']}/{r['utterances']} | {fmt(r['final_p50_ms'], '.0f')} "
-            f"| {fmt(r['final_p95_ms'], '.0f')} | {fmt(r['partial_p50_ms'], '.0f')} | {r['cpu_cores']:.2f} "
-            f"| {r['kept_up']}/{r['streams']} |"
+            f"| {r['streams']} | {r['system']} | {r['wer']:.3f} | {r['finalized']}/{r['utterances']} "
+            f"| {fmt(r['final_p50_ms'], '.0f')} | {fmt(r['final_p95_ms'], '.0f')} | {fmt(r['partial_p50_ms'], '.0f')} "
+            f"| {r['cpu_cores']:.2f} | {r['kept_up']}/{r['streams']} |"
         )
     ratios = []
     if len(systems) == 2:

@@ -291,9 +291,10 @@ def print_result(result: dict) -> None:
 
 def main() -> None:
     from services import devstack
-    from services.cli import seed, test_model_env
+    from services.cli import seed
     from services.common import db
     from services.common.settings import ServiceSettings
+    from services.localmodels import local_model_env
     from tests.conftest import make_speech
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -339,7 +340,9 @@ def main() -> None:
             "PARLEY_AUTH_JWT_SECRET": TEST_JWT_SECRET,
         }
         if "PARLEY_STT_MODEL" not in os.environ:
-            env.update(test_model_env(Path(os.environ.get("PARLEY_MODEL_CACHE", ROOT / ".cache" / "models"))))
+            env.update(
+                local_model_env(Path(os.environ.get("PARLEY_MODEL_CACHE", ROOT / ".cache" / "models")), "tiny.en").env
+            )
         os.environ.update(env)
         db.migrate(pg.url)
         settings = ServiceSettings()

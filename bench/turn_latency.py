@@ -1,18 +1,23 @@
 """Turn latency through the whole stack, from the client's side, stage by stage.
 
-    python -m bench.turn_latency [--turns 10] [--out bench/results/turn_latency.json]
+    python -m bench.turn_latency [--turns 10] [--models local|random] [--whisper base|tiny.en]
+                                 [--llm local|standin] [--out bench/results/turn_latency.json]
 
-Runs the five services as separate processes on the real bus, database and S3 stand-in,
-with the real engines on the tiny random-weight models (or whatever PARLEY_STT_MODEL /
-PARLEY_TTS_MODEL name) and the local OpenAI-compatible stand-in LLM from tests/fakes.
-A client does spoken turns (espeak-ng speech streamed in real time) and typed turns one
-after another and records when each event arrived. Prints a table, writes JSON.
+Runs the five services as separate processes on the real bus, database and S3 stand-in. By
+default everything `parley dev` runs offline: real Whisper (`--whisper`, base by default) and
+the real local LLM (SmolLM2-135M on llama.cpp's server), XTTS on tiny random weights.
+`--models random` puts the tiny random-weight Whisper back; `--llm standin` the local
+OpenAI-compatible stand-in from tests/fakes (a fixed reply, 5 ms a word), which leaves the
+LLM's own time out. PARLEY_STT_MODEL / PARLEY_TTS_MODEL, when set, win. A client does spoken
+turns (espeak-ng speech streamed in real time) and typed turns one after another and records
+when each event arrived. Prints a table, writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
@@ -22,12 +27,18 @@ from pathlib import Path
 
 from bench.common import ROOT, pct, write_result
 from services import devstack
-from services.cli import seed, test_model_env
+from services.cli import seed
 from services.common import db
 from services.common.settings import ServiceSettings
+from services.localmodels import LlamaServer, gguf_path, local_llm_env, local_model_env, random_model_env
 from tests.client import TEST_JWT_SECRET, AudioChunk, Client
 from tests.conftest import make_speech
 from tests.fakes.llm_server import FakeLLM
+
+
+def _given() -> set[str]:
+    """Stages whose model the caller named in the environment (STT_MODEL, TTS_MODEL)."""
+    return {k.removeprefix("PARLEY_") for k in ("PARLEY_STT_MODEL", "PARLEY_TTS_MODEL") if k in os.environ}
 
 
 def _arrival(client: Client, pred, since: int) -> float:
@@ -96,16 +107,28 @@ async def run(turns: int, env: dict, procs: dict, speech: Path, speech_s: float)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--turns", type=int, default=10)
+    ap.add_argument("--models", choices=("local", "random"), default="local")
+    ap.add_argument("--whisper", choices=("base", "tiny.en"), default="base")
+    ap.add_argument("--llm", choices=("local", "standin"), default="local")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "turn_latency.json"))
     args = ap.parse_args()
 
+    cache = Path(os.environ.get("PARLEY_MODEL_CACHE", ROOT / ".cache" / "models"))
     work = Path(tempfile.mkdtemp(prefix="parley-bench-"))
-    nats = devstack.NatsServer(work / "nats").start()
-    pg = devstack.PostgresCluster().start()
-    s3 = devstack.S3StandIn().start()
-    llm = FakeLLM().start()
-    procs = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        nats = devstack.NatsServer(work / "nats").start()
+        stack.callback(nats.stop)
+        pg = devstack.PostgresCluster().start()
+        stack.callback(pg.stop)
+        s3 = devstack.S3StandIn().start()
+        stack.callback(s3.stop)
+        if args.llm == "local":
+            llm = LlamaServer(gguf_path(), work / "llama-server.log").start()
+            llm_env = {**local_llm_env(llm).env, "PARLEY_LLM_MAX_TOKENS": "120"}
+        else:
+            llm = FakeLLM().start()
+            llm_env = {"PARLEY_LLM_BASE_URL": llm.base_url}
+        stack.callback(llm.stop)
         env = {
             "PARLEY_NATS_URL": nats.url,
             "PARLEY_DATABASE_URL": pg.url,
@@ -113,33 +136,29 @@ def main() -> None:
             "PARLEY_S3_ACCESS_KEY_ID": "bench",
             "PARLEY_S3_SECRET_ACCESS_KEY": "bench",
             "PARLEY_S3_REGION": "us-east-1",
-            "PARLEY_LLM_BASE_URL": llm.base_url,
             "PARLEY_LOG_LEVEL": "WARNING",
             "PARLEY_AUTH_JWT_SECRET": TEST_JWT_SECRET,
+            **llm_env,
         }
-        if "PARLEY_STT_MODEL" not in os.environ:
-            env.update(test_model_env(Path(os.environ.get("PARLEY_MODEL_CACHE", ROOT / ".cache" / "models"))))
+        models = random_model_env(cache) if args.models == "random" else local_model_env(cache, args.whisper)
+        env.update({k: v for k, v in models.env.items() if k.split("_")[1] + "_MODEL" not in _given()})
         os.environ.update(env)
         db.migrate(pg.url)
         asyncio.run(seed(ServiceSettings()))
         procs = devstack.start_services(env, work / "logs")
-        speech = make_speech("Hello Ada, please tell me something nice about the weather today", work / "speech.wav")
+        for p in procs.values():
+            stack.callback(p.stop)
+        speech = make_speech("Hello Ada, what can you do? Tell me about the moon and the stars.", work / "speech.wav")
         with wave.open(str(speech.with_suffix(".raw.wav"))) as w:
             speech_s = 0.3 + w.getnframes() / w.getframerate()
         result = asyncio.run(run(args.turns, env, procs, speech, speech_s))
-    finally:
-        for p in procs.values():
-            p.stop()
-        llm.stop()
-        s3.stop()
-        pg.stop()
-        nats.stop()
 
     out = write_result(
         args.out,
         result,
         stt_model=os.environ.get("PARLEY_STT_MODEL"),
         tts_model=os.environ.get("PARLEY_TTS_MODEL"),
+        llm=os.environ.get("PARLEY_LLM_MODEL", "stand-in"),
     )
 
     print(f"{'turn':8} {'measure (s, from end of speech / send)':40} {'p50':>8} {'p95':>8} {'max':>8}")

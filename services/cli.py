@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -51,17 +52,78 @@ async def seed(settings: ServiceSettings) -> None:
 
 
 def dev(args: argparse.Namespace) -> int:
-    """Run the whole stack here: pip nats-server, Postgres, S3 stand-in, five services."""
-    from services import devstack
+    """Run the whole stack here: pip nats-server, Postgres, S3 stand-in, the LLM, five services.
+
+    Everything is checked before anything starts where it can be (the gateway's port, the
+    models), and whatever did start is stopped again on any failure: no half stack is left."""
+    from services import devstack, localmodels
 
     state = Path(args.state_dir).resolve()
+    try:
+        if not devstack.port_is_free(args.port):
+            raise localmodels.ModelError(f"port {args.port} is taken (another `parley dev`?): pass --port N")
+        choice = _model_choice(args)
+    except (localmodels.ModelError, ValueError) as exc:
+        print(f"parley dev: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        try:
+            env, lines = _start_infrastructure(stack, state, args)
+            env.update(choice.env)
+            os.environ.update(env)
+            db.migrate(env["PARLEY_DATABASE_URL"])
+            asyncio.run(seed(ServiceSettings()))
+            procs = devstack.start_services(env, state / "logs", ports={"gateway": args.port})
+        except (localmodels.ModelError, RuntimeError, TimeoutError, OSError) as exc:
+            print(f"parley dev: {exc}", file=sys.stderr)
+            return 1
+        for p in procs.values():
+            stack.callback(p.stop)
+        _print_welcome(env, args, [*choice.lines, *lines], state)
+        return _supervise(procs, state)
+
+
+def _model_choice(args: argparse.Namespace):
+    """The STT and TTS models `--models` names. PARLEY_STT_MODEL or PARLEY_TTS_MODEL, when set,
+    wins over the choice for that stage (with the stage's other settings left to the user)."""
+    from services import localmodels
+    from services.stt.engine import check_model_folder, is_local_model
+
+    cache = Path(args.model_cache)
+    if args.models == "random":
+        choice = localmodels.random_model_env(cache)
+    elif args.models == "local":
+        choice = localmodels.local_model_env(cache, args.whisper)
+    else:
+        choice = localmodels.ModelChoice(
+            {}, ("STT  large-v3-turbo by name (faster-whisper downloads it)", "TTS  XTTS-v2 by name (coqui-tts)")
+        )
+    env, lines = dict(choice.env), list(choice.lines)
+    for stage in ("STT", "TTS"):
+        given = os.environ.get(f"PARLEY_{stage}_MODEL")
+        if given:
+            env = {k: v for k, v in env.items() if not k.startswith(f"PARLEY_{stage}_")}
+            lines = [x for x in lines if not x.startswith(stage)] + [f"{stage}  {given} (PARLEY_{stage}_MODEL)"]
+    stt = env.get("PARLEY_STT_MODEL") or os.environ.get("PARLEY_STT_MODEL", "")
+    if stt and is_local_model(stt):
+        check_model_folder(stt)
+    return localmodels.ModelChoice(env, tuple(lines))
+
+
+def _start_infrastructure(stack: contextlib.ExitStack, state: Path, args: argparse.Namespace):
+    """nats-server, Postgres (unless DATABASE_URL), the S3 stand-in and, unless
+    PARLEY_LLM_BASE_URL names one, the local LLM; each stopped by `stack` on the way out."""
+    from services import devstack, localmodels
+
     nats = devstack.NatsServer(state / "nats").start()
-    pg = None
+    stack.callback(nats.stop)
     database_url = os.environ.get("DATABASE_URL") or os.environ.get("PARLEY_DATABASE_URL")
     if not database_url:
         pg = devstack.PostgresCluster(state / "postgres").start()
+        stack.callback(pg.stop)
         database_url = pg.url
     s3 = devstack.S3StandIn().start()
+    stack.callback(s3.stop)
     env = {
         "PARLEY_NATS_URL": nats.url,
         "PARLEY_DATABASE_URL": database_url,
@@ -71,45 +133,64 @@ def dev(args: argparse.Namespace) -> int:
         "PARLEY_S3_REGION": os.environ.get("PARLEY_S3_REGION", "us-east-1"),
         "PARLEY_AUTH_JWT_SECRET": os.environ.get("PARLEY_AUTH_JWT_SECRET") or _dev_secret(state),
     }
-    if args.test_models:
-        env.update(test_model_env(Path(args.model_cache)))
-    os.environ.update(env)
-    procs = {}
+    if os.environ.get("PARLEY_LLM_BASE_URL"):
+        model = os.environ.get("PARLEY_LLM_MODEL", "llama3.2")
+        return env, [f"LLM  {model} at {os.environ['PARLEY_LLM_BASE_URL']} (PARLEY_LLM_BASE_URL)"]
+    server = localmodels.LlamaServer(localmodels.gguf_path(), state / "logs" / "llm-server.log")
+    stack.callback(server.stop)
+    server.start()
+    llm = localmodels.local_llm_env(server)
+    # A 135M model rambles: a short answer is a better conversation, and sooner spoken.
+    env.update(llm.env, PARLEY_LLM_MAX_TOKENS=os.environ.get("PARLEY_LLM_MAX_TOKENS", "120"))
+    return env, list(llm.lines)
+
+
+def _print_welcome(env: dict[str, str], args: argparse.Namespace, lines: list[str], state: Path) -> None:
+    from services.gateway.auth import mint_token
+
+    login = mint_token(env["PARLEY_AUTH_JWT_SECRET"], args.user, ttl_s=12 * 3600)
+    print("models:")
+    for line in sorted(lines, key=lambda x: ("STT", "LLM", "TTS").index(x[:3])):
+        print(f"  {line}")
+    print(f"Parley is up: web client http://127.0.0.1:{args.port}/#token={login}")
+    print(f"  (signed in as {args.user!r} for 12 h; `parley token --user NAME` signs in someone else)")
+    print(f"websocket ws://127.0.0.1:{args.port}/v1/ws")
+    print(f"API docs http://127.0.0.1:{args.port}/docs  logs in {state / 'logs'}  (Ctrl-C stops everything)")
+    sys.stdout.flush()
+
+
+def _supervise(procs: dict, state: Path) -> int:
+    """Wait for Ctrl-C or SIGTERM (0), or for a service to die (1)."""
+    stop = False
+
+    def _stop(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stop:
+        dead = [n for n, p in procs.items() if p.proc.poll() is not None]
+        if dead:
+            print(f"service(s) exited: {', '.join(dead)}; see {state / 'logs'}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    """Ready the local models once (quick when done) and say where they are."""
+    from services import localmodels
+
     try:
-        db.migrate(database_url)
-        asyncio.run(seed(ServiceSettings()))
-        procs = devstack.start_services(env, state / "logs")
-        gw = procs["gateway"]
-        gw_port = gw.port
-        from services.gateway.auth import mint_token
-
-        login = mint_token(env["PARLEY_AUTH_JWT_SECRET"], args.user, ttl_s=12 * 3600)
-        print(f"Parley is up: web client http://127.0.0.1:{gw_port}/#token={login}")
-        print(f"  (signed in as {args.user!r} for 12 h; `parley token --user NAME` signs in someone else)")
-        print(f"websocket ws://127.0.0.1:{gw_port}/v1/ws")
-        print(f"API docs http://127.0.0.1:{gw_port}/docs  logs in {state / 'logs'}  (Ctrl-C stops everything)")
-        stop = False
-
-        def _stop(*_):
-            nonlocal stop
-            stop = True
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        while not stop:
-            dead = [n for n, p in procs.items() if p.proc.poll() is not None]
-            if dead:
-                print(f"service(s) exited: {', '.join(dead)}; see {state / 'logs'}", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-        return 0
-    finally:
-        for p in procs.values():
-            p.stop()
-        s3.stop()
-        if pg:
-            pg.stop()
-        nats.stop()
+        for name in localmodels.WHISPER_MODELS:
+            print(f"Whisper {name}: {localmodels.whisper_path(name, Path(args.model_cache))}")
+        print(f"LLM weights: {localmodels.gguf_path()}")
+        print(f"llama-server: {localmodels.llama_server_binary()}")
+    except localmodels.ModelError as exc:
+        print(f"parley models: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _dev_secret(state: Path) -> str:
@@ -155,24 +236,6 @@ async def create_api_key(settings: ServiceSettings, user: str, name: str) -> str
     return key
 
 
-def test_model_env(cache: Path) -> dict[str, str]:
-    """Tiny random-weight models built locally: the real engines, no download, nonsense speech."""
-    from tools.testmodels.whisper import build_whisper
-    from tools.testmodels.xtts import build_xtts
-
-    whisper = build_whisper(cache / "whisper-tiny")
-    xtts = build_xtts(cache / "xtts-tiny")
-    return {
-        "PARLEY_STT_MODEL": str(whisper),
-        "PARLEY_STT_DEVICE": "cpu",
-        "PARLEY_STT_COMPUTE_TYPE": "int8",
-        "PARLEY_STT_MAX_NEW_TOKENS": "12",
-        "PARLEY_TTS_MODEL": str(xtts),
-        "PARLEY_TTS_DEVICE": "cpu",
-        "PARLEY_TTS_LATENT_CACHE_DIR": str(cache / "latents"),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,12 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("dev", help="run the whole stack locally without Docker")
     d.add_argument("--state-dir", default=".cache/dev")
     d.add_argument(
-        "--test-models",
-        action="store_true",
-        help="use tiny random-weight models built locally (offline; speech is nonsense)",
+        "--models",
+        choices=("local", "published", "random"),
+        default="local",
+        help="local (default): real Whisper and a real small LLM from installed packages, offline, XTTS with "
+        "tiny random weights; published: large-v3-turbo and XTTS-v2 by name (needs a model hub, a GPU is "
+        "best); random: tiny random-weight Whisper and XTTS (benchmarks)",
     )
+    d.add_argument("--whisper", choices=("base", "tiny.en"), default="base", help="packaged Whisper for --models local")
+    d.add_argument("--port", type=int, default=8000, help="the gateway's port (web client, API)")
     d.add_argument("--model-cache", default=os.environ.get("PARLEY_MODEL_CACHE", ".cache/models"))
     d.add_argument("--user", default="me", help="who the printed web client link signs in")
+    m = sub.add_parser("models", help="make the packaged local models ready (join Whisper base, build llama-server)")
+    m.add_argument("--model-cache", default=os.environ.get("PARLEY_MODEL_CACHE", ".cache/models"))
     t = sub.add_parser("token", help="sign a short-lived user token (PARLEY_AUTH_JWT_SECRET)")
     t.add_argument("--user", required=True, help="the token's subject")
     t.add_argument("--tenant", help="the user's tenant (users of different tenants never meet)")
@@ -207,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "token":
         return token(args)
+    if args.command == "models":
+        return models(args)
     if args.command == "api-key":
         print(asyncio.run(create_api_key(ServiceSettings(), args.user, args.name)))
         return 0

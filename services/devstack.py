@@ -34,6 +34,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -271,8 +280,16 @@ class ServiceProcess:
         return _stop(self.proc, sig) if self.proc else None
 
 
-def start_services(env: dict[str, str], log_dir: Path, names=SERVICES) -> dict[str, ServiceProcess]:
-    procs = {n: ServiceProcess(n, env, log_dir / f"{n}.log").start() for n in names}
+def start_services(
+    env: dict[str, str], log_dir: Path, names=SERVICES, ports: dict[str, int] | None = None
+) -> dict[str, ServiceProcess]:
+    """Start the services and wait until each is ready; on a failure none is left running."""
+    ports = ports or {}
+    procs = {}
+    for n in names:
+        proc = ServiceProcess(n, env, log_dir / f"{n}.log")
+        proc.port = ports.get(n, proc.port)
+        procs[n] = proc.start()
     try:
         for p in procs.values():
             p.wait_ready()

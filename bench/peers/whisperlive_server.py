@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--model", required=True, help="CTranslate2 Whisper folder")
-    ap.add_argument("--tokens", type=int, default=12, help="most tokens generated per decode")
+    ap.add_argument("--tokens", type=int, default=12, help="most tokens generated per decode (0: no limit)")
+    ap.add_argument("--timestamps", action="store_true", help="let Whisper place segments (a real model)")
     ap.add_argument("--cpu-threads", type=int, default=0, help="CTranslate2 intra-op threads (0: its default)")
     ap.add_argument("--max-clients", type=int, default=64)
     ap.add_argument("--log-level", default="WARNING")
@@ -61,8 +62,9 @@ def main() -> None:
         kw.setdefault("beam_size", 1)
         kw.setdefault("best_of", 1)
         kw.setdefault("temperature", 0.0)
-        kw.setdefault("max_new_tokens", args.tokens)
-        kw.setdefault("without_timestamps", True)
+        if args.tokens > 0:
+            kw.setdefault("max_new_tokens", args.tokens)
+        kw.setdefault("without_timestamps", not args.timestamps)
         return transcribe(self, audio, *a, **kw)
 
     model_cls.__init__ = patched_init

@@ -53,6 +53,8 @@ class SttOpen(Msg):
     """Audio kept before speech start and after its end; the worker's own setting when unset."""
     instructions: str | None = None
     """Carried onto every `UserTurn` of the session (see `UserTurn.instructions`)."""
+    partials: bool = True
+    """Partial transcripts at the worker's cadence; False: none for this session."""
 
 
 class SttAlive(Msg):

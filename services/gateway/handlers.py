@@ -462,6 +462,7 @@ class ClientSession:
             language=start.language,
             end_of_turn_ms=start.end_of_turn_ms,
             prompt=self._hotwords or None,
+            partials=start.partials,
         )
 
     async def _any_stt_worker(self) -> bool:

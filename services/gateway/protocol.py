@@ -40,6 +40,9 @@ class Start(ClientMessage, tag="session.start"):
     resume: Resume | None = None
     barge_in: bool = True
     """Speaking over a reply that is playing stops it (off for push-to-talk clients)."""
+    partials: bool = True
+    """Partial transcripts while the person speaks (where the STT worker makes them); off,
+    each utterance is decoded once, when it ends, and its transcript depends on nothing else."""
 
 
 class Text(ClientMessage, tag="text"):

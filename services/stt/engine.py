@@ -8,6 +8,7 @@ per process and shared by every stream.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -434,6 +435,30 @@ def join_transcripts(parts: list[Transcript]) -> Transcript:
     )
 
 
+def is_local_model(model: str | os.PathLike) -> bool:
+    """A folder, not a hub name: what exists, or reads as a path (absolute, ./, ../, ~)."""
+    text = os.fspath(model)
+    return os.path.exists(text) or text.startswith(("/", "./", "../", "~"))
+
+
+def check_model_folder(path: str | os.PathLike) -> Path:
+    """A CTranslate2 Whisper conversion that faster-whisper can load with no hub, or a
+    ValueError saying what is wrong (a missing folder or file, another kind of model)."""
+    folder = Path(os.path.expanduser(os.fspath(path)))
+    if not folder.is_dir():
+        raise ValueError(f"Whisper model folder {folder} does not exist")
+    missing = [n for n in ("model.bin", "config.json", "tokenizer.json") if not (folder / n).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is not a faster-whisper model folder: no {', '.join(missing)}")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except ValueError as exc:
+        raise ValueError(f"{folder}/config.json is not JSON: {exc}") from None
+    if not isinstance(config, dict) or not {"lang_ids", "suppress_ids"} <= config.keys():
+        raise ValueError(f"{folder} holds a CTranslate2 model that is not Whisper (config.json has no lang_ids)")
+    return folder
+
+
 @dataclass(frozen=True)
 class DecodeRequest:
     """One piece of audio to transcribe: at most 30 s of float32 mono 16 kHz."""
@@ -443,6 +468,8 @@ class DecodeRequest:
     """None: detect it."""
     prompt: str | None = None
     """Words to bias towards (an avatar's names and terms), given to Whisper as hotwords."""
+    prefix: str | None = None
+    """Words the transcript must begin with: the ones partials already showed as stable."""
 
 
 class WhisperEngine:
@@ -472,6 +499,8 @@ class WhisperEngine:
     ) -> None:
         from faster_whisper import WhisperModel
 
+        if is_local_model(model):
+            model = check_model_folder(model)
         self.model_name = str(model)
         self.beam_size = beam_size
         self.language = language
@@ -518,7 +547,8 @@ class WhisperEngine:
             else:
                 todo.append(i)
         # CTranslate2 needs <|startoftranscript|> at one position across a batch, so requests
-        # whose hotword prompts differ in length go in separate calls (no prompt: one group).
+        # whose hotword prompts differ in length go in separate calls (no prompt: one group);
+        # prefixes come after it and may differ in length within a call.
         groups: dict[int, list[int]] = {}
         for i in todo:
             groups.setdefault(self._prefix_length(requests[i].prompt), []).append(i)
@@ -528,11 +558,23 @@ class WhisperEngine:
         return [t for t in out if t is not None]
 
     def _prefix_length(self, prompt: str | None) -> int:
+        """Tokens in front of <|startoftranscript|>: the hotwords and their marker."""
+        return len(self._hotword_tokens(self._tokenizer("en"), prompt))
+
+    def _hotword_tokens(self, tok, prompt: str | None) -> list[int]:
+        """Hotwords as the "previous text" Whisper is conditioned on, which is what
+        faster-whisper's `hotwords` is; written out here because faster-whisper drops its
+        hotwords whenever a prefix is given, and a request may have both."""
         if not prompt:
-            return 0
-        return len(self.model.get_prompt(self._tokenizer("en"), [], hotwords=prompt)) - len(
-            self.model.get_prompt(self._tokenizer("en"), [])
-        )
+            return []
+        tokens = tok.encode(" " + prompt.strip())[: self.model.max_length // 2 - 1]
+        return [tok.sot_prev, *tokens]
+
+    def _prompt(self, tok, req: DecodeRequest) -> list[int]:
+        prompt = [*self._hotword_tokens(tok, req.prompt), *tok.sot_sequence, tok.no_timestamps]
+        if req.prefix:
+            prompt += tok.encode(" " + req.prefix.strip())[: self.model.max_length // 2 - 1]
+        return prompt
 
     def _decode(self, requests: list[DecodeRequest]) -> list[Transcript]:
         """One encoder and one decoder call for requests whose prompts have one length."""
@@ -555,7 +597,7 @@ class WhisperEngine:
         for req, lang in zip(requests, languages):
             tok = self._tokenizer(lang)
             tokenizers.append(tok)
-            prompts.append(wm.get_prompt(tok, previous_tokens=[], without_timestamps=True, hotwords=req.prompt))
+            prompts.append(self._prompt(tok, req))
         longest = max(len(p) for p in prompts)
         max_length = wm.max_length
         if self.max_new_tokens is not None:
@@ -654,6 +696,14 @@ class DecodeBatcher:
             self._partials[key] = (request, fut)
             self._cv.notify()
         return fut
+
+    def drop_partial(self, key: object) -> None:
+        """Forget ``key``'s pending partial: its utterance or window has ended, and the final
+        decode supersedes it (nor should it share the final's batch)."""
+        with self._cv:
+            old = self._partials.pop(key, None)
+        if old is not None:
+            old[1].set_exception(Superseded())
 
     def close(self) -> None:
         """Decode what is queued, then stop the thread."""

@@ -49,11 +49,12 @@ _MAX_GAP_S = 5
 
 
 class Partials:
-    """Partial transcripts of the utterance in progress, with a prefix that never flickers.
+    """Partial transcripts of the utterance in progress, with a prefix that never changes.
 
     A word becomes stable once two hypotheses in a row agree on it and on everything before
-    it (the local-agreement policy of streaming Whisper); stable words are kept from then on,
-    and each published text starts with them.
+    it (the local-agreement policy of streaming Whisper); stable words are kept from then on:
+    each published text starts with them, and so does the final transcript, whose decode of
+    the window is given them as its forced prefix.
     """
 
     def __init__(self, utterance_seq: int):
@@ -66,6 +67,9 @@ class Partials:
         self.next_at = 0
         """Samples of the current window after which the next partial is due."""
         self.in_flight = False
+        self.pending_windows = 0
+        """Windows cut but not read yet: until they are, no partial is shown (its text would
+        lack theirs)."""
 
     def update(self, hypothesis: str) -> tuple[str, str]:
         """The text and stable prefix to publish for a new hypothesis of the current window."""
@@ -81,10 +85,20 @@ class Partials:
         text = " ".join(x for x in (self.done_text, " ".join(shown)) if x)
         return text, stable
 
-    def window_done(self, text: str) -> None:
-        """A window was read in full: its text is final, the next window starts afresh."""
-        self.done_text = " ".join(x for x in (self.done_text, text) if x)
+    @property
+    def prefix(self) -> str | None:
+        """The current window's stable words, which its final decode must begin with."""
+        return " ".join(self.stable) or None
+
+    def window_cut(self) -> None:
+        """The window was cut: the next one starts afresh (its text joins once it is read)."""
         self.stable, self.last, self.next_at = [], [], 0
+        self.pending_windows += 1
+
+    def window_done(self, text: str) -> None:
+        """A window was read in full: its text is final."""
+        self.done_text = " ".join(x for x in (self.done_text, text) if x)
+        self.pending_windows -= 1
 
 
 class LiveSession:
@@ -111,7 +125,7 @@ class LiveSession:
         self.segmenter = Segmenter(worker.vad, cfg, first_utterance_index=req.first_utterance_seq)
         self._started = self.replay_from is None
         self.sample_rate = cfg.sample_rate
-        self.partial_every = cfg.samples(worker.partial_interval_ms)
+        self.partial_every = cfg.samples(worker.partial_interval_ms) if req.partials else 0
         self.partials: Partials | None = None
         self.windows: dict[int, list[asyncio.Future]] = {}
         """Per utterance still open, the final decodes of its windows, in order."""
@@ -170,8 +184,9 @@ class LiveSession:
             data = data[(expected - offset) * 2 :]
         return events + self.segmenter.feed(data)
 
-    def _decode(self, audio) -> asyncio.Future:
-        return asyncio.wrap_future(self.worker.decoder.submit(DecodeRequest(audio, self.language, self.prompt)))
+    def _decode(self, audio, prefix: str | None = None) -> asyncio.Future:
+        request = DecodeRequest(audio, self.language, self.prompt, prefix)
+        return asyncio.wrap_future(self.worker.decoder.submit(request))
 
     def _maybe_partial(self) -> None:
         """Ask for a partial once another `partial_every` of speech has come in."""
@@ -194,7 +209,7 @@ class LiveSession:
         if fut.exception() is not None:
             log.warning("partial decode failed: %s", fut.exception(), extra=ctx(conversation_id=self.conv))
             return
-        if self.partials is not p:
+        if self.partials is not p or p.pending_windows:
             return  # the utterance (or its window) ended meanwhile: its final supersedes this
         result: Transcript = fut.result()
         text, stable = p.update(result.text)
@@ -223,11 +238,17 @@ class LiveSession:
                     )
                 )
             elif isinstance(ev, UtteranceWindow):
-                fut = self._decode(ev.audio)
+                p = self.partials
+                fut = self._decode(ev.audio, p.prefix if p else None)
                 self.windows.setdefault(ev.utterance_index, []).append(fut)
-                fut.add_done_callback(lambda f, p=self.partials: self._window_read(p, f))
+                if p is not None:
+                    self.worker.decoder.drop_partial(self)
+                    p.window_cut()
+                    fut.add_done_callback(lambda f, p=p: self._window_read(p, f))
             elif isinstance(ev, UtteranceEnded):
+                prefix = self.partials.prefix if self.partials else None
                 self.partials = None
+                self.worker.decoder.drop_partial(self)
                 now = time.time()
                 fed_s = self.segmenter.samples_fed / self.sample_rate
                 marks = {"speech_end": now - max(0.0, fed_s - ev.end_s), "eot": now}
@@ -241,10 +262,10 @@ class LiveSession:
                     )
                 )
                 windows = self.windows.pop(ev.utterance_index, [])
-                await self.utterances.put((ev, marks, windows, self._decode(ev.audio)))
+                await self.utterances.put((ev, marks, windows, self._decode(ev.audio, prefix)))
 
-    def _window_read(self, p: Partials | None, fut: asyncio.Future) -> None:
-        if p is not None and self.partials is p and not fut.cancelled() and fut.exception() is None:
+    def _window_read(self, p: Partials, fut: asyncio.Future) -> None:
+        if self.partials is p and not fut.cancelled() and fut.exception() is None:
             p.window_done(fut.result().text)
 
     async def _on_control(self, msg: NatsMsg) -> None:

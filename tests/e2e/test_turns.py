@@ -1,9 +1,11 @@
 """A spoken turn and a typed turn through all five services, each its own process.
 
-Everything is real (nats-server, Postgres, the S3 API over HTTP, faster-whisper and XTTS on
-tiny random-weight models) except the hosted LLM, which a local OpenAI-compatible server
-stands in for. The random models speak and transcribe nonsense, so the tests check the flow,
-the ids, the order, what was stored and that the stored audio is what was streamed.
+Everything is real (nats-server, Postgres, the S3 API over HTTP, faster-whisper on the real
+tiny.en, XTTS on a tiny random-weight model) except the hosted LLM, which a local
+OpenAI-compatible server stands in for here so that replies can be checked word for word
+(tests/e2e/test_local_llm.py answers with the real local LLM). The transcript is checked
+against what was said; the rest is the flow, the ids, the order, what was stored and that
+the stored audio is what was streamed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import soundfile as sf
 
 from services.common import ids
 from tests.client import AudioChunk, Client, auth_headers
+from tests.conftest import SPOKEN, assert_heard, make_speech
 from tests.fakes.llm_server import reply_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
@@ -97,13 +100,14 @@ async def _check_reply(client: Client, stack, user_message_id: str, user_text: s
     return {"reply_id": reply_id, "conversation_id": started[0]["conversation_id"]}
 
 
-async def test_spoken_turn(stack, speech_wav, fake_llm):
+async def test_spoken_turn(stack, speech_wav, fake_llm, batch_stt):
     client = Client(stack["ws_url"])
     started = await client.connect(user="alice")
     assert started[0]["speech_input"] is True
     await client.stream_wav(speech_wav)
     final = await client.wait_for(lambda r: r.events("transcript.final"), 60)
-    assert len(final) == 1 and final[0]["text"]
+    assert len(final) == 1
+    assert_heard(SPOKEN, final[0]["text"], speech_wav, batch_stt)
     user_message_id = final[0]["message_id"]
     assert user_message_id == ids.user_message_id(
         started[0]["conversation_id"], started[0]["session_id"], "voice", final[0]["utterance_seq"]
@@ -119,10 +123,16 @@ async def test_spoken_turn(stack, speech_wav, fake_llm):
     await client.close()
 
 
-async def test_partials_come_while_speaking_then_one_final(stack, speech_wav, fake_llm):
+LONG = (
+    "On Monday we walked along the river to the old mill and then the baker on the corner "
+    "sold us fresh bread and my sister bought a green parrot for her kitchen"
+)
+
+
+async def test_partials_come_while_speaking_then_one_final(stack, fake_llm, tmp_path):
     client = Client(stack["ws_url"])
     await client.connect(user="paula")
-    await client.stream_wav(speech_wav)
+    await client.stream_wav(make_speech(LONG, tmp_path / "long.wav"))
     final = (await client.wait_for(lambda r: r.events("transcript.final"), 60))[0]
     r = client.received
     partials = [p for p in r.events("transcript.partial") if p["utterance_seq"] == final["utterance_seq"]]
@@ -136,6 +146,8 @@ async def test_partials_come_while_speaking_then_one_final(stack, speech_wav, fa
         assert p["text"].startswith(p["stable"])
         assert p["stable"].startswith(stable)  # stable words never change once given
         stable = p["stable"]
+    assert stable, f"the real model agreed on no word while the person spoke: {partials}"
+    assert final["text"].startswith(stable)  # nor does the final transcript change them
     assert len(r.events("transcript.final")) == 1
     await client.wait_for(lambda r: _reply_done(r), 180)
     await client.close()
