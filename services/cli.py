@@ -59,9 +59,10 @@ def dev(args: argparse.Namespace) -> int:
     from services import devstack, localmodels
 
     state = Path(args.state_dir).resolve()
+    if not devstack.port_is_free(args.port):
+        print(f"parley dev: port {args.port} is taken (another `parley dev`?): pass --port N", file=sys.stderr)
+        return 2
     try:
-        if not devstack.port_is_free(args.port):
-            raise localmodels.ModelError(f"port {args.port} is taken (another `parley dev`?): pass --port N")
         choice = _model_choice(args)
     except (localmodels.ModelError, ValueError) as exc:
         print(f"parley dev: {exc}", file=sys.stderr)
@@ -74,7 +75,7 @@ def dev(args: argparse.Namespace) -> int:
             db.migrate(env["PARLEY_DATABASE_URL"])
             asyncio.run(seed(ServiceSettings()))
             procs = devstack.start_services(env, state / "logs", ports={"gateway": args.port})
-        except (localmodels.ModelError, RuntimeError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # any failure to start: say it in one line, stop what started
             print(f"parley dev: {exc}", file=sys.stderr)
             return 1
         for p in procs.values():

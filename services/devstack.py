@@ -161,7 +161,9 @@ class PostgresCluster:
         return (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + list(args)
 
     def _run(self, *args: str) -> None:
-        subprocess.run(self._cmd(*args), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        done = subprocess.run(self._cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
 
     def start(self) -> PostgresCluster:
         bin_ = _pg_bin()
@@ -196,7 +198,7 @@ class PostgresCluster:
         """Shut the server down (`-m fast`: sessions are cut, as in a restart). A throwaway
         cluster's data goes with it unless `keep`: `start()` then brings the same data back
         on the same port (the fault tests restart Postgres under live conversations)."""
-        with contextlib.suppress(subprocess.CalledProcessError):
+        with contextlib.suppress(RuntimeError):
             self._run(str(_pg_bin() / "pg_ctl"), "-D", str(self.data_dir / "pgdata"), "-m", "fast", "-w", "stop")
         if self.ephemeral and not keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)

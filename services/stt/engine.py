@@ -435,6 +435,13 @@ def join_transcripts(parts: list[Transcript]) -> Transcript:
     )
 
 
+def natural_token_limit(seconds: float) -> int:
+    """The most tokens a real model may write for this much audio: over twice what the fastest
+    speech needs (about 5 tokens a second), so a model caught repeating itself on noise stops
+    there instead of at Whisper's 448, holding up every session's decodes behind it."""
+    return 16 + math.ceil(12 * seconds)
+
+
 def is_local_model(model: str | os.PathLike) -> bool:
     """A folder, not a hub name: what exists, or reads as a path (absolute, ./, ../, ~)."""
     text = os.fspath(model)
@@ -599,9 +606,10 @@ class WhisperEngine:
             tokenizers.append(tok)
             prompts.append(self._prompt(tok, req))
         longest = max(len(p) for p in prompts)
-        max_length = wm.max_length
+        budget = max(natural_token_limit(len(r.audio) / SAMPLE_RATE) for r in requests)
         if self.max_new_tokens is not None:
-            max_length = min(max_length, longest + self.max_new_tokens)
+            budget = min(budget, self.max_new_tokens)
+        max_length = min(wm.max_length, longest + budget)
         results = wm.model.generate(
             encoder_output,
             prompts,

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +37,16 @@ def _dev(state: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+@pytest.fixture
+def state():
+    """A state folder as `parley dev` makes it (.cache/dev): one the postgres user can enter,
+    which pytest's own temporary folders (mode 0700 under /tmp/pytest-of-root) are not."""
+    path = Path(tempfile.mkdtemp(prefix="parley-dev-"))
+    path.chmod(0o755)
+    yield path / "state"
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _running_under(path: Path) -> list[str]:
@@ -74,8 +86,7 @@ def test_a_folder_that_is_no_whisper_model_is_named(tmp_path):
     assert "is not a faster-whisper model folder: no model.bin" in out
 
 
-def test_an_llm_server_that_fails_stops_what_had_started(tmp_path):
-    state = tmp_path / "state"
+def test_an_llm_server_that_fails_stops_what_had_started(tmp_path, state):
     broken = tmp_path / "llama-server"
     broken.write_text("#!/bin/sh\necho 'error: this CPU cannot run me' >&2\nexit 3\n")
     broken.chmod(0o755)
@@ -87,10 +98,9 @@ def test_an_llm_server_that_fails_stops_what_had_started(tmp_path):
     assert _running_under(state) == []
 
 
-async def test_the_first_command_holds_a_real_conversation(tmp_path):
+async def test_the_first_command_holds_a_real_conversation(tmp_path, state):
     """Default models: real Whisper base, the real local LLM; a typed and a spoken turn."""
     port = devstack.free_port()
-    state = tmp_path / "state"
     dev = _dev(state, "--port", str(port))
     lines = []
     try:

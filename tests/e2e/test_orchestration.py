@@ -11,6 +11,7 @@ from services import devstack
 from services.common import ids
 from services.tts.config import TtsSettings
 from tests.client import Client
+from tests.conftest import make_speech
 from tests.fakes.llm_server import reply_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
@@ -316,4 +317,18 @@ async def test_a_response_cancelled_before_its_turn_is_taken_is_never_answered(s
     await nc.close()
     assert len(fake_llm.requests) == requests_before  # nothing was asked of the LLM
     assert not client.received.events("reply.started") and not client.received.audio()
+    await client.close()
+
+
+async def test_an_avatars_name_the_model_mishears_is_heard_as_its_hotword(stack, fake_llm, tmp_path):
+    """tiny.en hears "Kayleigh" for espeak's "Kaelith" unaided (tests/stt/test_real_whisper.py);
+    the session gives its avatars' names to the STT worker as hotwords, so the name is heard."""
+    kaelith = await _avatar_with_voice(stack, "Kaelith", "en-us+f2", tmp_path)
+    client = Client(stack["ws_url"])
+    await client.connect(user="hotword-user", avatar_ids=[kaelith])
+    await client.stream_wav(make_speech("Hello Kaelith, what can you do?", tmp_path / "name.wav"))
+    (final,) = await client.wait_for(lambda r: r.events("transcript.final"), 60)
+    assert "Kaelith" in final["text"], final["text"]
+    await client.wait_for(lambda r: r.events("audio.stored"), 120)
+    assert client.received.events("reply.started")[0]["avatar_id"] == kaelith
     await client.close()

@@ -373,3 +373,30 @@ def test_engine_transcribes_segmenter_utterances_from_threads(engine, speech):
 def test_engine_returns_empty_transcript_for_empty_audio(engine):
     result = engine.transcribe(np.zeros(0, dtype=np.float32), language="en")
     assert result == Transcript(text="", language="en", confidence=0.0, duration_s=0.0)
+
+
+@pytest.mark.engine
+def test_a_model_that_never_ends_its_text_stops_at_the_natural_limit(tiny_model):
+    """The random-weight model never writes end-of-text, as a real one caught repeating itself
+    on noise may not: each decode is capped by its audio's length, not at Whisper's 448."""
+    from services.stt.engine import natural_token_limit
+
+    engine = WhisperEngine(str(tiny_model), device="cpu", compute_type="int8", cpu_threads=1)
+    calls = []
+
+    class Spy:
+        def __init__(self, model):
+            self._model = model
+
+        def __getattr__(self, name):
+            return getattr(self._model, name)
+
+        def generate(self, encoder_output, prompts, **kw):
+            calls.append((max(len(p) for p in prompts), kw["max_length"]))
+            return self._model.generate(encoder_output, prompts, **kw)
+
+    engine.model.model = Spy(engine.model.model)
+    result = engine.transcribe(np.zeros(SR, dtype=np.float32) + 0.01, language="en")
+    assert result.text
+    ((prompt, max_length),) = calls
+    assert max_length == prompt + natural_token_limit(1.0) < 448
