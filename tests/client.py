@@ -59,6 +59,13 @@ class Received:
 CLIENTS: list[Client] = []
 
 
+def forget_clients_of(ws_url: str) -> None:
+    """Conversations of a stack of a test's own live in that stack's database: the suite's
+    closing ledger check (tests/e2e/test_zz_ledger.py) reads the shared stack's and must not
+    see them."""
+    CLIENTS[:] = [c for c in CLIENTS if c.url != ws_url]
+
+
 class Client:
     def __init__(self, url: str):
         self.url = url

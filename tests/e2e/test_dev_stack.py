@@ -19,7 +19,7 @@ import pytest
 from services import devstack
 from services.localmodels import whisper_path
 from services.stt.engine import WhisperEngine
-from tests.client import Client
+from tests.client import Client, forget_clients_of
 from tests.conftest import MODEL_CACHE, SPOKEN, assert_heard, make_speech
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
@@ -133,6 +133,7 @@ async def test_the_first_command_holds_a_real_conversation(tmp_path, state):
         assert client.received.events("reply.done")[1]["status"] == "complete"
         await client.close()
     finally:
+        forget_clients_of(f"ws://127.0.0.1:{port}/v1/ws")
         dev.send_signal(signal.SIGINT)
         rest, _ = dev.communicate(timeout=120)
     assert dev.returncode == 0, "".join(lines) + rest

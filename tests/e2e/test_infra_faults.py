@@ -99,9 +99,7 @@ def infra(tmp_path_factory, model_env):
             "ws_url": ws_url,
             "logs": log_dir,
         }
-        # These conversations live in this module's database: the suite's closing ledger check
-        # (tests/e2e/test_zz_ledger.py) reads the shared stack's and must not see them.
-        client_mod.CLIENTS[:] = [c for c in client_mod.CLIENTS if c.url != ws_url]
+        client_mod.forget_clients_of(ws_url)
 
 
 # --- what "whole" means -----------------------------------------------------------------------
