@@ -316,7 +316,3 @@ def fresh_database(admin_url: str, prefix: str = "parley") -> str:
 
     asyncio.run(create())
     return f"{admin_url.rpartition('/')[0]}/{name}"
-
-
-def temp_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))

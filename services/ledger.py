@@ -23,7 +23,7 @@ import msgspec
 from nats.js.api import DeliverPolicy
 
 from services.common import bus as busmod
-from services.common import db, ids, objectstore, schemas
+from services.common import db, ids, objectstore, schemas, subjects
 from services.common.settings import ServiceSettings
 from services.llm.handlers import answering
 
@@ -62,9 +62,9 @@ async def read_events(bus: busmod.Bus, conversations: list[str] | None) -> Evide
     """Every client event still in PARLEY_EVENTS (for the given conversations, or all)."""
     evidence = Evidence()
     wanted = set(conversations or [])
-    sub = await bus.js.subscribe("parley.event.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    sub = await bus.js.subscribe(subjects.EVENTS_ALL, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     try:
-        info = await bus.js.stream_info("PARLEY_EVENTS")
+        info = await bus.js.stream_info(subjects.EVENTS_STREAM)
         last = info.state.last_seq
         while last:
             msg = await sub.next_msg(timeout=5)

@@ -22,15 +22,14 @@ import argparse
 import asyncio
 import json
 import time
-from urllib.parse import quote
 
 import nats
 import numpy as np
 import uvloop
 
 from services.common import bus as busmod
-from services.common import schemas, subjects
-from services.common.schemas import FIRST_AUDIO_HEADER, TEXT_HEADER, AudioMeta
+from services.common import schemas, speech, subjects
+from services.common.schemas import AudioMeta
 
 RATE = 24000
 
@@ -83,20 +82,8 @@ class StandInTts:
             last=True,
         )
         await self.bus.nc.publish(subject, b"", headers=end.headers())
-        whole = AudioMeta(
-            conversation_id=job.conversation_id,
-            message_id=job.message_id,
-            sentence_index=job.sentence_index,
-            sample_rate=RATE,
-            last=True,
-        )
-        headers = whole.headers(msg_id=job.job_id)
-        headers[TEXT_HEADER] = quote(job.text)
-        if first_at is not None:
-            headers[FIRST_AUDIO_HEADER] = repr(first_at)
-        await self.bus.js.publish(
-            subjects.speech(job.conversation_id, job.message_id, job.sentence_index), pcm, headers=headers
-        )
+        sentence = speech.StoredSentence(job.sentence_index, pcm, RATE, True, job.text, first_at)
+        await speech.keep(self.bus, job.conversation_id, job.message_id, sentence, msg_id=job.job_id)
         if self.log is not None:
             rec = {
                 "message_id": job.message_id,
@@ -116,7 +103,7 @@ async def main_async(args) -> None:
     tts = StandInTts(bus, args)
     worker = busmod.Worker(
         bus,
-        busmod.WorkQueue("PARLEY_TTS", "tts", "parley.tts.*", ack_wait_s=6.0, max_deliver=3),
+        busmod.WorkQueue(subjects.TTS_STREAM, "tts", subjects.TTS_ALL, ack_wait_s=6.0, max_deliver=3),
         tts.handle,
         concurrency=args.capacity,
         service="tts",

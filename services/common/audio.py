@@ -7,7 +7,6 @@ import io
 import numpy as np
 import soundfile as sf
 
-INPUT_RATE = 16000
 OUTPUT_RATE = 24000
 
 
@@ -19,10 +18,6 @@ def pcm16_to_array(data: bytes) -> np.ndarray:
     if len(data) % 2:
         raise AudioError(f"PCM16 frame has an odd byte count ({len(data)})")
     return np.frombuffer(data, dtype="<i2")
-
-
-def pcm16_to_float(data: bytes) -> np.ndarray:
-    return pcm16_to_array(data).astype(np.float32) / 32768.0
 
 
 def float_to_pcm16(audio: np.ndarray) -> bytes:

@@ -10,7 +10,6 @@ consumers ignore unknown fields, so old consumers keep working while producers r
 
 from __future__ import annotations
 
-import time
 from typing import Literal, TypeVar
 
 import msgspec
@@ -20,11 +19,6 @@ T = TypeVar("T")
 
 Status = Literal["streaming", "complete", "interrupted", "failed"]
 TurnSource = Literal["voice", "text"]
-
-
-def now() -> float:
-    """Wall-clock seconds; stage timestamps are compared across processes on one host/cluster."""
-    return time.time()
 
 
 class Msg(msgspec.Struct, kw_only=True):
@@ -357,11 +351,6 @@ class AudioMeta(msgspec.Struct, kw_only=True, frozen=True):
         except (KeyError, ValueError) as exc:
             raise msgspec.ValidationError(f"bad audio headers: {exc}") from exc
 
-
-# On a stored sentence (PARLEY_SPEECH): when its first chunk went out live, epoch seconds,
-# and the sentence's spoken text (percent-encoded), from which heard text is rebuilt.
-FIRST_AUDIO_HEADER = "Parley-First-Audio-At"
-TEXT_HEADER = "Parley-Text"
 
 _json_encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(ClientEvent)

@@ -7,7 +7,7 @@ subject's delivery guarantee.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
 
@@ -52,6 +52,11 @@ def speech_all(conv: str) -> str:
     return f"parley.speech.{conv}.>"
 
 
+def is_speech(subject: str) -> bool:
+    """A stored sentence's subject (relayed live to a gateway beside the reply's chunks)."""
+    return subject.startswith("parley.speech.")
+
+
 def reply_done(conv: str) -> str:
     return f"parley.reply.{conv}"
 
@@ -80,6 +85,15 @@ STORAGE_VOICE_PUT = "parley.storage.voice.put"
 CANCEL_BUCKET = "parley_cancelled"
 TURNS_BUCKET = "parley_turns"
 
+# Streams, and the filter of each stream's subjects (a work queue's consumer reads all of them).
+AUDIO_IN_STREAM, AUDIO_IN_ALL = "PARLEY_AUDIO_IN", "parley.audio.*"
+TURNS_STREAM, TURNS_ALL = "PARLEY_TURNS", "parley.turn.*"
+TTS_STREAM, TTS_ALL = "PARLEY_TTS", "parley.tts.*"
+SPEECH_STREAM, SPEECH_ALL = "PARLEY_SPEECH", "parley.speech.*.*.*"
+REPLIES_STREAM, REPLIES_ALL = "PARLEY_REPLIES", "parley.reply.*"
+INTERRUPTS_STREAM, INTERRUPTS_ALL = "PARLEY_INTERRUPTS", "parley.interrupt.*"
+EVENTS_STREAM, EVENTS_ALL = "PARLEY_EVENTS", "parley.event.*.*"
+
 
 @dataclass(frozen=True)
 class StreamSpec:
@@ -93,21 +107,20 @@ class StreamSpec:
     max_msg_size: int = -1
     discard: DiscardPolicy = DiscardPolicy.OLD
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 STREAMS: list[StreamSpec] = [
     StreamSpec(
-        "PARLEY_AUDIO_IN",
-        ["parley.audio.*"],
+        AUDIO_IN_STREAM,
+        [AUDIO_IN_ALL],
         storage=StorageType.MEMORY,
         max_age_s=120,
         duplicate_window_s=0,
         description="live mic audio, kept briefly so another STT worker can replay an utterance",
     ),
     StreamSpec(
-        "PARLEY_TURNS",
-        ["parley.turn.*"],
+        TURNS_STREAM,
+        [TURNS_ALL],
         retention=RetentionPolicy.WORK_QUEUE,
         # A turn published again within the hour (a resumed client, an STT takeover) is dropped
         # here rather than answered twice.
@@ -115,33 +128,33 @@ STREAMS: list[StreamSpec] = [
         description="closed user turns (final transcripts and typed text) for the orchestrator",
     ),
     StreamSpec(
-        "PARLEY_TTS",
-        ["parley.tts.*"],
+        TTS_STREAM,
+        [TTS_ALL],
         retention=RetentionPolicy.WORK_QUEUE,
         description="one job per reply sentence for any TTS worker",
     ),
     StreamSpec(
-        "PARLEY_SPEECH",
-        ["parley.speech.*.*.*"],
+        SPEECH_STREAM,
+        [SPEECH_ALL],
         max_age_s=3600,
         max_msgs_per_subject=1,
         description="each synthesised sentence's audio, read back by subject when a reply is stored",
     ),
     StreamSpec(
-        "PARLEY_REPLIES",
-        ["parley.reply.*"],
+        REPLIES_STREAM,
+        [REPLIES_ALL],
         retention=RetentionPolicy.WORK_QUEUE,
         description="replies that stopped streaming, for storage to assemble and upload",
     ),
     StreamSpec(
-        "PARLEY_INTERRUPTS",
-        ["parley.interrupt.*"],
+        INTERRUPTS_STREAM,
+        [INTERRUPTS_ALL],
         retention=RetentionPolicy.WORK_QUEUE,
         description="interrupted replies with the playback position, for the orchestrator to store",
     ),
     StreamSpec(
-        "PARLEY_EVENTS",
-        ["parley.event.*.*"],
+        EVENTS_STREAM,
+        [EVENTS_ALL],
         max_age_s=900,
         description="final-form client events, kept for the resume window",
     ),

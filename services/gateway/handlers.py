@@ -22,16 +22,15 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from services.common import bus as busmod
-from services.common import db, ids, metrics, schemas, subjects
+from services.common import db, ids, metrics, schemas, speech, subjects
 from services.common.audio import AudioError, pcm16_to_array
 from services.common.logs import ctx
 from services.common.runtime import Service
 from services.common.schemas import AudioMeta
 
-from . import protocol
+from . import events, protocol
 from .auth import Authenticator, AuthError, bearer
 from .config import GatewaySettings
 from .playout import Frame, Playout
@@ -106,7 +105,8 @@ async def _cancel(task: asyncio.Task) -> None:
 @dataclass
 class _Reply:
     playout: Playout = field(default_factory=Playout)
-    stored: schemas.AudioStored | None = None
+    stored: tuple[events.AudioStored, int] | None = None
+    """The stored event and its cursor: sent after the end-of-audio marker."""
     first_audio_at: float | None = None
     """Monotonic time its first audio frame was queued for the client."""
     user_message_id: str | None = None
@@ -196,25 +196,15 @@ class ClientSession:
 
     # --- outgoing ---------------------------------------------------------------------------
 
-    def send_event(self, ev: schemas.Event | dict, cursor: int | None = None) -> None:
+    def send_event(self, ev: events.ClientEvent, cursor: int | None = None) -> None:
         """Queue an event; one sender task writes to the socket so frames never interleave."""
-        body = msgspec.to_builtins(ev) if isinstance(ev, msgspec.Struct) else dict(ev)
         self.seq += 1
-        body["seq"] = self.seq
-        if cursor is not None:
-            body["cursor"] = cursor
-        self.out.put_nowait(("text", msgspec.json.encode(body).decode()))
+        self.out.put_nowait(("text", events.to_json(ev, self.seq, cursor)))
 
-    def error(self, code: str, message: str, **extra) -> None:
-        ev = {
-            "type": "error",
-            "v": schemas.SCHEMA_VERSION,
-            "conversation_id": self.conv or None,
-            "code": code,
-            "message": message,
-            **extra,
-        }
-        self.send_event(ev)
+    def error(self, code: str, message: str, retryable: bool = False) -> None:
+        self.send_event(
+            events.Error(conversation_id=self.conv or None, code=code, message=message, retryable=retryable)
+        )
 
     async def _sender(self) -> None:
         while True:
@@ -371,18 +361,16 @@ class ClientSession:
         if stt_error is None:
             self._watch = asyncio.create_task(self._watch_stt())
         self.send_event(
-            {
-                "type": "session.started",
-                "v": schemas.SCHEMA_VERSION,
-                "protocol": protocol.PROTOCOL_VERSION,
-                "conversation_id": self.conv,
-                "session_id": self.resume_id,
-                "audio_session_id": self.session_id,
-                "resumed": resumed is not None,
-                "audio_in": {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1},
-                "audio_out": {"encoding": "pcm_s16le", "sample_rate": 24000, "channels": 1},
-                "speech_input": stt_error is None,
-            }
+            events.SessionStarted(
+                protocol=protocol.PROTOCOL_VERSION,
+                conversation_id=self.conv,
+                session_id=self.resume_id,
+                audio_session_id=self.session_id,
+                resumed=resumed is not None,
+                audio_in=events.AudioFormat(sample_rate=16000),
+                audio_out=events.AudioFormat(sample_rate=24000),
+                speech_input=stt_error is None,
+            )
         )
         self._live = True
         # Final events from here on (after the client's cursor when resuming), each with its cursor.
@@ -400,7 +388,7 @@ class ClientSession:
         self._subs.append(
             await self.bus.js.subscribe(
                 subjects.event_all(self.conv),
-                stream="PARLEY_EVENTS",
+                stream=subjects.EVENTS_STREAM,
                 ordered_consumer=True,
                 config=config,
                 cb=self._on_event,
@@ -730,7 +718,7 @@ class ClientSession:
             marks={"received": time.time()},
         )
         await self.bus.publish_fact(subjects.turn(self.conv), turn, msg_id=message_id)
-        self.send_event(schemas.UserMessage(conversation_id=self.conv, message_id=message_id, text=text))
+        self.send_event(events.UserMessage(conversation_id=self.conv, message_id=message_id, text=text))
 
     async def _on_interrupt(self, msg: protocol.Interrupt) -> None:
         now = time.monotonic()
@@ -788,14 +776,12 @@ class ClientSession:
         for mid, reply in playing:
             position = reply.heard(now)
             self.send_event(
-                {
-                    "type": "playback.stop",
-                    "v": schemas.SCHEMA_VERSION,
-                    "conversation_id": self.conv,
-                    "message_id": mid,
-                    "sentence_index": position[0],
-                    "offset_ms": round(position[1] * 1000),
-                }
+                events.PlaybackStop(
+                    conversation_id=self.conv,
+                    message_id=mid,
+                    sentence_index=position[0],
+                    offset_ms=round(position[1] * 1000),
+                )
             )
             await self._interrupt(mid, position)
             metrics.EVENTS.labels("gateway", "barge_in").inc()
@@ -824,7 +810,7 @@ class ClientSession:
         """Live media and events (core NATS): audio of replies this connection saw start."""
         if self._closed or not self._live:
             return
-        if msg.subject.startswith("parley.speech."):
+        if subjects.is_speech(msg.subject):
             meta = AudioMeta.from_headers(msg.headers)
             if (reply := self.replies.get(meta.message_id)) is not None:
                 self._play(
@@ -841,13 +827,13 @@ class ClientSession:
                 )
             return
         try:
-            ev = schemas.decode_event(msg.data)
+            ev = events.from_bus(msg.data)
         except msgspec.DecodeError:
             log.warning("undecodable event on %s", msg.subject)
             return
-        if isinstance(ev, schemas.ReplyStarted):
+        if isinstance(ev, events.ReplyStarted):
             self.replies.setdefault(ev.message_id, _Reply()).user_message_id = ev.user_message_id
-        elif isinstance(ev, schemas.SpeechStarted) and ev.session_id == self.session_id:
+        elif isinstance(ev, events.SpeechStarted) and ev.session_id == self.session_id:
             self.send_event(ev)
             if self._start is not None and self._start.barge_in:
                 await self._barge_in()
@@ -862,13 +848,13 @@ class ClientSession:
         cursor = msg.metadata.sequence.stream
         self.cursor = max(self.cursor, cursor)
         try:
-            ev = schemas.decode_event(msg.data)
+            ev = events.from_bus(msg.data)
         except msgspec.DecodeError:
             log.warning("undecodable event on %s", msg.subject)
             return
         mid = getattr(ev, "message_id", None)
         reply = self.replies.get(mid) if mid else None
-        if isinstance(ev, schemas.TranscriptFinal):
+        if isinstance(ev, events.TranscriptFinal):
             if ev.speech_end_at:
                 early = self._audio_before_final.pop(ev.message_id, None)
                 if early is None:
@@ -881,17 +867,17 @@ class ClientSession:
                     self.last_final = (ev.utterance_seq, ev.end_s)
         elif reply is None:
             pass
-        elif isinstance(ev, schemas.ReplyCompleted):
+        elif isinstance(ev, events.ReplyDone):
             self.send_event(ev, cursor)
             self._play(ev.message_id, reply.playout.count(ev.sentence_count))
             return
-        elif isinstance(ev, schemas.ReplyInterrupted):
+        elif isinstance(ev, events.ReplyInterrupted):
             reply.playout.ended = True  # nothing more is played of it
-        elif isinstance(ev, schemas.SentenceFailed):
+        elif isinstance(ev, events.SentenceFailed):
             self.send_event(ev, cursor)
             self._play(ev.message_id, reply.playout.failed(ev.sentence_index))
             return
-        elif isinstance(ev, schemas.AudioStored) and not reply.playout.ended:
+        elif isinstance(ev, events.AudioStored) and not reply.playout.ended:
             reply.stored = (ev, cursor)  # the URL follows the end-of-message marker
             fill = asyncio.create_task(self._fill_from_store(ev.message_id))
             self._fills.add(fill)
@@ -909,13 +895,11 @@ class ClientSession:
             return
         playout = reply.playout
         for index in range(playout.next_sentence, playout.sentence_count):
-            try:
-                raw = await self.bus.js.get_last_msg("PARLEY_SPEECH", subjects.speech(self.conv, message_id, index))
-            except NotFoundError:
+            sentence = await speech.read(self.bus, self.conv, message_id, index)
+            if sentence is None:
                 frames = playout.failed(index)
             else:
-                meta = AudioMeta.from_headers(raw.headers or {})
-                frames = playout.whole(index, raw.data or b"", meta.sample_rate, meta.status == "ok")
+                frames = playout.whole(index, sentence.pcm16, sentence.sample_rate, sentence.ok)
             metrics.EVENTS.labels("gateway", "audio_filled_from_store").inc()
             self._play(message_id, frames)
             if playout.ended:
@@ -931,13 +915,7 @@ class ClientSession:
         if not playout.ended and playout.complete:
             playout.ended = True
             self.send_event(
-                {
-                    "type": "audio.end",
-                    "v": schemas.SCHEMA_VERSION,
-                    "conversation_id": self.conv,
-                    "message_id": message_id,
-                    "sentence_count": playout.sentence_count,
-                }
+                events.AudioEnd(conversation_id=self.conv, message_id=message_id, sentence_count=playout.sentence_count)
             )
             if reply.stored is not None:
                 self.send_event(*reply.stored)

@@ -29,7 +29,7 @@ from fastapi import WebSocket
 
 from services.common import db, ids, schemas, subjects
 
-from . import protocol
+from . import events, protocol
 from . import realtime_protocol as rt
 from .handlers import ClientSession, Gateway
 from .playout import Frame
@@ -231,7 +231,7 @@ class RealtimeSession(ClientSession):
         *,
         param: str | None = None,
         event_id: str | None = None,
-        **extra,
+        retryable: bool = False,
     ) -> None:
         kind = "server_error" if code in _SERVER_CODES or code.startswith("llm_") else "invalid_request_error"
         self._emit(rt.ErrorEvent(error=rt.Error(type=kind, code=code, message=message, param=param, event_id=event_id)))
@@ -349,35 +349,30 @@ class RealtimeSession(ClientSession):
         delta = base64.b64encode(pcm).decode()
         self._emit(rt.AudioDelta(response_id=rec.id, item_id=rec.reply_id, delta=delta))
 
-    def send_event(self, ev: schemas.Event | dict, cursor: int | None = None) -> None:
+    def send_event(self, ev: events.ClientEvent, cursor: int | None = None) -> None:
         """Translate what the native session relays into Realtime server events."""
-        if isinstance(ev, dict):
-            self._on_native(ev)
-        elif isinstance(ev, schemas.SpeechStarted | schemas.SpeechStopped | schemas.TranscriptPartial):
+        if isinstance(ev, events.SessionStarted):
+            self._emit(rt.SessionCreated(session=self._session()))
+        elif isinstance(ev, events.PlaybackStop):
+            if (rec := self.responses.get(ev.message_id)) is not None:
+                self._finish(rec, "cancelled", "turn_detected")
+        elif isinstance(ev, events.AudioEnd):
+            if (rec := self.responses.get(ev.message_id)) is not None:
+                rec.audio_done = True
+                self._maybe_finish(rec)
+        elif isinstance(ev, events.SpeechStarted | events.SpeechStopped | events.TranscriptPartial):
             if ev.session_id == self.session_id:
                 self._on_speech(ev)
-        elif isinstance(ev, schemas.TranscriptFinal):
+        elif isinstance(ev, events.TranscriptFinal):
             if ev.session_id == self.session_id:
                 self._on_final(ev)
-        elif isinstance(ev, schemas.ErrorEvent):
+        elif isinstance(ev, events.Error):
             self._on_error_event(ev)
         elif (rec := self.responses.get(getattr(ev, "message_id", ""))) is not None:
             self._on_reply(rec, ev)
-        elif isinstance(ev, schemas.ReplyStarted):
+        elif isinstance(ev, events.ReplyStarted):
             # A spoken turn's reply seen before its final transcript.
             self._on_reply(self._open_response(ev.user_message_id, self.cfg.modalities), ev)
-
-    def _on_native(self, ev: dict) -> None:
-        kind = ev.get("type")
-        if kind == "session.started":
-            self._emit(rt.SessionCreated(session=self._session()))
-        elif kind == "playback.stop":
-            if (rec := self.responses.get(ev["message_id"])) is not None:
-                self._finish(rec, "cancelled", "turn_detected")
-        elif kind == "audio.end":
-            if (rec := self.responses.get(ev["message_id"])) is not None:
-                rec.audio_done = True
-                self._maybe_finish(rec)
 
     def _voice_item_id(self, utterance_seq: int) -> str:
         return ids.user_message_id(self.conv, self.session_id, "voice", utterance_seq)
@@ -385,12 +380,12 @@ class RealtimeSession(ClientSession):
     def _on_speech(self, ev) -> None:
         item_id = self._voice_item_id(ev.utterance_seq)
         item = self.voice_items.setdefault(item_id, _VoiceItem())
-        if isinstance(ev, schemas.SpeechStarted):
+        if isinstance(ev, events.SpeechStarted):
             if not item.started and not item.committed:
                 item.started = True
                 self.speaking = item_id
                 self._emit(rt.SpeechStarted(audio_start_ms=round(ev.start_s * 1000), item_id=item_id))
-        elif isinstance(ev, schemas.SpeechStopped):
+        elif isinstance(ev, events.SpeechStopped):
             self._commit(item_id, round(ev.end_s * 1000))
         elif self.cfg.transcription is not None and not item.done:
             stable = ev.stable
@@ -416,7 +411,7 @@ class RealtimeSession(ClientSession):
         self._emit(rt.ItemAdded(item=audio, previous_item_id=item.previous_item_id))
         return item
 
-    def _on_final(self, ev: schemas.TranscriptFinal) -> None:
+    def _on_final(self, ev: events.TranscriptFinal) -> None:
         item = self._commit(ev.message_id, round((ev.end_s or 0.0) * 1000))
         if item.done:
             return
@@ -437,26 +432,26 @@ class RealtimeSession(ClientSession):
         if ids.reply_id(ev.message_id, self.avatar.id) not in self.responses:
             self._open_response(ev.message_id, self.cfg.modalities)
 
-    def _on_reply(self, rec: _Response, ev: schemas.Event) -> None:
-        if isinstance(ev, schemas.ReplyStarted):
+    def _on_reply(self, rec: _Response, ev: events.ClientEvent) -> None:
+        if isinstance(ev, events.ReplyStarted):
             if rec.cancelled:
                 self._spawn(self._stop_reply(rec.reply_id, (0, 0.0)))
             elif not rec.done:
                 self._start_output(rec)
-        elif isinstance(ev, schemas.ReplyDelta):
+        elif isinstance(ev, events.ReplyDelta):
             if rec.done:
                 return
             self._start_output(rec)
             rec.transcript += ev.text
             where = {"response_id": rec.id, "item_id": rec.reply_id, "delta": ev.text}
             self._emit(rt.AudioTranscriptDelta(**where) if rec.audio else rt.TextDelta(**where))
-        elif isinstance(ev, schemas.ReplyCompleted):
+        elif isinstance(ev, events.ReplyDone):
             rec.final_text, rec.final_status = ev.text, ev.status
             self._maybe_finish(rec)
-        elif isinstance(ev, schemas.ReplyInterrupted):
+        elif isinstance(ev, events.ReplyInterrupted):
             self._applied.setdefault(ev.message_id, asyncio.Event()).set()
 
-    def _on_error_event(self, ev: schemas.ErrorEvent) -> None:
+    def _on_error_event(self, ev: events.Error) -> None:
         item = self.voice_items.get(ev.message_id or "")
         if item is not None and ev.code in ("no_speech_recognized", "transcription_failed"):
             item.done = True

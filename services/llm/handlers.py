@@ -14,14 +14,12 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 from cachetools import LRUCache, TTLCache
 from nats.aio.msg import Msg as NatsMsg
-from nats.js.errors import NotFoundError
 
 from services.common import bus as busmod
-from services.common import db, ids, metrics, schemas, subjects
+from services.common import db, ids, metrics, schemas, speech, subjects
 from services.common.db import Avatar, HistoryItem
 from services.common.logs import ctx
 from services.common.runtime import Service
@@ -168,7 +166,9 @@ class Orchestrator(Service):
         self._cancel_sub = await self.bus.nc.subscribe(f"$KV.{subjects.CANCEL_BUCKET}.>", cb=self._on_cancelled)
         self.worker = busmod.Worker(
             self.bus,
-            busmod.WorkQueue("PARLEY_TURNS", "llm", "parley.turn.*", ack_wait_s=_TURN_ACK_WAIT_S, max_deliver=4),
+            busmod.WorkQueue(
+                subjects.TURNS_STREAM, "llm", subjects.TURNS_ALL, ack_wait_s=_TURN_ACK_WAIT_S, max_deliver=4
+            ),
             self.handle_turn,
             concurrency=s.llm_concurrency,
             give_up=self._give_up,
@@ -180,7 +180,7 @@ class Orchestrator(Service):
             self.bus,
             # Up to 20 deliveries with growing delays (about half a minute): an interruption may
             # come before its reply's turn has been taken (see `handle_interruption`).
-            busmod.WorkQueue("PARLEY_INTERRUPTS", "llm-interrupts", "parley.interrupt.*", max_deliver=20),
+            busmod.WorkQueue(subjects.INTERRUPTS_STREAM, "llm-interrupts", subjects.INTERRUPTS_ALL, max_deliver=20),
             self.handle_interruption,
             concurrency=8,
             service=self.name,
@@ -490,20 +490,16 @@ class Orchestrator(Service):
             return None
         parts = []
         for index in range(intr.sentence_index + 1):
-            subject = subjects.speech(intr.conversation_id, intr.message_id, index)
-            try:
-                raw = await self.bus.js.get_last_msg("PARLEY_SPEECH", subject)
-            except NotFoundError:
+            sentence = await speech.read(self.bus, intr.conversation_id, intr.message_id, index)
+            if sentence is None:
                 break  # not synthesised yet, so not heard
-            headers = raw.headers or {}
-            meta = schemas.AudioMeta.from_headers(headers)
-            words = unquote(headers.get(schemas.TEXT_HEADER, "")).split()
-            if meta.status != "ok":
+            if not sentence.ok:
                 continue
+            words = sentence.text.split()
             if index < intr.sentence_index:
                 parts += words
             else:
-                duration = len(raw.data or b"") / 2 / meta.sample_rate
+                duration = sentence.duration_s
                 share = min(1.0, (intr.offset_s or 0.0) / duration) if duration else 0.0
                 parts += words[: int(len(words) * share)]
         return " ".join(parts)

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from services.common import audio
-
-
-@dataclass
-class SentenceAudio:
-    index: int
-    pcm16: bytes
-    sample_rate: int
-    ok: bool
-    first_audio_at: float | None = None
+from services.common.speech import StoredSentence
 
 
 class MixedRates(ValueError):
     pass
 
 
-def assemble(sentences: list[SentenceAudio]) -> tuple[bytes, float, int]:
+def assemble(sentences: list[StoredSentence]) -> tuple[bytes, float, int]:
     """Concatenate the sentences that were synthesised; failed ones contribute nothing.
 
     Returns (wav bytes, duration in seconds, sample rate).

@@ -17,16 +17,14 @@ import logging
 import uuid
 
 from nats.aio.msg import Msg as NatsMsg
-from nats.js.errors import NotFoundError
 
 from services.common import bus as busmod
-from services.common import db, metrics, objectstore, schemas, subjects
+from services.common import db, metrics, objectstore, schemas, speech, subjects
 from services.common.logs import ctx
 from services.common.runtime import Service
-from services.common.schemas import AudioMeta
 
 from .config import StorageSettings
-from .engine import SentenceAudio, assemble
+from .engine import assemble
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,9 @@ class StorageService(Service):
         )
         self.worker = busmod.Worker(
             self.bus,
-            busmod.WorkQueue("PARLEY_REPLIES", "storage", "parley.reply.*", ack_wait_s=_ACK_WAIT_S, max_deliver=200),
+            busmod.WorkQueue(
+                subjects.REPLIES_STREAM, "storage", subjects.REPLIES_ALL, ack_wait_s=_ACK_WAIT_S, max_deliver=200
+            ),
             self.handle_reply,
             concurrency=s.storage_concurrency,
             give_up=self._give_up,
@@ -87,17 +87,6 @@ class StorageService(Service):
     async def sweep(self) -> int:
         return await expire_audio(self.repo, self.store, dt.timedelta(hours=self.settings.storage_audio_retention_h))
 
-    async def _sentence(self, conv: str, message_id: str, index: int) -> SentenceAudio | None:
-        try:
-            raw = await self.bus.js.get_last_msg("PARLEY_SPEECH", subjects.speech(conv, message_id, index))
-        except NotFoundError:
-            return None
-        meta = AudioMeta.from_headers(raw.headers)
-        first = (raw.headers or {}).get(schemas.FIRST_AUDIO_HEADER)
-        return SentenceAudio(
-            index, raw.data or b"", meta.sample_rate, meta.status == "ok", float(first) if first else None
-        )
-
     async def handle_reply(self, msg: NatsMsg) -> None:
         keep_alive = asyncio.create_task(busmod.keep_alive(msg, every_s=_ACK_WAIT_S / 3))
         try:
@@ -110,7 +99,7 @@ class StorageService(Service):
         if done.sentence_count == 0:
             return
         conv, mid = done.conversation_id, done.message_id
-        found = await asyncio.gather(*(self._sentence(conv, mid, i) for i in range(done.sentence_count)))
+        found = await asyncio.gather(*(speech.read(self.bus, conv, mid, i) for i in range(done.sentence_count)))
         sentences = [s for s in found if s is not None]
         missing = done.sentence_count - len(sentences)
         if missing:

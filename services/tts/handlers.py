@@ -13,17 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from urllib.parse import quote
 
 from nats.aio.msg import Msg as NatsMsg
 from nats.js.errors import KeyNotFoundError
 
 from services.common import bus as busmod
-from services.common import metrics, objectstore, schemas, subjects
+from services.common import metrics, objectstore, schemas, speech, subjects
 from services.common.audio import OUTPUT_RATE
 from services.common.logs import ctx
 from services.common.runtime import Service
-from services.common.schemas import FIRST_AUDIO_HEADER, TEXT_HEADER, AudioMeta
+from services.common.schemas import AudioMeta
 
 from .config import TtsSettings
 from .engine import SynthesisError, Voice, XttsEngine
@@ -72,7 +71,7 @@ class TtsService(Service):
             self.bus,
             # A short ack wait, kept alive while a sentence streams: a killed worker's
             # sentence goes to another within seconds, not half a minute.
-            busmod.WorkQueue("PARLEY_TTS", "tts", "parley.tts.*", ack_wait_s=_ACK_WAIT_S, max_deliver=3),
+            busmod.WorkQueue(subjects.TTS_STREAM, "tts", subjects.TTS_ALL, ack_wait_s=_ACK_WAIT_S, max_deliver=3),
             self.handle_job,
             concurrency=s.tts_capacity,
             give_up=self._give_up,
@@ -188,21 +187,8 @@ class TtsService(Service):
 
     async def _keep(self, job: schemas.TtsJob, pcm: bytes, ok: bool, first_audio_at: float | None = None) -> None:
         """The whole sentence (or a marker that there is none) for storage to assemble."""
-        meta = AudioMeta(
-            conversation_id=job.conversation_id,
-            message_id=job.message_id,
-            sentence_index=job.sentence_index,
-            sample_rate=OUTPUT_RATE,
-            last=True,
-            status="ok" if ok else "failed",
-        )
-        headers = meta.headers(msg_id=job.job_id)
-        headers[TEXT_HEADER] = quote(job.text)
-        if first_audio_at is not None:
-            headers[FIRST_AUDIO_HEADER] = repr(first_audio_at)
-        await self.bus.js.publish(
-            subjects.speech(job.conversation_id, job.message_id, job.sentence_index), pcm, headers=headers
-        )
+        sentence = speech.StoredSentence(job.sentence_index, pcm, OUTPUT_RATE, ok, job.text, first_audio_at)
+        await speech.keep(self.bus, job.conversation_id, job.message_id, sentence, msg_id=job.job_id)
 
     async def _fail(self, job: schemas.TtsJob, reason: str) -> None:
         log.warning("sentence failed: %s", reason, extra=ctx(message_id=job.message_id))

@@ -8,8 +8,9 @@ import msgspec
 import pytest
 
 from services.common import ids, schemas
+from services.common.speech import StoredSentence
 from services.gateway import protocol
-from services.storage.engine import SentenceAudio, assemble
+from services.storage.engine import assemble
 
 
 def test_every_payload_carries_its_version():
@@ -80,9 +81,9 @@ def test_client_messages_are_typed():
 
 def test_reply_audio_is_assembled_in_sentence_order_without_failed_sentences():
     parts = [
-        SentenceAudio(1, b"\x02\x00" * 10, 24000, True),
-        SentenceAudio(0, b"\x01\x00" * 10, 24000, True),
-        SentenceAudio(2, b"", 24000, False),
+        StoredSentence(1, b"\x02\x00" * 10, 24000, True),
+        StoredSentence(0, b"\x01\x00" * 10, 24000, True),
+        StoredSentence(2, b"", 24000, False),
     ]
     wav, duration, rate = assemble(parts)
     import io
@@ -93,4 +94,4 @@ def test_reply_audio_is_assembled_in_sentence_order_without_failed_sentences():
     assert sr == rate == 24000
     assert list(audio) == [1] * 10 + [2] * 10
     assert duration == pytest.approx(20 / 24000)
-    assert assemble([SentenceAudio(0, b"", 24000, False)]) == (b"", 0.0, 0)
+    assert assemble([StoredSentence(0, b"", 24000, False)]) == (b"", 0.0, 0)
