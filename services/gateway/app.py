@@ -22,8 +22,7 @@ from services.common.runtime import OPS_ROUTES, lifespan
 
 from . import rest
 from .auth import AuthError, Principal
-from .handlers import ClientSession, Gateway
-from .realtime import RealtimeSession
+from .handlers import Gateway
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -91,7 +90,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         if not gateway.ready:
             await ws.close(1013, "gateway is not ready")
             return
-        await ClientSession(ws, gateway).run()
+        await gateway.serve(ws)
 
     @app.websocket("/v1/realtime")
     async def realtime(ws: WebSocket):
@@ -99,7 +98,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         if not gateway.ready:
             await ws.close(1013, "gateway is not ready")
             return
-        await RealtimeSession(ws, gateway).run()
+        await gateway.serve(ws, realtime=True)
 
     @app.get("/", include_in_schema=False)
     async def index():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from services.gateway import realtime as rtsession
-from services.gateway import realtime_protocol as rt
+from services.gateway.realtime import config as rtsession
+from services.gateway.realtime import protocol as rt
 
 
 def test_ga_and_beta_session_updates_decode_to_the_same_settings():
@@ -22,17 +22,17 @@ def test_ga_and_beta_session_updates_decode_to_the_same_settings():
     )
     assert ga.session.audio.output.voice == beta.session.voice == "Ada"
     assert ga.session.audio.input.turn_detection == beta.session.turn_detection
-    assert rtsession._modalities(beta.session.modalities, "p") == ["audio"]
-    rtsession._check_format(ga.session.audio.input.format, msgspec.UNSET, "p")
-    rtsession._check_format(msgspec.UNSET, beta.session.input_audio_format, "p")
+    assert rtsession.modalities(beta.session.modalities, "p") == ["audio"]
+    rtsession.check_format(ga.session.audio.input.format, msgspec.UNSET, "p")
+    rtsession.check_format(msgspec.UNSET, beta.session.input_audio_format, "p")
 
 
 def test_an_explicit_null_is_told_apart_from_a_missing_field():
     off = rt.decoder.decode(b'{"type": "session.update", "session": {"audio": {"input": {"transcription": null}}}}')
     assert off.session.audio.input.transcription is None
     assert off.session.audio.input.turn_detection is msgspec.UNSET
-    with pytest.raises(rtsession._Refused) as refused:
-        rtsession._apply_turn_detection(rtsession._Config(model="m"), None)
+    with pytest.raises(rtsession.Refused) as refused:
+        rtsession.apply_turn_detection(rtsession.Config(model="m"), None)
     assert refused.value.param == "session.audio.input.turn_detection"
 
 
@@ -47,29 +47,29 @@ def test_an_explicit_null_is_told_apart_from_a_missing_field():
     ],
 )
 def test_turn_detection_outside_what_the_vad_does_is_refused(turn, param):
-    cfg = rtsession._Config(model="m")
-    with pytest.raises(rtsession._Refused) as refused:
-        rtsession._apply_turn_detection(cfg, msgspec.convert(turn, rt.TurnDetectionIn))
+    cfg = rtsession.Config(model="m")
+    with pytest.raises(rtsession.Refused) as refused:
+        rtsession.apply_turn_detection(cfg, msgspec.convert(turn, rt.TurnDetectionIn))
     assert refused.value.param == f"session.audio.input.turn_detection.{param}"
-    assert cfg == rtsession._Config(model="m")
+    assert cfg == rtsession.Config(model="m")
 
 
 def test_server_vad_maps_onto_the_stt_session():
-    cfg = rtsession._Config(model="m")
+    cfg = rtsession.Config(model="m")
     turn = rt.TurnDetectionIn(
         threshold=0.6, prefix_padding_ms=250, silence_duration_ms=800, interrupt_response=False, idle_timeout_ms=9000
     )
-    rtsession._apply_turn_detection(cfg, turn)
+    rtsession.apply_turn_detection(cfg, turn)
     assert (cfg.threshold, cfg.prefix_padding_ms, cfg.silence_duration_ms) == (0.6, 250, 800)
     assert cfg.interrupt_response is False
 
 
 @pytest.mark.parametrize("fmt", [{"type": "audio/pcmu"}, {"type": "audio/pcma"}, {"type": "audio/pcm", "rate": 16000}])
 def test_audio_other_than_pcm16_at_24khz_is_refused(fmt):
-    with pytest.raises(rtsession._Refused):
-        rtsession._check_format(msgspec.convert(fmt, rt.AudioFormatIn), msgspec.UNSET, "p")
-    with pytest.raises(rtsession._Refused):
-        rtsession._check_format(msgspec.UNSET, "g711_ulaw", "p")
+    with pytest.raises(rtsession.Refused):
+        rtsession.check_format(msgspec.convert(fmt, rt.AudioFormatIn), msgspec.UNSET, "p")
+    with pytest.raises(rtsession.Refused):
+        rtsession.check_format(msgspec.UNSET, "g711_ulaw", "p")
 
 
 def test_validation_errors_name_the_field():

@@ -1,0 +1,75 @@
+"""Mic audio in: each frame checked, held to real time, and published for the STT worker."""
+
+from __future__ import annotations
+
+import time
+
+from services.common import bus as busmod
+from services.common import metrics, subjects
+from services.common.audio import AudioError, pcm16_to_array
+from services.common.schemas import AudioMeta
+
+from .config import GatewaySettings
+from .wire import Wire
+
+
+class AudioBudget:
+    """A token bucket of mic audio: real time times `rate`, after a burst allowance."""
+
+    def __init__(self, burst_s: float, rate: float, sample_rate: int = 16000):
+        self.capacity = burst_s * sample_rate
+        self.refill = rate * sample_rate
+        self._left = self.capacity
+        self._at = time.monotonic()
+
+    def take(self, samples: int) -> bool:
+        now = time.monotonic()
+        self._left = min(self.capacity, self._left + (now - self._at) * self.refill)
+        self._at = now
+        if samples > self._left:
+            return False
+        self._left -= samples
+        return True
+
+
+class MicInput:
+    def __init__(self, bus: busmod.Bus, settings: GatewaySettings, conversation_id: str, session_id: str, wire: Wire):
+        self.bus = bus
+        self.settings = settings
+        self.conv = conversation_id
+        self.session_id = session_id
+        self.wire = wire
+        self.seq = 0
+        self.samples = 0
+        """Samples published so far: each frame's offset in the session."""
+        self._budget = AudioBudget(settings.audio_burst_s, settings.max_audio_rate)
+        self._rate_error_at = 0.0
+
+    async def publish(self, frame: bytes) -> None:
+        """Mic audio (PCM16, 16 kHz) onto the bus, within the frame-size and rate limits."""
+        s = self.settings
+        if len(frame) > s.max_audio_frame_bytes:
+            self.wire.error("frame_too_large", f"audio frames are limited to {s.max_audio_frame_bytes} bytes")
+            return
+        try:
+            pcm16_to_array(frame)
+        except AudioError as exc:
+            self.wire.error("bad_audio_frame", str(exc))
+            return
+        if not self._budget.take(len(frame) // 2):
+            metrics.EVENTS.labels("gateway", "audio_dropped_too_fast").inc()
+            now = time.monotonic()
+            if now - self._rate_error_at >= 1.0:
+                self._rate_error_at = now
+                message = f"mic audio arrives faster than {s.max_audio_rate:g}x real time; frames are dropped"
+                self.wire.error("audio_too_fast", message)
+            return
+        meta = AudioMeta(
+            conversation_id=self.conv,
+            session_id=self.session_id,
+            chunk_seq=self.seq,
+            offset=self.samples,
+        )
+        self.seq += 1
+        self.samples += len(frame) // 2
+        await self.bus.nc.publish(subjects.audio_in(self.conv), frame, headers=meta.headers())

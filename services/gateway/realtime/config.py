@@ -1,0 +1,178 @@
+"""The Realtime session as the client configured it, and `session.update` checked field by field.
+
+Everything is validated before anything is applied: a refused update changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+import msgspec
+
+from services.common import db
+
+from ..wire import Opening
+from . import protocol as rt
+
+IN_RATE = 24000
+"""The API's audio rate, both ways."""
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z]{2})?$")
+
+
+class Refused(Exception):
+    """A client event Parley will not act on: answered with an OpenAI-shaped error event."""
+
+    def __init__(self, code: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+@dataclass
+class Config:
+    """The session as the client configured it (OpenAI's defaults where it did not)."""
+
+    model: str
+    instructions: str | None = None
+    modalities: list[str] = field(default_factory=lambda: ["audio"])
+    voice: str | None = None
+    """As the client named it; None: the avatar's name is reported."""
+    transcription: rt.Transcription | None = field(default_factory=lambda: rt.Transcription(model="parley-whisper"))
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+    interrupt_response: bool = True
+
+
+def updated(current: Config, s: rt.SessionIn) -> tuple[Config, str | rt.VoiceRef | None | msgspec.UnsetType]:
+    """The configuration `session.update` asks for, and the voice it names (resolved by the caller)."""
+    if s.type not in (msgspec.UNSET, "realtime"):
+        raise Refused("unsupported", "only realtime sessions are supported (no transcription sessions)", "type")
+    cfg = dataclasses.replace(current)
+    audio = s.audio or rt.AudioIn()
+    a_in = audio.input or rt.AudioInputIn()
+    a_out = audio.output or rt.AudioOutputIn()
+    if s.model is not msgspec.UNSET:
+        cfg.model = s.model
+    if s.instructions is not msgspec.UNSET:
+        cfg.instructions = s.instructions or None
+    given = s.output_modalities if s.output_modalities is not msgspec.UNSET else s.modalities
+    if given is not msgspec.UNSET:
+        cfg.modalities = modalities(given, "session.output_modalities")
+    if s.tools:
+        raise Refused("unsupported", "Parley's avatars call no tools: session.tools must be empty", "session.tools")
+    check_format(a_in.format, s.input_audio_format, "session.audio.input.format")
+    check_format(a_out.format, s.output_audio_format, "session.audio.output.format")
+    transcription = a_in.transcription
+    if transcription is msgspec.UNSET:
+        transcription = s.input_audio_transcription
+    if transcription is None:
+        cfg.transcription = None
+    elif transcription is not msgspec.UNSET:
+        language = (transcription.language or "").lower() or None
+        if language is not None and not _LANGUAGE.match(language):
+            param = "session.audio.input.transcription.language"
+            raise Refused("invalid_value", f"'{transcription.language}' is not an ISO-639-1 language code", param)
+        cfg.transcription = rt.Transcription(
+            model=transcription.model or "parley-whisper", language=language, prompt=transcription.prompt
+        )
+    turn = a_in.turn_detection if a_in.turn_detection is not msgspec.UNSET else s.turn_detection
+    if turn is not msgspec.UNSET:
+        apply_turn_detection(cfg, turn)
+    voice = a_out.voice if a_out.voice is not msgspec.UNSET else s.voice
+    return cfg, voice
+
+
+def describe(cfg: Config, avatar: db.Avatar, session_id: str, conversation_id: str, expires_at: int) -> rt.Session:
+    """The session as `session.created` and `session.updated` report it."""
+    turn = rt.TurnDetection(
+        threshold=cfg.threshold,
+        prefix_padding_ms=cfg.prefix_padding_ms,
+        silence_duration_ms=cfg.silence_duration_ms,
+        interrupt_response=cfg.interrupt_response,
+    )
+    return rt.Session(
+        id=session_id,
+        model=cfg.model,
+        output_modalities=cfg.modalities,
+        instructions=cfg.instructions or "",
+        audio=rt.Audio(
+            input=rt.AudioInput(format=rt.AudioFormat(), transcription=cfg.transcription, turn_detection=turn),
+            output=rt.AudioOutput(format=rt.AudioFormat(), voice=cfg.voice or avatar.name),
+        ),
+        expires_at=expires_at,
+        parley=rt.ParleyInfo(conversation_id=conversation_id, avatar_id=avatar.id, avatar_name=avatar.name),
+    )
+
+
+def modalities(given: list[str], param: str) -> list[str]:
+    """`["audio"]` (audio with its transcript) or `["text"]`; the beta's `["text", "audio"]` is audio."""
+    if not given or not set(given) <= {"text", "audio"}:
+        raise Refused("invalid_value", "output_modalities must be ['audio'] or ['text']", param)
+    return ["audio"] if "audio" in given else ["text"]
+
+
+def check_format(fmt, beta: str | msgspec.UnsetType, param: str) -> None:
+    """PCM16 at 24 kHz only (G.711 is refused rather than misheard)."""
+    if beta not in (msgspec.UNSET, "pcm16"):
+        raise Refused("unsupported", f"audio format '{beta}' is not supported: use pcm16 at 24 kHz", param)
+    if fmt in (msgspec.UNSET, None):
+        return
+    if fmt.type != "audio/pcm" or fmt.rate not in (None, IN_RATE):
+        rate = f" at {fmt.rate} Hz" if fmt.rate else ""
+        raise Refused(
+            "unsupported", f"audio format '{fmt.type}'{rate} is not supported: use audio/pcm at 24000 Hz", param
+        )
+
+
+def apply_turn_detection(cfg: Config, turn: rt.TurnDetectionIn | None) -> None:
+    param = "session.audio.input.turn_detection"
+    if turn is None:
+        raise Refused("unsupported", "Parley detects turns on the server: turn_detection must be server_vad", param)
+    if turn.type != "server_vad":
+        raise Refused("unsupported", f"turn detection '{turn.type}' is not supported: use server_vad", param + ".type")
+    if turn.create_response is False:
+        message = "every committed turn is answered: create_response cannot be false"
+        raise Refused("unsupported", message, param + ".create_response")
+    if turn.threshold is not None:
+        if not 0.0 < turn.threshold < 1.0:
+            raise Refused("invalid_value", "threshold must lie between 0 and 1", param + ".threshold")
+        cfg.threshold = turn.threshold
+    if turn.prefix_padding_ms is not None:
+        if not 0 <= turn.prefix_padding_ms <= 2000:
+            raise Refused("invalid_value", "prefix_padding_ms must lie in 0..2000", param + ".prefix_padding_ms")
+        cfg.prefix_padding_ms = turn.prefix_padding_ms
+    if turn.silence_duration_ms is not None:
+        if not 100 <= turn.silence_duration_ms <= 5000:
+            raise Refused("invalid_value", "silence_duration_ms must lie in 100..5000", param + ".silence_duration_ms")
+        cfg.silence_duration_ms = turn.silence_duration_ms
+    if turn.interrupt_response is not None:
+        cfg.interrupt_response = turn.interrupt_response
+
+
+def apply_stt(cfg: Config, opening: Opening) -> None:
+    """The session's recognition and barge-in as the client configured them."""
+    t, o = cfg.transcription, opening.stt
+    opening.barge_in = cfg.interrupt_response
+    o.language = t.language if t else None
+    o.end_of_turn_ms = cfg.silence_duration_ms
+    o.vad_threshold = cfg.threshold
+    o.pad_ms = cfg.prefix_padding_ms
+    o.instructions = cfg.instructions
+    o.prompt = t.prompt if t else None
+
+
+def stt_view(cfg: Config) -> tuple:
+    """What the STT session is opened with: a change reopens it."""
+    t = cfg.transcription
+    return (
+        cfg.threshold,
+        cfg.prefix_padding_ms,
+        cfg.silence_duration_ms,
+        cfg.instructions,
+        t.language if t else None,
+        t.prompt if t else None,
+    )

@@ -1,0 +1,372 @@
+"""A client's live session: the coordinator between one wire and the bus.
+
+The gateway is the natural supervisor of a live session: it admits it (admission.py), asks an
+STT worker to own its audio (stt_link.py), publishes the client's audio and turns, and relays
+the conversation's events and reply audio back (relay.py). The session talks to its client
+only through a `Wire` (wire.py), so the native protocol and the Realtime API share all of it
+and neither subclasses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+from fastapi import WebSocketDisconnect
+from nats.aio.msg import Msg as NatsMsg
+from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from services.common import db, ids, metrics, schemas, subjects
+from services.common.logs import ctx
+
+from . import events, protocol
+from .admission import Admitted, Refused, admit
+from .auth import AuthError, bearer
+from .client_socket import ClientSocket
+from .mic import MicInput
+from .relay import ReplyRelay
+from .stt_link import SttLink
+from .wire import Opening, Wire
+
+if TYPE_CHECKING:
+    from .handlers import Gateway
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(self, gateway: Gateway, socket: ClientSocket, wire: Wire):
+        self.gw = gateway
+        self.socket = socket
+        self.wire = wire
+        self.bus = gateway.bus
+        self.settings = gateway.settings
+        self.conv = ""
+        self.user_id = ""
+        self.audio_session_id = ids.new_id()
+        """This connection's audio session on the bus (STT, speech events, control)."""
+        self.resume_id = self.audio_session_id
+        """The client-facing session: stable across resumes, the key of its stored record."""
+        self.opening = Opening()
+        self.cursor = 0
+        """The newest final event's sequence in PARLEY_EVENTS: a client resumes after it."""
+        self.text_seq = 0
+        self.avatars: list[db.Avatar] = []
+        """Who answers in this conversation, in order."""
+        self.stt: SttLink | None = None
+        self.relay: ReplyRelay | None = None
+        self.live = False
+        """Live events flow only once `session.started` is queued: it is always seq 1."""
+        self.closed = False
+        self.end_reason = "dropped"
+        self._recorded = False
+        self._subs: list = []
+        self.mic: MicInput | None = None
+        self._bus_error_at = 0.0
+        wire.attach(self)
+
+    @property
+    def opened_at(self) -> float:
+        return self.socket.opened_at
+
+    @property
+    def connection(self) -> str:
+        return f"{self.settings.instance_id}/{self.audio_session_id}"
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.wire.accept()
+        if not self.gw.auth.origin_allowed(self.socket.headers.get("origin"), self.socket.headers.get("host")):
+            await self.wire.refuse(protocol.CLOSE_FORBIDDEN, "origin not allowed")
+            return
+        opening = await self.wire.open()
+        if opening is None:
+            return
+        try:
+            token = bearer(self.socket.headers.get("authorization")) or opening.token
+            principal = await self.gw.auth.authenticate(token)
+        except AuthError as exc:
+            await self.wire.refuse(protocol.CLOSE_UNAUTHENTICATED, f"{exc.code}: {exc.message}"[:120])
+            return
+        self.user_id = principal.user_id
+        self.opening = opening
+        try:
+            admitted = await admit(
+                self.gw.repo, self.settings, self.user_id, opening, self.audio_session_id, self.connection
+            )
+        except Refused as exc:
+            await self.wire.refuse(exc.code, exc.reason)
+            return
+        self._recorded = True
+        await self._begin(admitted)
+        self.gw.sessions.add(self)
+        metrics.ACTIVE_SESSIONS.labels("gateway").set(len(self.gw.sessions))
+        sender = asyncio.create_task(self.socket.sender())
+        try:
+            await self.socket.receive(self._on_message, self._expired)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.gw.sessions.discard(self)
+            metrics.ACTIVE_SESSIONS.labels("gateway").set(len(self.gw.sessions))
+            await self._teardown()
+            self.socket.finish()
+            try:
+                await asyncio.wait_for(sender, 5)
+            except Exception:
+                sender.cancel()
+
+    async def _begin(self, admitted: Admitted) -> None:
+        """Subscribe, open speech input, say `session.started`, then replay or follow final events."""
+        self.conv, self.resume_id = admitted.conversation_id, admitted.resume_id
+        resumed = admitted.resumed
+        if resumed is not None:
+            # The dropped connection, if its gateway has not noticed yet, lets go now.
+            await self.bus.publish(
+                subjects.control(self.conv),
+                schemas.SessionControl(conversation_id=self.conv, session_id=self.resume_id, action="resumed"),
+            )
+        self.avatars = await self.gw.repo.conversation_avatars(self.conv)
+        self.mic = MicInput(self.bus, self.settings, self.conv, self.audio_session_id, self.wire)
+        self.relay = ReplyRelay(self.bus, self.settings, self.conv, self.wire)
+        self.stt = SttLink(
+            self.bus,
+            self.settings,
+            self.conv,
+            self.audio_session_id,
+            self.opening.stt,
+            _names(self.avatars),
+            lambda code, message: self.wire.error(code, message, retryable=True),
+        )
+        self._subs.append(await self.bus.nc.subscribe(subjects.live_all(self.conv), cb=self._on_live))
+        self._subs.append(await self.bus.nc.subscribe(subjects.speech_all(self.conv), cb=self._on_live))
+        self._subs.append(await self.bus.nc.subscribe(subjects.control(self.conv), cb=self._on_control))
+        stt_error = await self.stt.start()
+        self.wire.send(
+            events.SessionStarted(
+                protocol=protocol.PROTOCOL_VERSION,
+                conversation_id=self.conv,
+                session_id=self.resume_id,
+                audio_session_id=self.audio_session_id,
+                resumed=resumed is not None,
+                audio_in=events.AudioFormat(sample_rate=16000),
+                audio_out=events.AudioFormat(sample_rate=24000),
+                speech_input=stt_error is None,
+            )
+        )
+        self.live = True
+        self._subs.append(
+            await self.bus.js.subscribe(
+                subjects.event_all(self.conv),
+                stream=subjects.EVENTS_STREAM,
+                ordered_consumer=True,
+                config=self._replay_from(resumed),
+                cb=self._on_event,
+            )
+        )
+        if stt_error is not None:
+            self.wire.error(*stt_error, retryable=True)
+        log.info(
+            "session %s",
+            "resumed" if resumed else "started",
+            extra=ctx(conversation_id=self.conv, session_id=self.audio_session_id),
+        )
+
+    def _replay_from(self, resumed: dict | None) -> ConsumerConfig:
+        """Final events from here on (after the client's cursor when resuming), each with its cursor."""
+        if resumed is None:
+            return ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        resume = self.opening.resume
+        if resume is not None and resume.last_cursor is not None:
+            return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=resume.last_cursor + 1)
+        return ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=resumed["started_at"].isoformat()
+        )
+
+    async def _teardown(self) -> None:
+        self.closed = True
+        if self.stt is not None:
+            await self.stt.close()
+        if self.relay is not None:
+            self.relay.close()
+        await self.wire.closed()
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        if not self.conv:
+            return
+        try:
+            await self.control("end")
+        except Exception:
+            log.warning("could not announce session end", extra=ctx(conversation_id=self.conv))
+        if self._recorded and self.end_reason != "resumed":
+            try:
+                await self.gw.repo.end_session(self.resume_id, self.connection, self.end_reason)
+            except Exception:
+                log.warning("could not record session end", extra=ctx(conversation_id=self.conv))
+
+    def close(self, code: int, reason: str, end_reason: str | None = None) -> None:
+        """Close after everything already queued has been sent (an error event explaining why)."""
+        if end_reason is not None:
+            self.end_reason = end_reason
+        self.socket.close(code, reason)
+
+    def _expired(self, too_long: bool) -> None:
+        s = self.settings
+        if too_long:
+            self.wire.error("session_too_long", f"sessions last at most {s.max_session_s:g} s; start a new one")
+            self.close(protocol.CLOSE_SESSION_TOO_LONG, "maximum session length", "max_length")
+        else:
+            self.wire.error("idle_timeout", f"nothing received for {s.idle_timeout_s:g} s")
+            self.close(protocol.CLOSE_IDLE, "idle timeout", "idle")
+
+    async def _on_message(self, message: dict) -> None:
+        try:
+            await self.wire.on_message(message)
+        except (TimeoutError, NatsError) as exc:
+            # The bus is down or reconnecting: the client hears it (once a second at most)
+            # and may resend; a text with client_seq is the same turn again.
+            now = time.monotonic()
+            if now - self._bus_error_at >= 1.0:
+                self._bus_error_at = now
+                self.wire.error(
+                    "bus_unavailable",
+                    f"the message could not be passed on ({type(exc).__name__}); send it again",
+                    retryable=True,
+                )
+
+    # --- what a wire asks of the session ----------------------------------------------------
+
+    async def audio(self, frame: bytes) -> None:
+        """Mic audio (PCM16, 16 kHz) for the STT worker."""
+        await self.mic.publish(frame)
+
+    def text_turn_id(self, client_seq: int | None = None) -> tuple[int, str]:
+        """(turn seq, user message id) of the next typed turn. The client's own numbering spans
+        resumes, so a resend after a reconnect is the same turn."""
+        if client_seq is not None:
+            seq, namespace = client_seq, self.resume_id
+        else:
+            seq, namespace = self.text_seq, self.audio_session_id
+            self.text_seq += 1
+        return seq, ids.user_message_id(self.conv, namespace, "text", seq)
+
+    async def submit_text(self, message_id: str, seq: int, text: str, instructions: str | None = None) -> None:
+        """A typed user turn onto the bus (de-duplicated by its message id)."""
+        turn = schemas.UserTurn(
+            conversation_id=self.conv,
+            message_id=message_id,
+            session_id=self.audio_session_id,
+            turn_seq=seq,
+            source="text",
+            text=text,
+            marks={"received": time.time()},
+            instructions=instructions,
+        )
+        await self.bus.publish_fact(subjects.turn(self.conv), turn, msg_id=message_id)
+
+    async def interrupt(self, message_id: str, position: tuple[int, float] | None, fact_id: str | None = None) -> None:
+        """Stop forwarding the reply's audio and have it stored as heard up to `position`.
+        One interruption per reply is kept (de-duplicated by id) unless `fact_id` names a later one."""
+        self.relay.interrupted.add(message_id)
+        await self.bus.publish_fact(
+            subjects.interrupt(self.conv),
+            schemas.Interruption(
+                conversation_id=self.conv,
+                message_id=message_id,
+                sentence_index=position[0] if position else None,
+                offset_s=position[1] if position else None,
+            ),
+            msg_id=fact_id or f"interrupt.{message_id}",
+        )
+
+    async def control(self, action: str, message_id: str = "", reason: str = "") -> None:
+        """Control for this audio session that overtakes queued work (cancel, commit, clear, end)."""
+        await self.bus.publish(
+            subjects.control(self.conv),
+            schemas.SessionControl(
+                conversation_id=self.conv,
+                session_id=self.audio_session_id,
+                action=action,
+                message_id=message_id,
+                reason=reason,
+            ),
+        )
+
+    async def replace_avatars(self, avatars: list[db.Avatar]) -> None:
+        """Another cast for a conversation nobody has answered yet (a Realtime client's voice)."""
+        await self.gw.repo.replace_conversation_avatars(self.conv, [a.id for a in avatars])
+        self.avatars = avatars
+        self.stt.hotwords = _names(avatars)
+
+    async def barge_in(self) -> None:
+        """The person started speaking: any reply still playing stops where playback stood."""
+        now = time.monotonic()
+        for mid, reply in self.relay.playing(now):
+            position = reply.heard(now)
+            self.wire.send(
+                events.PlaybackStop(
+                    conversation_id=self.conv,
+                    message_id=mid,
+                    sentence_index=position[0],
+                    offset_ms=round(position[1] * 1000),
+                )
+            )
+            await self.interrupt(mid, position)
+            metrics.EVENTS.labels("gateway", "barge_in").inc()
+            await self.control("cancel", mid, "barge-in")
+        await self.wire.barged_in()
+
+    # --- from the bus -----------------------------------------------------------------------
+
+    async def _on_control(self, msg: NatsMsg) -> None:
+        try:
+            ctl = schemas.decode(msg.data, schemas.SessionControl)
+        except msgspec.DecodeError:
+            return
+        if ctl.action == "resumed" and ctl.session_id == self.resume_id and not self.closed:
+            self.close(protocol.CLOSE_SUPERSEDED, "session resumed on another connection", "resumed")
+
+    async def _on_live(self, msg: NatsMsg) -> None:
+        """Live media and events (core NATS): audio of replies this connection saw start."""
+        if self.closed or not self.live:
+            return
+        if subjects.is_speech(msg.subject) or msg.subject.endswith(".audio"):
+            self.relay.live_audio(msg, whole=subjects.is_speech(msg.subject))
+            return
+        try:
+            ev = events.from_bus(msg.data)
+        except msgspec.DecodeError:
+            log.warning("undecodable event on %s", msg.subject)
+            return
+        if isinstance(ev, events.ReplyStarted):
+            self.relay.started(ev)
+        self.wire.send(ev)
+        if isinstance(ev, events.SpeechStarted) and ev.session_id == self.audio_session_id and self.opening.barge_in:
+            await self.barge_in()
+
+    async def _on_event(self, msg: NatsMsg) -> None:
+        """Final events (PARLEY_EVENTS, in order, each with its cursor)."""
+        if self.closed:
+            return
+        cursor = msg.metadata.sequence.stream
+        self.cursor = max(self.cursor, cursor)
+        try:
+            ev = events.from_bus(msg.data)
+        except msgspec.DecodeError:
+            log.warning("undecodable event on %s", msg.subject)
+            return
+        if isinstance(ev, events.TranscriptFinal):
+            self.stt.note_final(ev)
+        self.relay.final(ev, cursor)
+
+
+def _names(avatars: list[db.Avatar]) -> str:
+    return ", ".join(a.name for a in avatars)

@@ -1,0 +1,77 @@
+"""What a session asks of a client protocol, and what a protocol asks of a session.
+
+A `Wire` reads one client protocol off the socket and writes the session's typed events in
+that protocol's form; the `Session` (session.py) never knows which protocol it talks to. The
+native protocol and the OpenAI Realtime API are two wires; a phone-call wire is a third.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from . import events, protocol
+from .playout import Frame
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+@dataclass
+class SttOptions:
+    """How the STT worker is asked to treat the session's audio."""
+
+    language: str | None = None
+    end_of_turn_ms: int | None = None
+    partials: bool = True
+    vad_threshold: float | None = None
+    pad_ms: int | None = None
+    instructions: str | None = None
+    """Carried onto every spoken turn (the Realtime API's session `instructions`)."""
+    prompt: str | None = None
+    """Words to bias recognition towards, besides the avatars' names."""
+
+
+@dataclass
+class Opening:
+    """What a client asked for when it connected."""
+
+    token: str | None = None
+    conversation_id: str | None = None
+    avatar_ids: list[str] = field(default_factory=list)
+    resume: protocol.Resume | None = None
+    barge_in: bool = True
+    """Speech over a playing reply stops it."""
+    stt: SttOptions = field(default_factory=SttOptions)
+
+
+class Wire(Protocol):
+    async def accept(self) -> None:
+        """Complete the WebSocket handshake (each protocol picks its own subprotocol)."""
+
+    async def open(self) -> Opening | None:
+        """Read what the client asks for; None once refused."""
+
+    def attach(self, session: Session) -> None:
+        """The session this wire serves, before anything is sent."""
+
+    async def on_message(self, message: dict) -> None:
+        """One text or binary frame from the client."""
+
+    def send(self, ev: events.ClientEvent, cursor: int | None = None) -> None:
+        """An event for the client (`cursor`: a final event's place in the event log)."""
+
+    def send_audio(self, message_id: str, frame: Frame) -> None:
+        """A frame of reply audio, in playout order."""
+
+    def error(self, code: str, message: str, retryable: bool = False) -> None:
+        """A problem the client should hear about; the session goes on."""
+
+    async def refuse(self, code: int, reason: str) -> None:
+        """End the connection before the session runs, with a close code and reason."""
+
+    async def barged_in(self) -> None:
+        """The person spoke over the avatar and what was playing has been stopped."""
+
+    async def closed(self) -> None:
+        """The session has ended: stop what the wire started."""
