@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import ROOT, pct, rss_mib, write_result
-from services.cli import DEMO_PERSONA
+from services.common.personas import DEFAULT_PERSONA
 from services.localmodels import LlamaServer, gguf_path
 
 QUESTIONS = [
@@ -37,7 +37,7 @@ QUESTIONS = [
 
 
 def ask(server: LlamaServer, question: str, max_tokens: int, cached: bool) -> dict:
-    persona = DEMO_PERSONA.replace("{name}", "Ada").replace("{role}", "Parley's demo avatar")
+    persona = DEFAULT_PERSONA.replace("{name}", "Ada").replace("{role}", "Parley's demo avatar")
     body = {
         "model": server.model_name,
         "stream": True,

@@ -13,13 +13,10 @@ import time
 from pathlib import Path
 
 from services.common import db, ids, objectstore
+from services.common.personas import DEFAULT_PERSONA
 from services.common.settings import ServiceSettings
 
 DEMO_VOICE = Path(__file__).parent / "common" / "assets" / "demo_voice.wav"
-DEMO_PERSONA = (
-    "You are {name}, {role}. You are warm, curious and concise. Your words are spoken aloud, "
-    "so answer in a few short sentences without lists, markdown or emoji."
-)
 
 
 def demo_voice_key() -> str:
@@ -41,7 +38,7 @@ async def seed(settings: ServiceSettings) -> None:
                 id=ids.DEMO_AVATAR_ID,
                 name="Ada",
                 role_title="Parley's demo avatar",
-                persona_prompt=DEMO_PERSONA,
+                persona_prompt=DEFAULT_PERSONA,
                 language="en",
                 voice_key=key,
                 owner_id=None,

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import asyncpg
 import msgspec
 import nats
 import nats.errors
-from botocore.exceptions import BotoCoreError, ClientError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg as NatsMsg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from . import metrics, schemas, subjects
+from .outages import dependency_down
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -165,45 +163,6 @@ async def ensure_streams(bus: Bus) -> None:
     await bus.js.create_key_value(bucket=subjects.CANCEL_BUCKET, ttl=3600)
     await bus.js.create_key_value(bucket=subjects.TURNS_BUCKET, ttl=3600, history=1)
     bus.declared = True
-
-
-_NATS_DOWN = (
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.NoRespondersError,  # a JetStream publish while the stream is being recovered
-    ServiceUnavailableError,
-)
-_PG_DOWN = (
-    asyncpg.PostgresConnectionError,  # the connection was lost or refused
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
-)
-_NETWORK_ERRNOS = {
-    errno.ECONNREFUSED,
-    errno.ECONNRESET,
-    errno.ECONNABORTED,
-    errno.EPIPE,
-    errno.ETIMEDOUT,
-    errno.EHOSTUNREACH,
-    errno.ENETUNREACH,
-}
-
-
-def dependency_down(exc: BaseException) -> bool:
-    """Whether a handler failed because something it needs is down or restarting (the bus,
-    Postgres, the object store), rather than because of the message it was handling."""
-    if isinstance(exc, (ConnectionError, TimeoutError, *_NATS_DOWN, *_PG_DOWN)):
-        return True
-    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:  # e.g. asyncio's "Connect call failed"
-        return True
-    if isinstance(exc, asyncpg.InterfaceError):
-        return "closed" in str(exc)  # a pooled connection cut under a query
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return status >= 500 or status == 429
-    return isinstance(exc, BotoCoreError) and "connect" in type(exc).__name__.lower()
 
 
 @dataclass

@@ -24,8 +24,8 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.cli import DEMO_PERSONA
 from services.common import db, ids, schemas, subjects
+from services.common.personas import DEFAULT_PERSONA
 
 from .auth import hash_api_key, new_api_key
 from .handlers import Gateway
@@ -425,7 +425,7 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
                 id=avatar_id,
                 name=name,
                 role_title=role_title or None,
-                persona_prompt=(persona_prompt or "").strip() or DEMO_PERSONA,
+                persona_prompt=(persona_prompt or "").strip() or DEFAULT_PERSONA,
                 language=language,
                 voice_key=key,
                 owner_id=user_id,

@@ -22,6 +22,7 @@ from services.common import bus as busmod
 from services.common import db, ids, metrics, schemas, speech, subjects
 from services.common.db import Avatar, HistoryItem
 from services.common.logs import ctx
+from services.common.personas import DEFAULT_PERSONA
 from services.common.runtime import Service
 
 from .config import LlmSettings
@@ -37,7 +38,6 @@ _EARLY_CANCEL_TTL_S = 600.0
 _SUPERSEDED = "superseded by a newer turn"
 _CANCELLED_BEFORE = "cancelled before it began"
 
-DEFAULT_PERSONA = "You are {name}, {role}. Speak naturally and briefly: your words are spoken aloud."
 # The languages XTTS-v2 speaks, named for the prompt.
 LANGUAGES = {
     "en": "English",

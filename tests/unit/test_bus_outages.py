@@ -14,7 +14,7 @@ from nats.js.api import RetentionPolicy, StreamConfig
 
 from services import devstack
 from services.common import bus as busmod
-from services.common import schemas, subjects
+from services.common import outages, schemas, subjects
 from services.common.settings import ServiceSettings
 
 
@@ -40,7 +40,7 @@ def _client_error(status: int) -> ClientError:
     ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
 )
 def test_an_outage_is_told_from_a_bad_message(exc, down):
-    assert busmod.dependency_down(exc) is down
+    assert outages.dependency_down(exc) is down
 
 
 @pytest.fixture
