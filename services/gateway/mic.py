@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from services.common import bus as busmod
 from services.common import metrics, subjects
@@ -10,7 +11,6 @@ from services.common.audio import AudioError, pcm16_to_array
 from services.common.schemas import AudioMeta
 
 from .config import GatewaySettings
-from .wire import Wire
 
 
 class AudioBudget:
@@ -33,12 +33,19 @@ class AudioBudget:
 
 
 class MicInput:
-    def __init__(self, bus: busmod.Bus, settings: GatewaySettings, conversation_id: str, session_id: str, wire: Wire):
+    def __init__(
+        self,
+        bus: busmod.Bus,
+        settings: GatewaySettings,
+        conversation_id: str,
+        session_id: str,
+        on_error: Callable[[str, str], None],
+    ):
         self.bus = bus
         self.settings = settings
         self.conv = conversation_id
         self.session_id = session_id
-        self.wire = wire
+        self._error = on_error
         self.seq = 0
         self.samples = 0
         """Samples published so far: each frame's offset in the session."""
@@ -49,12 +56,12 @@ class MicInput:
         """Mic audio (PCM16, 16 kHz) onto the bus, within the frame-size and rate limits."""
         s = self.settings
         if len(frame) > s.max_audio_frame_bytes:
-            self.wire.error("frame_too_large", f"audio frames are limited to {s.max_audio_frame_bytes} bytes")
+            self._error("frame_too_large", f"audio frames are limited to {s.max_audio_frame_bytes} bytes")
             return
         try:
             pcm16_to_array(frame)
         except AudioError as exc:
-            self.wire.error("bad_audio_frame", str(exc))
+            self._error("bad_audio_frame", str(exc))
             return
         if not self._budget.take(len(frame) // 2):
             metrics.EVENTS.labels("gateway", "audio_dropped_too_fast").inc()
@@ -62,7 +69,7 @@ class MicInput:
             if now - self._rate_error_at >= 1.0:
                 self._rate_error_at = now
                 message = f"mic audio arrives faster than {s.max_audio_rate:g}x real time; frames are dropped"
-                self.wire.error("audio_too_fast", message)
+                self._error("audio_too_fast", message)
             return
         meta = AudioMeta(
             conversation_id=self.conv,

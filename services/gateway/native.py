@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 import msgspec
 from fastapi import WebSocketDisconnect
@@ -16,10 +15,7 @@ from fastapi import WebSocketDisconnect
 from . import events, protocol
 from .client_socket import ClientSocket
 from .playout import Frame
-from .wire import Opening, SttOptions
-
-if TYPE_CHECKING:
-    from .session import Session
+from .wire import Opening, SessionApi, SttOptions
 
 
 class NativeWire:
@@ -27,10 +23,10 @@ class NativeWire:
         self.socket = socket
         self.start_timeout_s = start_timeout_s
         self.max_text_chars = max_text_chars
-        self.session: Session | None = None
+        self.session: SessionApi | None = None
         self.seq = 0
 
-    def attach(self, session: Session) -> None:
+    def attach(self, session: SessionApi) -> None:
         self.session = session
 
     # --- connecting -------------------------------------------------------------------------
@@ -116,12 +112,12 @@ class NativeWire:
         elif isinstance(msg, protocol.Interrupt):
             await self._on_interrupt(msg)
         elif isinstance(msg, protocol.Playback):
-            if not session.relay.playback(msg.message_id, msg.played_ms, msg.ended):
+            if not session.playback(msg.message_id, msg.played_ms, msg.ended):
                 self.error("unknown_reply", "playback is reported for replies whose audio this session sent")
         elif isinstance(msg, protocol.End):
             session.close(1000, "session ended", "client")
         elif isinstance(msg, protocol.Latency):
-            if not session.relay.latency(msg.message_id, msg.voice_to_voice_ms):
+            if not session.latency(msg.message_id, msg.voice_to_voice_ms):
                 self.error("unknown_reply", "latency is reported once per spoken reply of this session")
         else:
             self.error("unexpected_message", "session.start was already received")
@@ -140,7 +136,7 @@ class NativeWire:
         self.send(events.UserMessage(conversation_id=session.conv, message_id=message_id, text=text))
 
     async def _on_interrupt(self, msg: protocol.Interrupt) -> None:
-        session, relay = self.session, self.session.relay
+        session = self.session
         now = time.monotonic()
         if msg.message_id:
             try:
@@ -148,18 +144,18 @@ class NativeWire:
             except ValueError:
                 self.error("bad_message_id", "interrupt.message_id must be a reply's message id")
                 return
-            if targets[0] not in relay.replies:
+            if session.reply(targets[0]) is None:
                 # Only a reply this session relayed: an id from anywhere else (another user's
                 # conversation included) must not reach the orchestrator.
                 self.error("unknown_reply", "interrupt.message_id is not a reply of this session")
                 return
         else:
-            targets = relay.unfinished(now)
+            targets = session.unfinished()
         for mid in targets:
             position = None
             if msg.message_id is not None and msg.sentence_index is not None:
                 position = (msg.sentence_index, (msg.offset_ms or 0) / 1000)
-            elif (reply := relay.replies.get(mid)) is not None and reply.played is not None:
+            elif (reply := session.reply(mid)) is not None and reply.played is not None:
                 position = reply.heard(now)
             await session.interrupt(mid, position)
         await session.control("cancel", msg.message_id or "", "client interrupt")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from nats.aio.msg import Msg as NatsMsg
 
@@ -21,7 +22,14 @@ from services.common.schemas import AudioMeta
 from . import events
 from .config import GatewaySettings
 from .playout import Frame, Playout
-from .wire import Wire
+
+
+class Sink(Protocol):
+    """Where the relay writes: the session's wire."""
+
+    def send(self, ev: events.ClientEvent, cursor: int | None = None) -> None: ...
+
+    def send_audio(self, message_id: str, frame: Frame) -> None: ...
 
 
 @dataclass
@@ -73,7 +81,7 @@ class Reply:
 
 
 class ReplyRelay:
-    def __init__(self, bus: busmod.Bus, settings: GatewaySettings, conversation_id: str, wire: Wire):
+    def __init__(self, bus: busmod.Bus, settings: GatewaySettings, conversation_id: str, wire: Sink):
         self.bus = bus
         self.settings = settings
         self.conv = conversation_id

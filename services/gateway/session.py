@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 from fastapi import WebSocketDisconnect
@@ -20,26 +20,35 @@ from nats.aio.msg import Msg as NatsMsg
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from services.common import bus as busmod
 from services.common import db, ids, metrics, schemas, subjects
 from services.common.logs import ctx
 
 from . import events, protocol
 from .admission import Admitted, Refused, admit
-from .auth import AuthError, bearer
+from .auth import Authenticator, AuthError, bearer
 from .client_socket import ClientSocket
+from .config import GatewaySettings
 from .mic import MicInput
-from .relay import ReplyRelay
+from .relay import Reply, ReplyRelay
 from .stt_link import SttLink
 from .wire import Opening, Wire
-
-if TYPE_CHECKING:
-    from .handlers import Gateway
 
 log = logging.getLogger(__name__)
 
 
+class Host(Protocol):
+    """What a session needs of the gateway service that holds it."""
+
+    bus: busmod.Bus
+    repo: db.Repo
+    auth: Authenticator
+    settings: GatewaySettings
+    sessions: set
+
+
 class Session:
-    def __init__(self, gateway: Gateway, socket: ClientSocket, wire: Wire):
+    def __init__(self, gateway: Host, socket: ClientSocket, wire: Wire):
         self.gw = gateway
         self.socket = socket
         self.wire = wire
@@ -132,7 +141,7 @@ class Session:
                 schemas.SessionControl(conversation_id=self.conv, session_id=self.resume_id, action="resumed"),
             )
         self.avatars = await self.gw.repo.conversation_avatars(self.conv)
-        self.mic = MicInput(self.bus, self.settings, self.conv, self.audio_session_id, self.wire)
+        self.mic = MicInput(self.bus, self.settings, self.conv, self.audio_session_id, self.wire.error)
         self.relay = ReplyRelay(self.bus, self.settings, self.conv, self.wire)
         self.stt = SttLink(
             self.bus,
@@ -244,6 +253,24 @@ class Session:
 
     # --- what a wire asks of the session ----------------------------------------------------
 
+    def reply(self, message_id: str) -> Reply | None:
+        return self.relay.replies.get(message_id)
+
+    def unfinished(self) -> list[str]:
+        return self.relay.unfinished(time.monotonic())
+
+    def playback(self, message_id: str, played_ms: float, ended: bool) -> bool:
+        return self.relay.playback(message_id, played_ms, ended)
+
+    def latency(self, message_id: str, voice_to_voice_ms: float) -> bool:
+        return self.relay.latency(message_id, voice_to_voice_ms)
+
+    def mute(self, message_id: str) -> None:
+        self.relay.interrupted.add(message_id)
+
+    async def reopen_stt(self) -> None:
+        await self.stt.reopen()
+
     async def audio(self, frame: bytes) -> None:
         """Mic audio (PCM16, 16 kHz) for the STT worker."""
         await self.mic.publish(frame)
@@ -275,7 +302,7 @@ class Session:
     async def interrupt(self, message_id: str, position: tuple[int, float] | None, fact_id: str | None = None) -> None:
         """Stop forwarding the reply's audio and have it stored as heard up to `position`.
         One interruption per reply is kept (de-duplicated by id) unless `fact_id` names a later one."""
-        self.relay.interrupted.add(message_id)
+        self.mute(message_id)
         await self.bus.publish_fact(
             subjects.interrupt(self.conv),
             schemas.Interruption(

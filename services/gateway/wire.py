@@ -8,13 +8,13 @@ native protocol and the OpenAI Realtime API are two wires; a phone-call wire is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
+
+from services.common import db
 
 from . import events, protocol
 from .playout import Frame
-
-if TYPE_CHECKING:
-    from .session import Session
+from .relay import Reply
 
 
 @dataclass
@@ -45,6 +45,51 @@ class Opening:
     stt: SttOptions = field(default_factory=SttOptions)
 
 
+class SessionApi(Protocol):
+    """What a wire may ask of its session (session.py implements it)."""
+
+    conv: str
+    audio_session_id: str
+    resume_id: str
+    user_id: str
+    opening: Opening
+    avatars: list[db.Avatar]
+
+    @property
+    def opened_at(self) -> float: ...
+
+    def reply(self, message_id: str) -> Reply | None:
+        """A reply this connection relays."""
+
+    def unfinished(self) -> list[str]:
+        """Replies still arriving or playing."""
+
+    def playback(self, message_id: str, played_ms: float, ended: bool) -> bool: ...
+
+    def latency(self, message_id: str, voice_to_voice_ms: float) -> bool: ...
+
+    def mute(self, message_id: str) -> None:
+        """Forward no more of the reply's audio."""
+
+    async def audio(self, frame: bytes) -> None: ...
+
+    def text_turn_id(self, client_seq: int | None = None) -> tuple[int, str]: ...
+
+    async def submit_text(self, message_id: str, seq: int, text: str, instructions: str | None = None) -> None: ...
+
+    async def interrupt(
+        self, message_id: str, position: tuple[int, float] | None, fact_id: str | None = None
+    ) -> None: ...
+
+    async def control(self, action: str, message_id: str = "", reason: str = "") -> None: ...
+
+    async def replace_avatars(self, avatars: list[db.Avatar]) -> None: ...
+
+    async def reopen_stt(self) -> None: ...
+
+    def close(self, code: int, reason: str, end_reason: str | None = None) -> None: ...
+
+
 class Wire(Protocol):
     async def accept(self) -> None:
         """Complete the WebSocket handshake (each protocol picks its own subprotocol)."""
@@ -52,7 +97,7 @@ class Wire(Protocol):
     async def open(self) -> Opening | None:
         """Read what the client asks for; None once refused."""
 
-    def attach(self, session: Session) -> None:
+    def attach(self, session: SessionApi) -> None:
         """The session this wire serves, before anything is sent."""
 
     async def on_message(self, message: dict) -> None:

@@ -18,7 +18,6 @@ import dataclasses
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
@@ -30,14 +29,11 @@ from .. import events
 from ..client_socket import ClientSocket
 from ..config import GatewaySettings
 from ..playout import Frame
-from ..wire import Opening
+from ..wire import Opening, SessionApi
 from . import protocol as rt
 from .buffer import InputBuffer
 from .config import IN_RATE, Config, Refused, apply_stt, describe, modalities, stt_view, updated
 from .output import Output, Response
-
-if TYPE_CHECKING:
-    from ..session import Session
 
 SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
@@ -67,7 +63,7 @@ class RealtimeWire:
         self.socket = socket
         self.settings = settings
         self.repo = repo
-        self.session: Session | None = None
+        self.session: SessionApi | None = None
         self.cfg = Config(model=model or "parley")
         self.avatar: db.Avatar | None = None
         """Who answers; the first of the session's avatars until `session.update` names a voice."""
@@ -82,7 +78,7 @@ class RealtimeWire:
         """Per reply, set when its first interruption has been stored (`reply.interrupted`)."""
         self._tasks: set[asyncio.Task] = set()
 
-    def attach(self, session: Session) -> None:
+    def attach(self, session: SessionApi) -> None:
         self.session = session
 
     @property
@@ -222,7 +218,7 @@ class RealtimeWire:
         return self.out.open(user_message_id, ids.reply_id(user_message_id, self.avatar.id), modalities, metadata)
 
     def _settle(self, rec: Response) -> None:
-        self.out.settle(rec, audio_pending=rec.reply_id in self.session.relay.replies and not rec.audio_done)
+        self.out.settle(rec, audio_pending=self.session.reply(rec.reply_id) is not None and not rec.audio_done)
 
     def _on_reply(self, rec: Response, ev: events.ClientEvent) -> None:
         if isinstance(ev, events.ReplyStarted):
@@ -324,7 +320,7 @@ class RealtimeWire:
         self.cfg, self.avatar = cfg, avatar
         apply_stt(cfg, self.session.opening)
         if stt_changed:
-            await self.session.stt.reopen()
+            await self.session.reopen_stt()
         self._emit(rt.SessionUpdated(session=self._session()))
 
     async def _resolve_voice(self, voice: str | rt.VoiceRef) -> tuple[db.Avatar, str]:
@@ -436,7 +432,7 @@ class RealtimeWire:
         """Stop the response now; the reply is stored as heard so far (the gateway's estimate)."""
         self.out.finish(rec, "cancelled", reason)
         rec.cancelled = True
-        reply = self.session.relay.replies.get(rec.reply_id)
+        reply = self.session.reply(rec.reply_id)
         if reply is None:
             # The client never got any of it, so nothing of it was heard.
             await self._interrupt(rec.reply_id, (0, 0.0))
@@ -468,7 +464,7 @@ class RealtimeWire:
             raise Refused(
                 "invalid_value", "assistant items have one content part: content_index must be 0", "content_index"
             )
-        reply = self.session.relay.replies.get(rec.reply_id)
+        reply = self.session.reply(rec.reply_id)
         sent_ms = reply.sent_s * 1000 if reply is not None else 0.0
         if not 0 <= ev.audio_end_ms <= sent_ms + 1:
             message = f"audio_end_ms must lie between 0 and the {sent_ms:.0f} ms of audio sent for the item"
@@ -486,7 +482,7 @@ class RealtimeWire:
         fact_id = f"truncate.{rec.reply_id}.{ev.audio_end_ms}"
         earlier = self._applied.get(rec.reply_id)
         if earlier is not None and not earlier.is_set():
-            self.session.relay.interrupted.add(rec.reply_id)
+            self.session.mute(rec.reply_id)
             self._spawn(self._interrupt_after(earlier, rec.reply_id, position, fact_id))
         else:
             await self._interrupt(rec.reply_id, position, fact_id)
