@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -19,15 +18,17 @@ from cachetools import LRUCache, TTLCache
 from nats.aio.msg import Msg as NatsMsg
 
 from services.common import bus as busmod
-from services.common import db, ids, metrics, schemas, speech, subjects
+from services.common import db, ids, metrics, schemas, subjects
 from services.common.db import Avatar, HistoryItem
 from services.common.logs import ctx
-from services.common.personas import DEFAULT_PERSONA
 from services.common.runtime import Service
 
+from .client import ChatClient
 from .config import LlmSettings
-from .engine import ChatClient, LLMError, SentenceCutter, speakable
+from .interruptions import Interruptions
 from .ordering import TurnGate
+from .prompt import answering, build_prompt
+from .reply import ReplyStream
 
 log = logging.getLogger(__name__)
 
@@ -37,72 +38,6 @@ orchestrator killed mid-reply is redelivered within seconds, not after half a mi
 _EARLY_CANCEL_TTL_S = 600.0
 _SUPERSEDED = "superseded by a newer turn"
 _CANCELLED_BEFORE = "cancelled before it began"
-
-# The languages XTTS-v2 speaks, named for the prompt.
-LANGUAGES = {
-    "en": "English",
-    "es": "Spanish",
-    "fr": "French",
-    "de": "German",
-    "it": "Italian",
-    "pt": "Portuguese",
-    "pl": "Polish",
-    "tr": "Turkish",
-    "ru": "Russian",
-    "nl": "Dutch",
-    "cs": "Czech",
-    "ar": "Arabic",
-    "zh-cn": "Chinese",
-    "ja": "Japanese",
-    "hu": "Hungarian",
-    "ko": "Korean",
-    "hi": "Hindi",
-}
-
-
-def build_prompt(
-    avatar: Avatar, avatars: list[Avatar], history: list[HistoryItem], instructions: str | None = None
-) -> list[dict]:
-    """The avatar's persona, then the recent messages (ending with the user's turn) as it sees them.
-
-    Its own replies are the assistant's; the user's turns and, when several characters take
-    part, the others' replies (prefixed with their names) are user messages. A session's own
-    `instructions` replace the persona as given (no placeholders filled); the avatar's voice
-    still speaks only its language, so the prompt still asks for it.
-    """
-    if instructions:
-        persona = instructions
-    else:
-        persona = (avatar.persona_prompt or DEFAULT_PERSONA).replace("{name}", avatar.name)
-        persona = persona.replace("{role}", avatar.role_title or "a conversational character")
-    language = LANGUAGES.get(avatar.language.lower(), avatar.language)
-    if "{language}" in persona and not instructions:
-        persona = persona.replace("{language}", language)
-    else:
-        persona += f"\nAlways answer in {language}."
-    others = [a.name for a in avatars if a.id != avatar.id]
-    if others:
-        persona += (
-            f"\nYou are in a conversation with the user and {', '.join(others)}. "
-            "Lines from the others start with their name."
-        )
-    names = {a.id: a.name for a in avatars}
-    messages = [{"role": "system", "content": persona}]
-    for item in history:
-        if item.role == "avatar" and item.avatar_id == avatar.id:
-            messages.append({"role": "assistant", "content": item.text})
-        elif item.role == "avatar":
-            speaker = names.get(item.avatar_id, "Another character")
-            messages.append({"role": "user", "content": f"{speaker}: {item.text}"})
-        else:
-            messages.append({"role": "user", "content": item.text})
-    return messages
-
-
-def answering(avatars: list[Avatar], text: str) -> list[Avatar]:
-    """Characters named in the turn answer it, in conversation order; else the first one."""
-    named = [a for a in avatars if a.name and re.search(rf"\b{re.escape(a.name)}\b", text, re.IGNORECASE)]
-    return named or avatars[:1]
 
 
 @dataclass
@@ -179,9 +114,9 @@ class Orchestrator(Service):
         interruptions = busmod.Worker(
             self.bus,
             # Up to 20 deliveries with growing delays (about half a minute): an interruption may
-            # come before its reply's turn has been taken (see `handle_interruption`).
+            # come before its reply's turn has been taken (see `Interruptions.handle`).
             busmod.WorkQueue(subjects.INTERRUPTS_STREAM, "llm-interrupts", subjects.INTERRUPTS_ALL, max_deliver=20),
-            self.handle_interruption,
+            Interruptions(self.bus, self.repo, self.cancelled, self.gate, self._forget_history).handle,
             concurrency=8,
             service=self.name,
         )
@@ -368,141 +303,28 @@ class Orchestrator(Service):
         first_out: asyncio.Event,
         active: _ActiveTurn,
     ) -> HistoryItem | None:
-        conv = turn.conversation_id
+        """Stream one avatar's reply; its row is written beside the stream and finished after it."""
         reply_id = ids.reply_id(turn.message_id, avatar.id)
-        t0 = time.perf_counter()
         active.reply_id = reply_id
 
         async def persist_start() -> None:
             await persist_user
-            await self.repo.start_reply(reply_id, conv, turn.message_id, avatar.id)
+            await self.repo.start_reply(reply_id, turn.conversation_id, turn.message_id, avatar.id)
 
         persist_reply = asyncio.create_task(persist_start())
-        await self.bus.publish_live(
-            schemas.ReplyStarted(
-                conversation_id=conv,
-                message_id=reply_id,
-                user_message_id=turn.message_id,
-                avatar_id=avatar.id,
-                avatar_name=avatar.name,
-            )
-        )
-        cutter = SentenceCutter(avatar.language, self.settings.llm_first_clause_words)
-        text, sentences, tokens = "", 0, 0
-        status, error = "complete", None
-        # Wall-clock marks of the turn's stages (seconds since the epoch), stored on the reply.
-        marks = {k: v for k, v in turn.marks.items() if k in ("speech_end", "final", "received", "llm_received")}
-        timings: dict[str, float] = {**marks, "started": time.time()}
-
-        async def dispatch(sentence: str) -> None:
-            nonlocal sentences
-            spoken = speakable(sentence)
-            if not spoken:
-                return
-            if sentences == 0:
-                timings["first_sentence"] = time.time()
-                metrics.stage("llm_first_sentence", time.perf_counter() - t0)
-            job = schemas.TtsJob(
-                conversation_id=conv,
-                message_id=reply_id,
-                job_id=ids.tts_job_id(reply_id, sentences),
-                sentence_index=sentences,
-                text=spoken,
-                language=avatar.language,
-                avatar_id=avatar.id,
-                voice_key=avatar.voice_key,
-                created_at=time.time(),
-            )
-            await self.bus.publish_fact(subjects.tts_job(conv), job, job.job_id)
-            first_out.set()
-            await self.bus.publish_live(
-                schemas.ReplySentence(conversation_id=conv, message_id=reply_id, sentence_index=sentences, text=spoken)
-            )
-            sentences += 1
-
-        try:
-            async for delta in self.llm.stream(build_prompt(avatar, avatars, history, turn.instructions)):
-                if tokens == 0:
-                    first_token_s = time.perf_counter() - t0
-                    timings["first_token"] = time.time()
-                    metrics.stage("llm_first_token", first_token_s)
-                text += delta
-                await self.bus.publish_live(
-                    schemas.ReplyDelta(conversation_id=conv, message_id=reply_id, delta_seq=tokens, text=delta)
-                )
-                tokens += 1
-                if active.cancel.is_set():
-                    status = "interrupted"
-                    break
-                for sentence in cutter.push(delta):
-                    await dispatch(sentence)
-            if status == "complete":
-                for sentence in cutter.flush():
-                    await dispatch(sentence)
-        except LLMError as exc:
-            status, error = "failed", f"{exc.code}: {exc}"
-            log.warning("LLM failed: %s", exc, extra=ctx(conversation_id=conv, message_id=reply_id))
-            await self.bus.publish_event(
-                schemas.ErrorEvent(
-                    conversation_id=conv, code=exc.code, message=str(exc), message_id=reply_id, retryable=exc.retryable
-                ),
-                msg_id=f"llm-fail.{reply_id}",
-            )
-        timings["done"] = time.time()
-        if tokens > 1:
-            streaming_s = time.perf_counter() - t0 - first_token_s
-            if streaming_s > 0:
-                metrics.LLM_TOKENS_PER_SECOND.observe((tokens - 1) / streaming_s)
+        stream = ReplyStream(self.bus, self.llm, self.settings, turn, avatar, reply_id)
+        out = await stream.run(build_prompt(avatar, avatars, history, turn.instructions), active.cancel, first_out)
         first_out.set()
         await persist_reply
         # An interruption with the playback position may have stored the heard text already.
-        _, status, text = await self.repo.finish_reply(reply_id, text, status, error, timings, sentences)
-        await self._announce(turn, avatar, reply_id, status, text, sentences, error)
+        _, status, text = await self.repo.finish_reply(
+            reply_id, out.text, out.status, out.error, out.timings, out.sentences
+        )
+        await self._announce(turn, avatar, reply_id, status, text, out.sentences, out.error)
         return HistoryItem("avatar", avatar.id, text) if text and status != "failed" else None
 
-    async def handle_interruption(self, msg: NatsMsg) -> None:
-        """Store what the person heard of an interrupted reply; the next prompt says exactly that."""
-        intr = schemas.decode(msg.data, schemas.Interruption)
-        conv = intr.conversation_id
-        await self.cancelled.put(intr.message_id, b"1")
-        heard = await self._heard(intr)
-        done = await self.repo.interrupt_reply(intr.message_id, heard)
-        if done.outcome in ("absent", "streaming"):
-            # The reply's row is written once its first sentence is out, or when its turn,
-            # seeing the cancel above, closes it unanswered; without a position the cut also
-            # waits for the streamed text to be final. The cancel makes either come soon.
-            delay = min(0.25 * msg.metadata.num_delivered, 2.0)
-            raise busmod.Retry(f"interrupted reply {done.outcome}", delay_s=delay)
-        if done.outcome == "failed":
-            return
-        text = done.text
+    def _forget_history(self, conv: str) -> None:
         self._history.pop(conv, None)
-        await self.gate.touch(conv)
-        await self.bus.publish_event(
-            schemas.ReplyInterrupted(conversation_id=conv, message_id=intr.message_id, text=text),
-            msg_id=f"interrupted.{intr.message_id}",
-        )
-
-    async def _heard(self, intr: schemas.Interruption) -> str | None:
-        """Whole sentences before the playback position, then the share of words of the
-        sentence playing, in proportion to how much of its audio was played."""
-        if intr.sentence_index is None:
-            return None
-        parts = []
-        for index in range(intr.sentence_index + 1):
-            sentence = await speech.read(self.bus, intr.conversation_id, intr.message_id, index)
-            if sentence is None:
-                break  # not synthesised yet, so not heard
-            if not sentence.ok:
-                continue
-            words = sentence.text.split()
-            if index < intr.sentence_index:
-                parts += words
-            else:
-                duration = sentence.duration_s
-                share = min(1.0, (intr.offset_s or 0.0) / duration) if duration else 0.0
-                parts += words[: int(len(words) * share)]
-        return " ".join(parts)
 
     async def _on_cancelled(self, msg: NatsMsg) -> None:
         self._cancelled_early[msg.subject.rsplit(".", 1)[-1]] = True

@@ -77,7 +77,7 @@ def test_every_error_and_close_code_in_the_code_is_documented():
     for path in (SERVICES / "gateway").glob("*.py"):
         for line in re.findall(r"^\s+code = (.*)$", path.read_text(), re.MULTILINE):  # chosen at run time
             sent |= set(re.findall(r'"([a-z_]+)"', line))
-    llm = (SERVICES / "llm" / "engine.py").read_text()
+    llm = (SERVICES / "llm" / "client.py").read_text()
     sent |= set(re.findall(r'^\s+code = "([a-z_]+)"', llm, re.MULTILINE))  # each LLM failure's code
     assert {"malformed_json", "turn_failed", "llm_auth", "no_capacity"} <= sent, "the patterns no longer match"
     assert sent - CODES == set()

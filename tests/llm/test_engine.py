@@ -1,11 +1,11 @@
-"""The orchestrator's engine: sentence cutting and the streaming client against a local server."""
+"""The orchestrator's LLM client against a local server, and sentence cutting."""
 
 from __future__ import annotations
 
 import pytest
 
 from services.devstack import free_port
-from services.llm.engine import (
+from services.llm.client import (
     ChatClient,
     LLMAuthError,
     LLMBadResponse,
@@ -13,9 +13,8 @@ from services.llm.engine import (
     LLMRateLimited,
     LLMServerError,
     LLMTimeout,
-    SentenceCutter,
-    speakable,
 )
+from services.llm.sentences import SentenceCutter, speakable
 from tests.fakes.llm_server import reply_for
 
 

@@ -1,4 +1,4 @@
-"""The orchestrator's interruption handler against a real Postgres, with the bus faked in memory.
+"""The orchestrator's interruptions against a real Postgres, with the bus faked in memory.
 
 The race it pins down: a reply's row can be inserted by its turn at any moment while an
 interruption is handled. The cut must be decided on one snapshot (cut, not there yet, failed),
@@ -15,8 +15,7 @@ from nats.js.errors import NotFoundError
 
 from services.common import bus as busmod
 from services.common import db, ids, schemas
-from services.llm.config import LlmSettings
-from services.llm.handlers import Orchestrator
+from services.llm.interruptions import Interruptions
 
 
 class _Pool:
@@ -86,10 +85,8 @@ async def _turn(repo: db.Repo) -> tuple[str, str, str]:
     return conv, user_msg, avatar.id
 
 
-def _orchestrator(repo, bus) -> Orchestrator:
-    orch = Orchestrator(LlmSettings())
-    orch.repo, orch.bus, orch.cancelled, orch.gate = repo, bus, _Kv(), _Gate()
-    return orch
+def _interruptions(repo, bus) -> Interruptions:
+    return Interruptions(bus, repo, _Kv(), _Gate(), forget=lambda conv: None)
 
 
 async def test_a_reply_row_written_while_the_cut_is_decided_still_gets_the_cut(repo):
@@ -100,11 +97,11 @@ async def test_a_reply_row_written_while_the_cut_is_decided_still_gets_the_cut(r
         await repo.start_reply(reply_id, conv, user_msg, avatar_id)
 
     bus = _Bus()
-    orch = _orchestrator(db.Repo(_Pool(repo.pool, the_turn_writes_its_row)), bus)
+    interruptions = _interruptions(db.Repo(_Pool(repo.pool, the_turn_writes_its_row)), bus)
     intr = schemas.Interruption(conversation_id=conv, message_id=reply_id, sentence_index=0, offset_s=0.0)
     with pytest.raises(busmod.Retry):
-        await orch.handle_interruption(_message(intr, 1))  # no row in its snapshot: try again
-    await orch.handle_interruption(_message(intr, 2))
+        await interruptions.handle(_message(intr, 1))  # no row in its snapshot: try again
+    await interruptions.handle(_message(intr, 2))
 
     # The turn, stopped by the cancel at its first token, finishes after the cut.
     finished, status, text = await repo.finish_reply(reply_id, "Hello", "interrupted", None, {}, 1)
@@ -117,12 +114,12 @@ async def test_without_a_position_the_text_streamed_so_far_is_kept(repo):
     reply_id = ids.reply_id(user_msg, avatar_id)
     await repo.start_reply(reply_id, conv, user_msg, avatar_id)
     bus = _Bus()
-    orch = _orchestrator(repo, bus)
+    interruptions = _interruptions(repo, bus)
     intr = schemas.Interruption(conversation_id=conv, message_id=reply_id)
     with pytest.raises(busmod.Retry):
-        await orch.handle_interruption(_message(intr, 1))  # still streaming: its text is not final
+        await interruptions.handle(_message(intr, 1))  # still streaming: its text is not final
     await repo.finish_reply(reply_id, "Hello there.", "interrupted", None, {}, 1)
-    await orch.handle_interruption(_message(intr, 2))
+    await interruptions.handle(_message(intr, 2))
     assert await repo.reply_outcome(reply_id) is not None
     assert [(type(e).__name__, e.text) for e in bus.events] == [("ReplyInterrupted", "Hello there.")]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.common.db import Avatar, HistoryItem
-from services.llm.handlers import answering, build_prompt
+from services.llm.prompt import answering, build_prompt
 
 ADA = Avatar("a", "Ada", "a guide", "You are {name}, {role}. Speak {language}.", "fr", None, None)
 BO = Avatar("b", "Bo", None, "You are {name}.", "en", None, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bench.standins import end_frame, parse_frame, speech_frame
 from bench.standins.llm import reply_words
 from bench.system import FIRST_PIECE_TOKENS
-from services.llm.engine import SentenceCutter
+from services.llm.sentences import SentenceCutter
 
 
 def test_marker_frames_round_trip_and_stay_pcm():

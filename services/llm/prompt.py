@@ -1,0 +1,74 @@
+"""The prompt an avatar answers from, and which avatars answer a turn."""
+
+from __future__ import annotations
+
+import re
+
+from services.common.db import Avatar, HistoryItem
+from services.common.personas import DEFAULT_PERSONA
+
+# The languages XTTS-v2 speaks, named for the prompt.
+LANGUAGES = {
+    "en": "English",
+    "es": "Spanish",
+    "fr": "French",
+    "de": "German",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "pl": "Polish",
+    "tr": "Turkish",
+    "ru": "Russian",
+    "nl": "Dutch",
+    "cs": "Czech",
+    "ar": "Arabic",
+    "zh-cn": "Chinese",
+    "ja": "Japanese",
+    "hu": "Hungarian",
+    "ko": "Korean",
+    "hi": "Hindi",
+}
+
+
+def build_prompt(
+    avatar: Avatar, avatars: list[Avatar], history: list[HistoryItem], instructions: str | None = None
+) -> list[dict]:
+    """The avatar's persona, then the recent messages (ending with the user's turn) as it sees them.
+
+    Its own replies are the assistant's; the user's turns and, when several characters take
+    part, the others' replies (prefixed with their names) are user messages. A session's own
+    `instructions` replace the persona as given (no placeholders filled); the avatar's voice
+    still speaks only its language, so the prompt still asks for it.
+    """
+    if instructions:
+        persona = instructions
+    else:
+        persona = (avatar.persona_prompt or DEFAULT_PERSONA).replace("{name}", avatar.name)
+        persona = persona.replace("{role}", avatar.role_title or "a conversational character")
+    language = LANGUAGES.get(avatar.language.lower(), avatar.language)
+    if "{language}" in persona and not instructions:
+        persona = persona.replace("{language}", language)
+    else:
+        persona += f"\nAlways answer in {language}."
+    others = [a.name for a in avatars if a.id != avatar.id]
+    if others:
+        persona += (
+            f"\nYou are in a conversation with the user and {', '.join(others)}. "
+            "Lines from the others start with their name."
+        )
+    names = {a.id: a.name for a in avatars}
+    messages = [{"role": "system", "content": persona}]
+    for item in history:
+        if item.role == "avatar" and item.avatar_id == avatar.id:
+            messages.append({"role": "assistant", "content": item.text})
+        elif item.role == "avatar":
+            speaker = names.get(item.avatar_id, "Another character")
+            messages.append({"role": "user", "content": f"{speaker}: {item.text}"})
+        else:
+            messages.append({"role": "user", "content": item.text})
+    return messages
+
+
+def answering(avatars: list[Avatar], text: str) -> list[Avatar]:
+    """Characters named in the turn answer it, in conversation order; else the first one."""
+    named = [a for a in avatars if a.name and re.search(rf"\b{re.escape(a.name)}\b", text, re.IGNORECASE)]
+    return named or avatars[:1]
