@@ -61,7 +61,8 @@ def utterances(tmp: Path) -> list[np.ndarray]:
 
 
 async def session(n: int, speech: list[np.ndarray], seconds: float, batcher, vad, partials: bool, lat: list):
-    from services.stt.engine import DecodeRequest, Segmenter, UtteranceEnded, UtteranceWindow
+    from services.stt.segmenter import Segmenter, UtteranceEnded, UtteranceWindow
+    from services.stt.whisper import DecodeRequest
 
     rng = random.Random(n)
     seg = Segmenter(vad)
@@ -105,7 +106,7 @@ async def session(n: int, speech: list[np.ndarray], seconds: float, batcher, vad
 
 
 def run(engine, vad, speech, sessions: int, seconds: float, partials: bool, max_batch: int) -> dict:
-    from services.stt.engine import DecodeBatcher
+    from services.stt.batcher import DecodeBatcher
 
     sizes: list[int] = []
     batcher = DecodeBatcher(engine, max_batch=max_batch, on_batch=lambda n, a, s: sizes.append(n))
@@ -145,7 +146,8 @@ def main() -> None:
 
     import ctranslate2
 
-    from services.stt.engine import SileroVad, WhisperEngine
+    from services.stt.vad import SileroVad
+    from services.stt.whisper import WhisperEngine
     from tools.testmodels.whisper import build_whisper
 
     device = args.device

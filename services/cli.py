@@ -85,7 +85,7 @@ def _model_choice(args: argparse.Namespace):
     """The STT and TTS models `--models` names. PARLEY_STT_MODEL or PARLEY_TTS_MODEL, when set,
     wins over the choice for that stage (with the stage's other settings left to the user)."""
     from services import localmodels
-    from services.stt.engine import check_model_folder, is_local_model
+    from services.stt.whisper import check_model_folder, is_local_model
 
     cache = Path(args.model_cache)
     if args.models == "random":

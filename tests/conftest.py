@@ -140,7 +140,7 @@ def speech_wav(tmp_path_factory):
 def batch_stt():
     """The stack's Whisper read in this process, one whole file at a time: what the streaming
     path is held against (its segmentation may cost a word, never a sentence)."""
-    from services.stt.engine import WhisperEngine
+    from services.stt.whisper import WhisperEngine
 
     return WhisperEngine(local_model_env(MODEL_CACHE, "tiny.en").env["PARLEY_STT_MODEL"], language="en")
 

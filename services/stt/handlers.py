@@ -26,21 +26,11 @@ from services.common.logs import ctx
 from services.common.runtime import Service
 from services.common.schemas import AudioMeta
 
+from .batcher import DecodeBatcher, Superseded
 from .config import SttSettings
-from .engine import (
-    DecodeBatcher,
-    DecodeRequest,
-    Segmenter,
-    SileroVad,
-    SpeechStarted,
-    Superseded,
-    Transcript,
-    UtteranceEnded,
-    UtteranceWindow,
-    VadConfig,
-    WhisperEngine,
-    join_transcripts,
-)
+from .segmenter import Segmenter, SpeechStarted, UtteranceEnded, UtteranceWindow
+from .vad import SileroVad, VadConfig
+from .whisper import DecodeRequest, Transcript, WhisperEngine, join_transcripts
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import pytest
 
 from services import devstack
 from services.localmodels import whisper_path
-from services.stt.engine import WhisperEngine
+from services.stt.whisper import WhisperEngine
 from tests.client import Client, forget_clients_of
 from tests.conftest import MODEL_CACHE, SPOKEN, assert_heard, make_speech
 

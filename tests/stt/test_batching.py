@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.stt.engine import DecodeBatcher, DecodeRequest, Superseded, WhisperEngine
+from services.stt.batcher import DecodeBatcher, Superseded
+from services.stt.whisper import DecodeRequest, WhisperEngine
 
 pytestmark = pytest.mark.engine
 

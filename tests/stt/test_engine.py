@@ -16,17 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from services.stt.engine import (
-    WINDOW,
-    Segmenter,
-    SileroVad,
-    SpeechStarted,
-    Transcript,
-    UtteranceEnded,
-    UtteranceWindow,
-    VadConfig,
-    WhisperEngine,
-)
+from services.stt.segmenter import Segmenter, SpeechStarted, UtteranceEnded, UtteranceWindow
+from services.stt.vad import WINDOW, SileroVad, VadConfig
+from services.stt.whisper import Transcript, WhisperEngine
 from tools.wer import corpus_wer, wer
 
 SR = 16000
@@ -379,7 +371,7 @@ def test_engine_returns_empty_transcript_for_empty_audio(engine):
 def test_a_model_that_never_ends_its_text_stops_at_the_natural_limit(tiny_model):
     """The random-weight model never writes end-of-text, as a real one caught repeating itself
     on noise may not: each decode is capped by its audio's length, not at Whisper's 448."""
-    from services.stt.engine import natural_token_limit
+    from services.stt.whisper import natural_token_limit
 
     engine = WhisperEngine(str(tiny_model), device="cpu", compute_type="int8", cpu_threads=1)
     calls = []

@@ -17,15 +17,9 @@ import numpy as np
 import pytest
 
 from services.localmodels import whisper_path
-from services.stt.engine import (
-    DecodeRequest,
-    Segmenter,
-    UtteranceEnded,
-    UtteranceWindow,
-    VadConfig,
-    WhisperEngine,
-    check_model_folder,
-)
+from services.stt.segmenter import Segmenter, UtteranceEnded, UtteranceWindow
+from services.stt.vad import VadConfig
+from services.stt.whisper import DecodeRequest, WhisperEngine, check_model_folder
 from tests.conftest import MODEL_CACHE
 from tools.speech import espeak, human_recordings
 from tools.wer import corpus_wer, normalise
