@@ -32,7 +32,7 @@ from services.common import db
 from services.common.settings import ServiceSettings
 from services.localmodels import LlamaServer, gguf_path, local_llm_env, local_model_env, random_model_env
 from tests.client import TEST_JWT_SECRET, AudioChunk, Client
-from tests.conftest import make_speech
+from tests.conftest import SPOKEN, make_speech
 from tests.fakes.llm_server import FakeLLM
 
 
@@ -148,7 +148,7 @@ def main() -> None:
         procs = devstack.start_services(env, work / "logs")
         for p in procs.values():
             stack.callback(p.stop)
-        speech = make_speech("Hello Ada, what can you do? Tell me about the moon and the stars.", work / "speech.wav")
+        speech = make_speech(SPOKEN, work / "speech.wav")  # one utterance: no pause the VAD takes for an end
         with wave.open(str(speech.with_suffix(".raw.wav"))) as w:
             speech_s = 0.3 + w.getnframes() / w.getframerate()
         result = asyncio.run(run(args.turns, env, procs, speech, speech_s))
