@@ -4,8 +4,8 @@
                          [--out bench/results/soak.json]
 
 Runs the five services as separate processes on the real bus, database and S3 stand-in,
-with the real engines on the tiny random-weight models (or whatever PARLEY_STT_MODEL /
-PARLEY_TTS_MODEL name) and the stand-in LLM from tests/fakes in its own process, streaming
+with real Whisper tiny.en from its package and XTTS's code on tiny random weights (or
+whatever PARLEY_STT_MODEL / PARLEY_TTS_MODEL name) and the stand-in LLM from tests/fakes in its own process, streaming
 at `--token-delay` seconds a token. Each conversation is a protocol client doing turns
 back to back with a short pause: mostly typed, the first and every `--spoken-every`-th after it spoken
 (espeak-ng speech streamed in real time). At the end every conversation must balance in the

@@ -124,7 +124,7 @@ def main() -> None:
         stack.callback(s3.stop)
         if args.llm == "local":
             llm = LlamaServer(gguf_path(), work / "llama-server.log").start()
-            llm_env = {**local_llm_env(llm).env, "PARLEY_LLM_MAX_TOKENS": "120"}
+            llm_env = local_llm_env(llm).env
         else:
             llm = FakeLLM().start()
             llm_env = {"PARLEY_LLM_BASE_URL": llm.base_url}

@@ -138,8 +138,7 @@ def _start_infrastructure(stack: contextlib.ExitStack, state: Path, args: argpar
     stack.callback(server.stop)
     server.start()
     llm = localmodels.local_llm_env(server)
-    # A 135M model rambles: a short answer is a better conversation, and sooner spoken.
-    env.update(llm.env, PARLEY_LLM_MAX_TOKENS=os.environ.get("PARLEY_LLM_MAX_TOKENS", "120"))
+    env.update(llm.env)
     return env, list(llm.lines)
 
 

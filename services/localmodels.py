@@ -178,6 +178,7 @@ class LlamaServer:
     threads: int = 2
     context: int = 4096
     proc: subprocess.Popen | None = None
+    _log: object = field(default=None, init=False, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -192,6 +193,7 @@ class LlamaServer:
         if not port_is_free(self.port):
             raise ModelError(f"port {self.port} for the local LLM is taken")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
                 str(binary),
@@ -200,7 +202,7 @@ class LlamaServer:
                 *("-t", str(self.threads), "-c", str(self.context), "-np", "1"),
             ],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.log_path, "ab"),
+            stderr=self._log,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -224,6 +226,9 @@ class LlamaServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 @dataclass(frozen=True)
@@ -241,12 +246,7 @@ def random_model_env(cache: Path) -> ModelChoice:
     from tools.testmodels.whisper import build_whisper
 
     whisper = build_whisper(cache / "whisper-tiny")
-    env = {
-        "PARLEY_STT_MODEL": str(whisper),
-        "PARLEY_STT_DEVICE": "cpu",
-        "PARLEY_STT_COMPUTE_TYPE": "int8",
-        "PARLEY_STT_MAX_NEW_TOKENS": "12",
-    }
+    env = _cpu_whisper_env(whisper, PARLEY_STT_MAX_NEW_TOKENS="12")
     stt = f"STT  Whisper tiny, random weights (recognises nothing) {whisper}"
     tts = _random_xtts(cache)
     return ModelChoice({**env, **tts.env}, (stt, *tts.lines))
@@ -256,15 +256,14 @@ def local_model_env(cache: Path, whisper: str = "base") -> ModelChoice:
     """Real Whisper from its package on the CPU; XTTS tiny and random, as no real XTTS weights
     can be had without a hub (the published model loads by name where one is reachable)."""
     path = whisper_path(whisper, cache)
-    env = {
-        "PARLEY_STT_MODEL": str(path),
-        "PARLEY_STT_DEVICE": "cpu",
-        "PARLEY_STT_COMPUTE_TYPE": "int8",
-        "PARLEY_STT_LANGUAGE": "en",
-    }
+    env = _cpu_whisper_env(path, PARLEY_STT_LANGUAGE="en")
     stt = f"STT  Whisper {whisper}, real weights (English) {path}"
     tts = _random_xtts(cache)
     return ModelChoice({**env, **tts.env}, (stt, *tts.lines))
+
+
+def _cpu_whisper_env(model: Path, **extra: str) -> dict[str, str]:
+    return {"PARLEY_STT_MODEL": str(model), "PARLEY_STT_DEVICE": "cpu", "PARLEY_STT_COMPUTE_TYPE": "int8", **extra}
 
 
 def _random_xtts(cache: Path) -> ModelChoice:
@@ -280,9 +279,12 @@ def _random_xtts(cache: Path) -> ModelChoice:
 
 
 def local_llm_env(server: LlamaServer) -> ModelChoice:
+    """The orchestrator pointed at the local server. A 135M model rambles: a short answer is a
+    better conversation, and sooner spoken (PARLEY_LLM_MAX_TOKENS, when set, wins)."""
     env = {
         "PARLEY_LLM_BASE_URL": server.base_url,
         "PARLEY_LLM_MODEL": server.model_name,
+        "PARLEY_LLM_MAX_TOKENS": os.environ.get("PARLEY_LLM_MAX_TOKENS", "120"),
     }
     line = f"LLM  {server.model_name}, real weights, llama.cpp's llama-server at {server.base_url}"
     return ModelChoice(env, (line,))

@@ -65,8 +65,6 @@ class RealtimeWire:
         self.repo = repo
         self.session: SessionApi | None = None
         self.cfg = Config(model=model or "parley")
-        self.avatar: db.Avatar | None = None
-        """Who answers; the first of the session's avatars until `session.update` names a voice."""
         self._key: str | None = None
         self.out = Output(self._emit)
         self.pending: list[tuple[str, str, int, str]] = []
@@ -80,6 +78,11 @@ class RealtimeWire:
 
     def attach(self, session: SessionApi) -> None:
         self.session = session
+
+    @property
+    def avatar(self) -> db.Avatar:
+        """Who answers: the session's avatar (a `session.update` voice may replace it before the first turn)."""
+        return self.session.avatars[0]
 
     @property
     def conv(self) -> str:
@@ -158,7 +161,6 @@ class RealtimeWire:
         """Translate the session's events into Realtime server events."""
         responses = self.out.responses
         if isinstance(ev, events.SessionStarted):
-            self.avatar = self.session.avatars[0]
             self.out.conversation_id = ev.conversation_id
             self._emit(rt.SessionCreated(session=self._session()))
         elif isinstance(ev, events.PlaybackStop):
@@ -308,16 +310,16 @@ class RealtimeWire:
     async def _session_update(self, ev: rt.SessionUpdate) -> None:
         """Validate everything first, then apply: a refused update changes nothing."""
         cfg, voice = updated(self.cfg, ev.session)
-        avatar = self.avatar
+        current = avatar = self.avatar
         if voice not in (msgspec.UNSET, None):
             avatar, cfg.voice = await self._resolve_voice(voice)
-        if avatar.id != self.avatar.id:
+        if avatar.id != current.id:
             if self._answered:
                 message = "the voice cannot change once the conversation has begun"
                 raise Refused("cannot_update_voice", message, "session.audio.output.voice")
             await self.session.replace_avatars([avatar])
-        stt_changed = avatar.id != self.avatar.id or stt_view(cfg) != stt_view(self.cfg)
-        self.cfg, self.avatar = cfg, avatar
+        stt_changed = avatar.id != current.id or stt_view(cfg) != stt_view(self.cfg)
+        self.cfg = cfg
         apply_stt(cfg, self.session.opening)
         if stt_changed:
             await self.session.reopen_stt()
