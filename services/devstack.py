@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -167,6 +168,11 @@ class PostgresCluster:
 
     def start(self) -> PostgresCluster:
         bin_ = _pg_bin()
+        if os.geteuid() == 0 and not _postgres_can_reach(self.data_dir.parent):
+            # A checkout in root's home (mode 0700): the server runs as `postgres`, which cannot
+            # enter it, so the cluster is kept in a place of its own, the same one every time.
+            digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
+            self.data_dir = Path("/var/tmp/parley-postgres") / digest
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.data_dir, "postgres", "postgres")
@@ -202,6 +208,13 @@ class PostgresCluster:
             self._run(str(_pg_bin() / "pg_ctl"), "-D", str(self.data_dir / "pgdata"), "-m", "fast", "-w", "stop")
         if self.ephemeral and not keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _postgres_can_reach(path: Path) -> bool:
+    """Whether the `postgres` user can enter the nearest existing folder of `path` (the data
+    folder itself is handed to it; the folders above must let it through)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(existing)]).returncode == 0
 
 
 @dataclass
