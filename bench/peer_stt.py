@@ -285,8 +285,8 @@ class Parley:
             await nc.publish(subjects.audio_in(conv), frame, headers=meta.headers())
 
         await pace(stream, obs, send, done, drain_s)
-        end = schemas.SessionControl(conversation_id=conv, session_id=session, action="end")
-        await nc.publish(subjects.control(conv), schemas.encode(end))
+        end = schemas.SessionEnd(conversation_id=conv, session_id=session)
+        await nc.publish(subjects.control(conv, end.KIND), schemas.encode(end))
         for sub in subs:
             await sub.unsubscribe()
         await nc.drain()

@@ -25,7 +25,7 @@ from nats.js.api import DeliverPolicy
 from services.common import bus as busmod
 from services.common import db, ids, objectstore, schemas, subjects
 from services.common.settings import ServiceSettings
-from services.llm.handlers import answering
+from services.llm.prompt import answering
 
 # Events that account for a missing reply, or for a reply without audio.
 REPLY_FAILURES = {"turn_failed", "no_avatar"}

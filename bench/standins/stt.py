@@ -49,7 +49,7 @@ class Session:
                 subjects.audio_in(self.conv), ordered_consumer=True, deliver_policy=DeliverPolicy.NEW, cb=self.on_audio
             )
         )
-        self.subs.append(await bus.nc.subscribe(subjects.control(self.conv), cb=self.on_control))
+        self.subs.append(await bus.on_control(self.conv, schemas.SessionEnd, self.on_end))
 
     async def close(self) -> None:
         for sub in self.subs:
@@ -58,9 +58,8 @@ class Session:
             except Exception:
                 pass
 
-    async def on_control(self, msg) -> None:
-        ctl = schemas.decode(msg.data, schemas.SessionControl)
-        if ctl.action == "end" and ctl.session_id in ("", self.session_id):
+    async def on_end(self, ctl: schemas.SessionEnd) -> None:
+        if ctl.session_id in ("", self.session_id):
             self.worker.spawn(self.worker.close(self.conv, self))
 
     async def on_audio(self, msg) -> None:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgspec
 import nats
@@ -22,6 +23,8 @@ from nats.js.errors import BadRequestError, NotFoundError
 from . import metrics, schemas, subjects
 from .outages import dependency_down
 from .settings import ServiceSettings
+
+C = TypeVar("C", bound=schemas.Control)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,24 @@ class Bus:
     async def publish(self, subject: str, msg: msgspec.Struct, headers: dict | None = None) -> None:
         """Core publish: at most once, no wait. For live events and control."""
         await self.nc.publish(subject, schemas.encode(msg), headers=headers)
+
+    async def control(self, ctl: schemas.Control) -> None:
+        """Core publish on the control subject of the struct's kind."""
+        await self.publish(subjects.control(ctl.conversation_id, ctl.KIND), ctl)
+
+    async def on_control(self, conv: str, kind: type[C], on: Callable[[C], Awaitable[None]]):
+        """Subscribe to one kind of control of `conv` ("*": every conversation). Control that
+        does not decode is dropped: it comes from a peer service, and has no one to refuse to."""
+
+        async def cb(msg: NatsMsg) -> None:
+            try:
+                ctl = schemas.decode(msg.data, kind)
+            except msgspec.DecodeError:
+                log.warning("undecodable %s control on %s", kind.KIND, msg.subject)
+                return
+            await on(ctl)
+
+        return await self.nc.subscribe(subjects.control(conv, kind.KIND), cb=cb)
 
     async def publish_fact(self, subject: str, msg: msgspec.Struct, msg_id: str) -> None:
         """JetStream publish, awaited until the stream has stored it; de-duplicated by msg_id."""

@@ -10,7 +10,7 @@ consumers ignore unknown fields, so old consumers keep working while producers r
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 import msgspec
 
@@ -66,18 +66,59 @@ class SttOpened(Msg):
     error: str = ""
 
 
-class SessionControl(Msg):
-    """Control that must overtake queued work: end a live session, or cancel a reply."""
+class Control(Msg):
+    """Control that must overtake queued work: core NATS, one subject per kind
+    (`subjects.control(conversation_id, Kind.KIND)`), so each service subscribes, and is
+    allowed, only the kinds it acts on."""
 
+    KIND: ClassVar[str] = ""
     conversation_id: str
+
+
+class SessionEnd(Control):
+    """The person left: the STT worker closes the session, transcribing what it holds."""
+
+    KIND: ClassVar[str] = "end"
     session_id: str = ""
-    action: Literal["end", "cancel", "release", "resumed", "commit", "clear"] = "end"
+    """The audio session to end; empty: every session of the conversation."""
+
+
+class ReplyCancel(Control):
+    """Stop a reply: `message_id` names the reply or its user turn; empty: whatever of the
+    conversation is streaming."""
+
+    KIND: ClassVar[str] = "cancel"
     message_id: str = ""
     reason: str = ""
-    worker_id: str = ""
-    """For ``release``: the worker that must let go of the session (another took it over)."""
-    # ``resumed``: a client resumed `session_id` on another connection; the old one closes.
-    # ``commit``: end the utterance in progress of `session_id` now; ``clear``: drop it untranscribed.
+
+
+class SttRelease(Control):
+    """Another worker took the session over: `worker_id` lets go of it."""
+
+    KIND: ClassVar[str] = "release"
+    session_id: str
+    worker_id: str
+
+
+class SessionResumed(Control):
+    """A client resumed `session_id` on another connection: the old connection closes."""
+
+    KIND: ClassVar[str] = "resumed"
+    session_id: str
+
+
+class UtteranceCommit(Control):
+    """The client ends its turn itself: the utterance in progress is transcribed now."""
+
+    KIND: ClassVar[str] = "commit"
+    session_id: str
+
+
+class UtteranceClear(Control):
+    """The client discards what it said so far: the utterance in progress is never read."""
+
+    KIND: ClassVar[str] = "clear"
+    session_id: str
 
 
 class SignRequest(Msg):

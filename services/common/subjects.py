@@ -66,9 +66,10 @@ def interrupt(conv: str) -> str:
     return f"parley.interrupt.{conv}"
 
 
-def control(conv: str) -> str:
-    """Session end and reply cancellation: core NATS, overtakes queued work."""
-    return f"parley.ctl.{conv}"
+def control(conv: str, kind: str) -> str:
+    """One kind of control of a conversation (`schemas.Control.KIND`): core NATS, overtakes
+    queued work."""
+    return f"parley.ctl.{conv}.{kind}"
 
 
 STT_OPEN = "parley.stt.open"

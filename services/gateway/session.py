@@ -136,10 +136,7 @@ class Session:
         resumed = admitted.resumed
         if resumed is not None:
             # The dropped connection, if its gateway has not noticed yet, lets go now.
-            await self.bus.publish(
-                subjects.control(self.conv),
-                schemas.SessionControl(conversation_id=self.conv, session_id=self.resume_id, action="resumed"),
-            )
+            await self.bus.control(schemas.SessionResumed(conversation_id=self.conv, session_id=self.resume_id))
         self.avatars = await self.gw.repo.conversation_avatars(self.conv)
         self.mic = MicInput(self.bus, self.settings, self.conv, self.audio_session_id, self.wire.error)
         self.relay = ReplyRelay(self.bus, self.settings, self.conv, self.wire)
@@ -154,7 +151,7 @@ class Session:
         )
         self._subs.append(await self.bus.nc.subscribe(subjects.live_all(self.conv), cb=self._on_live))
         self._subs.append(await self.bus.nc.subscribe(subjects.speech_all(self.conv), cb=self._on_live))
-        self._subs.append(await self.bus.nc.subscribe(subjects.control(self.conv), cb=self._on_control))
+        self._subs.append(await self.bus.on_control(self.conv, schemas.SessionResumed, self._on_resumed))
         stt_error = await self.stt.start()
         self.wire.send(
             events.SessionStarted(
@@ -316,16 +313,17 @@ class Session:
 
     async def control(self, action: str, message_id: str = "", reason: str = "") -> None:
         """Control for this audio session that overtakes queued work (cancel, commit, clear, end)."""
-        await self.bus.publish(
-            subjects.control(self.conv),
-            schemas.SessionControl(
-                conversation_id=self.conv,
-                session_id=self.audio_session_id,
-                action=action,
-                message_id=message_id,
-                reason=reason,
-            ),
-        )
+        conv, session = self.conv, self.audio_session_id
+        ctl: schemas.Control
+        if action == "cancel":
+            ctl = schemas.ReplyCancel(conversation_id=conv, message_id=message_id, reason=reason)
+        elif action == "commit":
+            ctl = schemas.UtteranceCommit(conversation_id=conv, session_id=session)
+        elif action == "clear":
+            ctl = schemas.UtteranceClear(conversation_id=conv, session_id=session)
+        else:
+            ctl = schemas.SessionEnd(conversation_id=conv, session_id=session)
+        await self.bus.control(ctl)
 
     async def replace_avatars(self, avatars: list[db.Avatar]) -> None:
         """Another cast for a conversation nobody has answered yet (a Realtime client's voice)."""
@@ -353,12 +351,8 @@ class Session:
 
     # --- from the bus -----------------------------------------------------------------------
 
-    async def _on_control(self, msg: NatsMsg) -> None:
-        try:
-            ctl = schemas.decode(msg.data, schemas.SessionControl)
-        except msgspec.DecodeError:
-            return
-        if ctl.action == "resumed" and ctl.session_id == self.resume_id and not self.closed:
+    async def _on_resumed(self, ctl: schemas.SessionResumed) -> None:
+        if ctl.session_id == self.resume_id and not self.closed:
             self.close(protocol.CLOSE_SUPERSEDED, "session resumed on another connection", "resumed")
 
     async def _on_live(self, msg: NatsMsg) -> None:

@@ -187,11 +187,8 @@ class SttLink:
             await self._release(old)
 
     async def _release(self, worker_id: str) -> None:
-        await self.bus.publish(
-            subjects.control(self.conv),
-            schemas.SessionControl(
-                conversation_id=self.conv, session_id=self.session_id, action="release", worker_id=worker_id
-            ),
+        await self.bus.control(
+            schemas.SttRelease(conversation_id=self.conv, session_id=self.session_id, worker_id=worker_id)
         )
 
     async def close(self) -> None:

@@ -10,22 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nats.aio.msg import Msg as NatsMsg
-from nats.js.kv import KeyValue
 
 from services.common import bus as busmod
-from services.common import db, schemas, speech
+from services.common import schemas, speech
+from services.common.cancels import Cancels
 
 from .ordering import TurnGate
+from .record import Records
 
 
 class Interruptions:
     def __init__(
-        self, bus: busmod.Bus, repo: db.Repo, cancelled: KeyValue, gate: TurnGate, forget: Callable[[str], None]
+        self, bus: busmod.Bus, records: Records, cancels: Cancels, gate: TurnGate, forget: Callable[[str], None]
     ):
         self.bus = bus
-        self.repo = repo
-        self.cancelled = cancelled
-        """The cancel bucket: a reply marked here stops streaming and synthesising."""
+        self.records = records
+        self.cancels = cancels
+        """A reply put here stops streaming and synthesising."""
         self.gate = gate
         self._forget = forget
         """Drops the conversation's cached history, which no longer says what was heard."""
@@ -34,9 +35,9 @@ class Interruptions:
         """Store what the person heard of an interrupted reply; the next prompt says exactly that."""
         intr = schemas.decode(msg.data, schemas.Interruption)
         conv = intr.conversation_id
-        await self.cancelled.put(intr.message_id, b"1")
+        await self.cancels.put(intr.message_id)
         heard = await self._heard(intr)
-        done = await self.repo.interrupt_reply(intr.message_id, heard)
+        done = await self.records.interrupt(intr.message_id, heard)
         if done.outcome in ("absent", "streaming"):
             # The reply's row is written once its first sentence is out, or when its turn,
             # seeing the cancel above, closes it unanswered; without a position the cut also

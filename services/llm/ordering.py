@@ -32,7 +32,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from services.common import bus as busmod
-from services.common import schemas, subjects
+from services.common import schemas
 
 
 class TurnState(msgspec.Struct):
@@ -124,14 +124,10 @@ class TurnGate:
                     interrupted = state.active_message
                     deadline = now + self.wait_s
                 cancel_at = now + self.cancel_every_s
-                await self.bus.publish(
-                    subjects.control(conv),
-                    schemas.SessionControl(
-                        conversation_id=conv,
-                        action="cancel",
-                        message_id=state.active_message,
-                        reason="a newer user turn",
-                    ),
+                await self.bus.control(
+                    schemas.ReplyCancel(
+                        conversation_id=conv, message_id=state.active_message, reason="a newer user turn"
+                    )
                 )
             await asyncio.sleep(self.poll_s)
 

@@ -135,7 +135,13 @@ class LiveSession:
                 cb=self._on_audio,
             )
         )
-        self._subs.append(await self.bus.nc.subscribe(subjects.control(self.conv), cb=self._on_control))
+        for kind, on in (
+            (schemas.SessionEnd, self._on_end),
+            (schemas.UtteranceCommit, self._on_commit),
+            (schemas.UtteranceClear, self._on_clear),
+            (schemas.SttRelease, self._on_release),
+        ):
+            self._subs.append(await self.bus.on_control(self.conv, kind, on))
         self._task = asyncio.create_task(self._transcribe_loop())
 
     async def _on_audio(self, msg: NatsMsg) -> None:
@@ -258,24 +264,24 @@ class LiveSession:
         if self.partials is p and not fut.cancelled() and fut.exception() is None:
             p.window_done(fut.result().text)
 
-    async def _on_control(self, msg: NatsMsg) -> None:
-        try:
-            ctl = schemas.decode(msg.data, schemas.SessionControl)
-        except Exception:
-            return
-        if ctl.action == "end" and ctl.session_id in ("", self.session_id):
+    async def _on_end(self, ctl: schemas.SessionEnd) -> None:
+        if ctl.session_id in ("", self.session_id):
             # Not awaited here: closing unsubscribes this very callback's subscription.
             self.worker.spawn(self.worker.close_session(self.conv, flush=True))
-        elif ctl.action == "commit" and ctl.session_id == self.session_id:
-            # The client ends its turn itself: the utterance in progress closes now.
+
+    async def _on_commit(self, ctl: schemas.UtteranceCommit) -> None:
+        if ctl.session_id == self.session_id:
             await self._handle(self.segmenter.flush())
-        elif ctl.action == "clear" and ctl.session_id == self.session_id:
-            # The client discards what it said so far: the utterance in progress is never read.
+
+    async def _on_clear(self, ctl: schemas.UtteranceClear) -> None:
+        if ctl.session_id == self.session_id:
             for ev in self.segmenter.flush():
                 if isinstance(ev, UtteranceEnded):
                     self.windows.pop(ev.utterance_index, None)
             self.partials = None
-        elif ctl.action == "release" and ctl.worker_id == self.worker.settings.instance_id:
+
+    async def _on_release(self, ctl: schemas.SttRelease) -> None:
+        if ctl.worker_id == self.worker.settings.instance_id:
             # Another worker took the session over and replays the utterance in progress.
             self.worker.spawn(self.worker.close_session(self.conv, flush=False, session=self))
 

@@ -5,7 +5,8 @@ the whole sentence is then stored in PARLEY_SPEECH (JetStream, de-duplicated by 
 storage to assemble, and only after that is the job acked. A worker takes `tts_capacity`
 sentences at once, one per engine lane. Cancellations are watched as they are written to
 the `parley_cancelled` bucket, so a cancelled reply's jobs are skipped before synthesis
-starts and a stream in progress stops before its next chunk, without a lookup per chunk.
+starts and a stream in progress stops before its next chunk, without a lookup per chunk
+(`services.common.cancels`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import logging
 import time
 
 from nats.aio.msg import Msg as NatsMsg
-from nats.js.errors import KeyNotFoundError
 
 from services.common import bus as busmod
 from services.common import metrics, objectstore, schemas, speech, subjects
 from services.common.audio import OUTPUT_RATE
+from services.common.cancels import Cancels
 from services.common.logs import ctx
 from services.common.runtime import Service
 from services.common.schemas import AudioMeta
@@ -31,9 +32,6 @@ log = logging.getLogger(__name__)
 
 _END = object()
 _ACK_WAIT_S = 6.0
-_CANCELLED_KEPT = 10_000
-_CANCELLED_TTL_S = 3600.0
-"""The bucket keeps a cancel for an hour; the local copy is pruned past that once it grows."""
 
 
 class TtsService(Service):
@@ -44,8 +42,6 @@ class TtsService(Service):
         self.settings: TtsSettings = settings
         self._voices: dict[str, Voice] = {}
         """The cloned voice per reference key, so a sentence neither refetches nor rehashes it."""
-        self._cancelled: dict[str, float] = {}
-        """Reply ids seen cancelled, with when; read by synthesis threads between chunks."""
 
     async def start(self) -> None:
         s = self.settings
@@ -64,9 +60,8 @@ class TtsService(Service):
         self.bus = await busmod.connect(s, self.name)
         self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
-        self.cancelled = await self.bus.js.key_value(subjects.CANCEL_BUCKET)
-        # Every write to the bucket is also a message on its subject: learn cancels as they happen.
-        self._cancel_sub = await self.bus.nc.subscribe(f"$KV.{subjects.CANCEL_BUCKET}.>", cb=self._on_cancel)
+        self.cancels = await Cancels.watch(self.bus.js)
+        self.on_close(self.cancels.close)
         self.worker = busmod.Worker(
             self.bus,
             # A short ack wait, kept alive while a sentence streams: a killed worker's
@@ -80,24 +75,6 @@ class TtsService(Service):
         await self.worker.start()
         self.workers.append(self.worker)
 
-    async def _on_cancel(self, msg: NatsMsg) -> None:
-        now = time.monotonic()
-        self._cancelled[msg.subject.rsplit(".", 1)[-1]] = now
-        if len(self._cancelled) > _CANCELLED_KEPT:
-            horizon = now - _CANCELLED_TTL_S
-            self._cancelled = {k: t for k, t in self._cancelled.items() if t > horizon}
-
-    async def _is_cancelled(self, message_id: str) -> bool:
-        """Seen on the watch, or written before this worker subscribed (one lookup per job)."""
-        if message_id in self._cancelled:
-            return True
-        try:
-            await self.cancelled.get(message_id)
-        except KeyNotFoundError:
-            return False
-        self._cancelled[message_id] = time.monotonic()
-        return True
-
     async def _voice(self, key: str) -> Voice:
         """Reference audio is fetched and cloned once per key (the engine's latent cache, by
         content hash, spares the conditioning work for a recording seen under another key)."""
@@ -108,7 +85,7 @@ class TtsService(Service):
     async def handle_job(self, msg: NatsMsg) -> None:
         job = schemas.decode(msg.data, schemas.TtsJob)
         metrics.BUS_HOP_SECONDS.labels("tts_job").observe(max(0.0, time.time() - job.created_at))
-        if await self._is_cancelled(job.message_id):
+        if await self.cancels.confirmed(job.message_id):
             await self._keep(job, b"", ok=False)
             return
         if not job.voice_key:
@@ -134,7 +111,7 @@ class TtsService(Service):
         def produce() -> None:
             try:
                 for chunk in self.engine.stream(job.text, job.language, voice):
-                    if stop or job.message_id in self._cancelled:
+                    if stop or job.message_id in self.cancels:
                         return
                     loop.call_soon_threadsafe(chunks.put_nowait, chunk)
             except BaseException as exc:
@@ -167,7 +144,7 @@ class TtsService(Service):
                 )
                 await self.bus.nc.publish(subject, data, headers=meta.headers())
                 seq += 1
-                if job.message_id in self._cancelled:
+                if job.message_id in self.cancels:
                     stop = True
                     break
         finally:

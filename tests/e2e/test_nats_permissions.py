@@ -157,6 +157,9 @@ REFUSED = [
     ("stt", "$JS.API.STREAM.DELETE.PARLEY_EVENTS", None),
     ("llm", "parley.audio.c1", None),
     ("llm", None, "parley.audio.*"),
+    ("llm", "parley.ctl.c1.end", None),  # an orchestrator ending a person's session
+    ("tts", "parley.ctl.c1.cancel", None),
+    ("stt", None, "parley.ctl.c1.cancel"),  # control reaches only those who act on its kind
     ("storage", "parley.turn.c1", None),
     ("storage", None, "parley.live.c1.>"),
     ("storage", "$JS.API.STREAM.PURGE.PARLEY_REPLIES", None),

@@ -280,8 +280,8 @@ async def test_a_response_cancelled_before_its_turn_is_taken_is_never_answered(s
 
     nc = await nats.connect(stack["env"]["PARLEY_NATS_URL"])
     js = nc.jetstream()
-    cancel = schemas.SessionControl(conversation_id=conv, action="cancel", message_id=user_id, reason="test")
-    await nc.publish(subjects.control(conv), schemas.encode(cancel))
+    cancel = schemas.ReplyCancel(conversation_id=conv, message_id=user_id, reason="test")
+    await nc.publish(subjects.control(conv, cancel.KIND), schemas.encode(cancel))
     await js.publish(
         subjects.interrupt(conv),
         schemas.encode(schemas.Interruption(conversation_id=conv, message_id=reply_id, sentence_index=0, offset_s=0.0)),

@@ -1,18 +1,19 @@
-"""An in-memory stand-in for `services.common.bus.Bus`, for unit tests of logic that talks to
-the bus: what was published where, and messages delivered to subscribers by NATS's subject
-matching (`*` one token, `>` the rest). No server, no network; each call runs in microseconds.
-Tests that need NATS's own behaviour (JetStream, redelivery, outages) use the real nats-server.
+"""`services.common.bus.Bus` over an in-memory connection, for unit tests of logic that talks
+to the bus: the Bus's own methods run (publish, control, events), and the fake records what was
+published where and delivers messages to subscribers by NATS's subject matching (`*` one
+token, `>` the rest). No server, no network; each call runs in microseconds. Tests that need
+NATS's own behaviour (JetStream, redelivery, outages) use the real nats-server.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import msgspec
 
-from services.common import schemas, subjects
+from services.common.bus import Bus
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -52,6 +53,12 @@ class _Core:
     def __init__(self, bus: MemoryBus):
         self.bus = bus
 
+    is_closed = False
+    is_connected = True
+
+    def jetstream(self):
+        return self.bus.js
+
     async def publish(self, subject: str, data: bytes, headers: dict | None = None) -> None:
         self.bus.published.append(Published(subject, data, headers))
 
@@ -79,29 +86,15 @@ class _JetStream:
         self.bus.published.append(Published(subject, data, headers, (headers or {}).get("Nats-Msg-Id")))
 
 
-@dataclass
-class MemoryBus:
-    published: list[Published] = field(default_factory=list)
-    subs: list[_Sub] = field(default_factory=list)
-    responders: dict[str, Callable[[bytes], bytes]] = field(default_factory=dict)
-    """Request/reply: the answer each subject gives to a request's body."""
-    _stream_seq: int = 0
-
-    def __post_init__(self):
-        self.nc = _Core(self)
+class MemoryBus(Bus):
+    def __init__(self):
+        self.published: list[Published] = []
+        self.subs: list[_Sub] = []
+        self.responders: dict[str, Callable[[bytes], bytes]] = {}
+        """Request/reply: the answer each subject gives to a request's body."""
+        self._stream_seq = 0
         self.js = _JetStream(self)
-
-    async def publish(self, subject: str, msg: msgspec.Struct, headers: dict | None = None) -> None:
-        await self.nc.publish(subject, schemas.encode(msg), headers)
-
-    async def publish_fact(self, subject: str, msg: msgspec.Struct, msg_id: str) -> None:
-        self.published.append(Published(subject, schemas.encode(msg), {"Nats-Msg-Id": msg_id}, msg_id))
-
-    async def publish_event(self, ev: schemas.Event, msg_id: str) -> None:
-        await self.publish_fact(subjects.event(ev.conversation_id, _kind(ev)), ev, msg_id)
-
-    async def publish_live(self, ev: schemas.Event) -> None:
-        await self.publish(subjects.live(ev.conversation_id, _kind(ev)), ev)
+        super().__init__(_Core(self))
 
     def on(self, prefix: str) -> list[Published]:
         """What was published on subjects starting with `prefix`."""
@@ -125,7 +118,3 @@ class MemoryBus:
             taken += 1
         return taken
 
-
-def _kind(ev: schemas.Event) -> str:
-    """The subject token of a client event, as the real bus names it (`reply.delta` -> `reply_delta`)."""
-    return type(ev).__struct_config__.tag.replace(".", "_")

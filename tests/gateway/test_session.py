@@ -145,7 +145,7 @@ async def test_a_session_opens_speech_input_with_the_avatars_names_and_follows_t
     assert live.repo.conversations[conv] == [AVATAR.id]
     (req,) = [p.decode(schemas.SttOpen) for p in live.bus.on(subjects.STT_OPEN)]
     assert (req.conversation_id, req.session_id, req.prompt) == (conv, live.session.audio_session_id, "Ada")
-    for subject in (subjects.live_all(conv), subjects.speech_all(conv), subjects.control(conv)):
+    for subject in (subjects.live_all(conv), subjects.speech_all(conv), subjects.control(conv, "resumed")):
         assert live.bus.subscribed(subject)
     assert any(s.stream == subjects.EVENTS_STREAM for s in live.bus.subs)
     assert live.session in live.host.sessions
@@ -175,8 +175,8 @@ async def test_speech_over_a_playing_reply_stops_it_where_playback_stood(live):
     assert live.wire.kinds()[-2:] == ["speech.started", "playback.stop"]
     (cut,) = [p.decode(schemas.Interruption) for p in live.bus.on(subjects.interrupt(conv))]
     assert cut.message_id == reply and cut.sentence_index == 0
-    cancels = [p.decode(schemas.SessionControl) for p in live.bus.on(subjects.control(conv))]
-    assert [(c.action, c.message_id, c.reason) for c in cancels] == [("cancel", reply, "barge-in")]
+    cancels = [p.decode(schemas.ReplyCancel) for p in live.bus.on(subjects.control(conv, "cancel"))]
+    assert [(c.message_id, c.reason) for c in cancels] == [(reply, "barge-in")]
     assert live.wire.barge_ins == 1
     await live.bus.deliver(subjects.live(conv, "audio"), b"\x01\x00" * 2400, meta.headers())
     assert live.wire.audio == [(reply, 0, 0)]  # nothing more of it is sent
@@ -184,9 +184,11 @@ async def test_speech_over_a_playing_reply_stops_it_where_playback_stood(live):
 
 async def test_a_resume_elsewhere_closes_this_connection_and_leaves_the_record_to_the_new_one(live):
     conv = live.session.conv
-    resumed = schemas.SessionControl(conversation_id=conv, session_id=live.session.resume_id, action="resumed")
-    await live.bus.deliver(subjects.control(conv), schemas.encode(resumed))
+    resumed = schemas.SessionResumed(conversation_id=conv, session_id=live.session.resume_id)
+    await live.bus.deliver(subjects.control(conv, "resumed"), schemas.encode(resumed))
     assert live.socket.closed == (protocol.CLOSE_SUPERSEDED, "session resumed on another connection")
     await _until(lambda: live.session.closed)
-    await _until(lambda: any(p.decode(schemas.SessionControl).action == "end" for p in live.bus.on("parley.ctl.")))
+    await _until(lambda: live.bus.on(subjects.control(conv, "end")))
+    (end,) = [p.decode(schemas.SessionEnd) for p in live.bus.on(subjects.control(conv, "end"))]
+    assert end.session_id == live.session.audio_session_id
     assert live.repo.ended == []  # the connection that resumed it holds the session's record now

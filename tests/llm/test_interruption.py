@@ -15,7 +15,9 @@ from nats.js.errors import NotFoundError
 
 from services.common import bus as busmod
 from services.common import db, ids, schemas
+from services.common.cancels import Cancels
 from services.llm.interruptions import Interruptions
+from services.llm.record import Records
 
 
 class _Pool:
@@ -86,7 +88,7 @@ async def _turn(repo: db.Repo) -> tuple[str, str, str]:
 
 
 def _interruptions(repo, bus) -> Interruptions:
-    return Interruptions(bus, repo, _Kv(), _Gate(), forget=lambda conv: None)
+    return Interruptions(bus, Records(repo), Cancels(_Kv()), _Gate(), forget=lambda conv: None)
 
 
 async def test_a_reply_row_written_while_the_cut_is_decided_still_gets_the_cut(repo):

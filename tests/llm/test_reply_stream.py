@@ -11,25 +11,10 @@ from services.llm.client import LLMTimeout
 from services.llm.config import LlmSettings
 from services.llm.reply import ReplyStream
 from tests.fakes.bus import MemoryBus
+from tests.fakes.llm import ScriptedLLM
 
 CONV = ids.new_id()
 AVATAR = db.Avatar(ids.new_id(), "Ada", "a tester", None, "en", "voices/ada.wav", None)
-
-
-class ScriptedLLM:
-    """Streams the given deltas; after `fail_after` of them raises the given error."""
-
-    def __init__(self, deltas: list[str], fail_after: int | None = None, error: Exception | None = None):
-        self.deltas, self.fail_after, self.error = deltas, fail_after, error
-        self.prompts: list[list[dict]] = []
-
-    async def stream(self, messages):
-        self.prompts.append(messages)
-        for n, delta in enumerate(self.deltas):
-            if self.fail_after is not None and n == self.fail_after:
-                raise self.error
-            await asyncio.sleep(0)
-            yield delta
 
 
 def _stream(bus: MemoryBus, llm: ScriptedLLM) -> tuple[ReplyStream, str]:

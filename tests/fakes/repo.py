@@ -1,0 +1,86 @@
+"""The rows the orchestrator writes, in memory: the repository methods `services.llm.record`
+calls, with their SQL's rules (inserts that do nothing on a conflict, a reply finished only
+while it is `streaming`). For unit tests of the turn flow; the real queries run against a
+real Postgres in tests/unit/test_db.py and every end-to-end test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.db import Avatar, HistoryItem, Interruption
+
+
+@dataclass
+class Row:
+    role: str
+    conversation_id: str
+    text: str | None = None
+    status: str = "streaming"
+    avatar_id: str | None = None
+    reply_to: str | None = None
+    error: str | None = None
+    sentence_count: int | None = None
+
+
+@dataclass
+class MemoryRepo:
+    casts: dict[str, list[Avatar]] = field(default_factory=dict)
+    rows: dict[str, Row] = field(default_factory=dict)
+    writes: list[tuple[str, str]] = field(default_factory=list)
+    """(what, message id) in the order they were written."""
+
+    async def conversation_avatars(self, conv: str) -> list[Avatar]:
+        return list(self.casts.get(conv, []))
+
+    async def history(self, conv: str, limit: int) -> list[HistoryItem]:
+        items = [
+            HistoryItem(r.role, r.avatar_id, r.text or "")
+            for r in self.rows.values()
+            if r.conversation_id == conv and r.status != "streaming" and r.status != "failed" and r.text
+        ]
+        return items[-limit:]
+
+    async def insert_user_message(self, message_id, conv, source, session_id, turn_seq, text, timings) -> None:
+        self.writes.append(("user", message_id))
+        self.rows.setdefault(message_id, Row("user", conv, text, "complete"))
+
+    async def start_reply(self, reply_id: str, conv: str, user_message_id: str, avatar_id: str) -> None:
+        assert user_message_id in self.rows, "a reply row refers to its user message"
+        self.writes.append(("reply", reply_id))
+        self.rows.setdefault(reply_id, Row("avatar", conv, avatar_id=avatar_id, reply_to=user_message_id))
+
+    async def finish_reply(self, reply_id, text, status, error, timings, sentences=0) -> tuple[bool, str, str]:
+        row = self.rows[reply_id]
+        if row.status == "streaming":
+            row.text, row.status, row.error, row.sentence_count = text, status, error, sentences
+            return True, row.status, row.text
+        if row.sentence_count is None:
+            row.sentence_count = sentences
+        if row.text is None:
+            row.text = text
+        return False, row.status, row.text
+
+    async def reply_outcome(self, reply_id: str):
+        row = self.rows.get(reply_id)
+        if row is None or row.status == "streaming":
+            return None
+        return {"status": row.status, "text": row.text, "error": row.error, "sentence_count": row.sentence_count}
+
+    async def finished_replies(self, user_message_id: str) -> set[str]:
+        return {r.avatar_id for r in self.rows.values() if r.reply_to == user_message_id and r.status != "streaming"}
+
+    async def fail_streaming_replies(self, user_message_id: str, error: str) -> None:
+        for r in self.rows.values():
+            if r.reply_to == user_message_id and r.status == "streaming":
+                r.status, r.error = "failed", error
+
+    async def interrupt_reply(self, reply_id: str, heard: str | None) -> Interruption:
+        row = self.rows.get(reply_id)
+        if row is None:
+            return Interruption("absent")
+        if row.status == "failed":
+            return Interruption("failed")
+        if heard is None and row.status == "streaming":
+            return Interruption("streaming")
+        row.status, row.text = "interrupted", heard if heard is not None else row.text
+        return Interruption("cut", row.text or "")
