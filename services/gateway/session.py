@@ -2,7 +2,7 @@
 
 The gateway is the natural supervisor of a live session: it admits it (admission.py), asks an
 STT worker to own its audio (stt_link.py), publishes the client's audio and turns, and relays
-the conversation's events and reply audio back (relay.py). The session talks to its client
+the conversation's events and reply audio back (feed.py, relay.py). The session talks to its client
 only through a `Wire` (wire.py), so the native protocol and the Realtime API share all of it
 and neither subclasses it.
 """
@@ -14,11 +14,8 @@ import logging
 import time
 from typing import Protocol
 
-import msgspec
 from fastapi import WebSocketDisconnect
-from nats.aio.msg import Msg as NatsMsg
 from nats.errors import Error as NatsError
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.common import bus as busmod
 from services.common import db, ids, metrics, schemas, subjects
@@ -29,6 +26,7 @@ from .admission import Admitted, Refused, admit
 from .auth import Authenticator, AuthError, bearer
 from .client_socket import ClientSocket
 from .config import GatewaySettings
+from .feed import Feed, replay_from
 from .mic import MicInput
 from .relay import Reply, ReplyRelay
 from .stt_link import SttLink
@@ -61,15 +59,12 @@ class Session:
         self.resume_id = self.audio_session_id
         """The client-facing session: stable across resumes, the key of its stored record."""
         self.opening = Opening()
-        self.cursor = 0
-        """The newest final event's sequence in PARLEY_EVENTS: a client resumes after it."""
         self.text_seq = 0
         self.avatars: list[db.Avatar] = []
         """Who answers in this conversation, in order."""
         self.stt: SttLink | None = None
         self.relay: ReplyRelay | None = None
-        self.live = False
-        """Live events flow only once `session.started` is queued: it is always seq 1."""
+        self.feed: Feed | None = None
         self.closed = False
         self.end_reason = "dropped"
         self._recorded = False
@@ -149,8 +144,8 @@ class Session:
             _names(self.avatars),
             lambda code, message: self.wire.error(code, message, retryable=True),
         )
-        self._subs.append(await self.bus.nc.subscribe(subjects.live_all(self.conv), cb=self._on_live))
-        self._subs.append(await self.bus.nc.subscribe(subjects.speech_all(self.conv), cb=self._on_live))
+        self.feed = Feed(self.bus, self.conv, self.relay, self.stt, self.wire, self._own_speech)
+        await self.feed.listen()
         self._subs.append(await self.bus.on_control(self.conv, schemas.SessionResumed, self._on_resumed))
         stt_error = await self.stt.start()
         self.wire.send(
@@ -165,16 +160,7 @@ class Session:
                 speech_input=stt_error is None,
             )
         )
-        self.live = True
-        self._subs.append(
-            await self.bus.js.subscribe(
-                subjects.event_all(self.conv),
-                stream=subjects.EVENTS_STREAM,
-                ordered_consumer=True,
-                config=self._replay_from(resumed),
-                cb=self._on_event,
-            )
-        )
+        await self.feed.follow(replay_from(self.opening, resumed))
         if stt_error is not None:
             self.wire.error(*stt_error, retryable=True)
         log.info(
@@ -183,23 +169,14 @@ class Session:
             extra=ctx(conversation_id=self.conv, session_id=self.audio_session_id),
         )
 
-    def _replay_from(self, resumed: dict | None) -> ConsumerConfig:
-        """Final events from here on (after the client's cursor when resuming), each with its cursor."""
-        if resumed is None:
-            return ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
-        resume = self.opening.resume
-        if resume is not None and resume.last_cursor is not None:
-            return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=resume.last_cursor + 1)
-        return ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=resumed["started_at"].isoformat()
-        )
-
     async def _teardown(self) -> None:
         self.closed = True
         if self.stt is not None:
             await self.stt.close()
         if self.relay is not None:
             self.relay.close()
+        if self.feed is not None:
+            await self.feed.close()
         await self.wire.closed()
         for sub in self._subs:
             try:
@@ -349,44 +326,13 @@ class Session:
             await self.control("cancel", mid, "barge-in")
         await self.wire.barged_in()
 
-    # --- from the bus -----------------------------------------------------------------------
-
     async def _on_resumed(self, ctl: schemas.SessionResumed) -> None:
         if ctl.session_id == self.resume_id and not self.closed:
             self.close(protocol.CLOSE_SUPERSEDED, "session resumed on another connection", "resumed")
 
-    async def _on_live(self, msg: NatsMsg) -> None:
-        """Live media and events (core NATS): audio of replies this connection saw start."""
-        if self.closed or not self.live:
-            return
-        if subjects.is_speech(msg.subject) or msg.subject.endswith(".audio"):
-            self.relay.live_audio(msg, whole=subjects.is_speech(msg.subject))
-            return
-        try:
-            ev = events.from_bus(msg.data)
-        except msgspec.DecodeError:
-            log.warning("undecodable event on %s", msg.subject)
-            return
-        if isinstance(ev, events.ReplyStarted):
-            self.relay.started(ev)
-        self.wire.send(ev)
-        if isinstance(ev, events.SpeechStarted) and ev.session_id == self.audio_session_id and self.opening.barge_in:
+    async def _own_speech(self) -> None:
+        if self.opening.barge_in:
             await self.barge_in()
-
-    async def _on_event(self, msg: NatsMsg) -> None:
-        """Final events (PARLEY_EVENTS, in order, each with its cursor)."""
-        if self.closed:
-            return
-        cursor = msg.metadata.sequence.stream
-        self.cursor = max(self.cursor, cursor)
-        try:
-            ev = events.from_bus(msg.data)
-        except msgspec.DecodeError:
-            log.warning("undecodable event on %s", msg.subject)
-            return
-        if isinstance(ev, events.TranscriptFinal):
-            self.stt.note_final(ev)
-        self.relay.final(ev, cursor)
 
 
 def _names(avatars: list[db.Avatar]) -> str:
