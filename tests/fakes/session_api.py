@@ -1,0 +1,125 @@
+"""In-memory stand-ins for what a wire talks to: its session (`SessionApi`, wire.py) and its
+client socket. A wire's unit tests feed client frames in and read back what it sent and what
+it asked of the session, with no server and no bus.
+"""
+
+from __future__ import annotations
+
+import json
+
+from services.common import db, ids
+from services.gateway.relay import Reply
+from services.gateway.wire import Opening
+
+CONV = "11111111-1111-4111-8111-111111111111"
+AUDIO_SESSION = "44444444-4444-4444-8444-444444444444"
+AVATAR = db.Avatar("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa", "Ada", "a tester", "You test.", "en", "voices/ada.wav", None)
+
+
+class FakeClientSocket:
+    """The client's side of the WebSocket: what the wire sent, and how it closed."""
+
+    def __init__(self, first: str | Exception = "", offered: list[str] | None = None):
+        self.first = first
+        self.offered = offered or []
+        self.raw: list[str] = []
+        """Text frames exactly as written, in order (`send_now` ones included)."""
+        self.frames: list[bytes] = []
+        self.accepted: str | None = None
+        self.closed: tuple[int, str] | None = None
+
+    @property
+    def texts(self) -> list[dict]:
+        return [json.loads(t) for t in self.raw]
+
+    def types(self) -> list[str]:
+        return [t["type"] for t in self.texts]
+
+    async def accept(self, subprotocol: str | None) -> None:
+        self.accepted = subprotocol
+
+    async def first_text(self, timeout_s: float) -> str:
+        if isinstance(self.first, Exception):
+            raise self.first
+        return self.first
+
+    def send_text(self, text: str) -> None:
+        self.raw.append(text)
+
+    def send_bytes(self, data: bytes) -> None:
+        self.frames.append(data)
+
+    async def send_now(self, text: str) -> None:
+        self.raw.append(text)
+
+    async def close_now(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+class FakeSession:
+    """A session as a wire sees it (`SessionApi`): every call it receives is recorded in
+    `calls` as (name, args...), and the replies it relays are `replies`, set up by the test."""
+
+    def __init__(self, avatars: list[db.Avatar] | None = None, opening: Opening | None = None):
+        self.conv = CONV
+        self.audio_session_id = AUDIO_SESSION
+        self.resume_id = AUDIO_SESSION
+        self.user_id = "tester"
+        self.opening = opening or Opening()
+        self.avatars = list(avatars or [AVATAR])
+        self.replies: dict[str, Reply] = {}
+        self.calls: list[tuple] = []
+        self.text_seq = 0
+
+    @property
+    def opened_at(self) -> float:
+        return 0.0
+
+    def named(self, name: str) -> list[tuple]:
+        """The calls of one kind, without their name."""
+        return [c[1:] for c in self.calls if c[0] == name]
+
+    def reply(self, message_id: str) -> Reply | None:
+        return self.replies.get(message_id)
+
+    def unfinished(self) -> list[str]:
+        return list(self.replies)
+
+    def playback(self, message_id: str, played_ms: float, ended: bool) -> bool:
+        self.calls.append(("playback", message_id, played_ms, ended))
+        return message_id in self.replies
+
+    def latency(self, message_id: str, voice_to_voice_ms: float) -> bool:
+        self.calls.append(("latency", message_id, voice_to_voice_ms))
+        return message_id in self.replies
+
+    def mute(self, message_id: str) -> None:
+        self.calls.append(("mute", message_id))
+
+    async def audio(self, frame: bytes) -> None:
+        self.calls.append(("audio", frame))
+
+    def text_turn_id(self, client_seq: int | None = None) -> tuple[int, str]:
+        seq = client_seq if client_seq is not None else self.text_seq
+        if client_seq is None:
+            self.text_seq += 1
+        return seq, ids.user_message_id(self.conv, self.audio_session_id, "text", seq)
+
+    async def submit_text(self, message_id: str, seq: int, text: str, instructions: str | None = None) -> None:
+        self.calls.append(("submit_text", message_id, seq, text, instructions))
+
+    async def interrupt(self, message_id: str, position, fact_id: str | None = None) -> None:
+        self.calls.append(("interrupt", message_id, position, fact_id))
+
+    async def control(self, action: str, message_id: str = "", reason: str = "") -> None:
+        self.calls.append(("control", action, message_id, reason))
+
+    async def replace_avatars(self, avatars: list[db.Avatar]) -> None:
+        self.calls.append(("replace_avatars", [a.id for a in avatars]))
+        self.avatars = avatars
+
+    async def reopen_stt(self) -> None:
+        self.calls.append(("reopen_stt",))
+
+    def close(self, code: int, reason: str, end_reason: str | None = None) -> None:
+        self.calls.append(("close", code, reason, end_reason))
