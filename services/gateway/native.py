@@ -158,4 +158,4 @@ class NativeWire:
             elif (reply := session.reply(mid)) is not None and reply.played is not None:
                 position = reply.heard(now)
             await session.interrupt(mid, position)
-        await session.control("cancel", msg.message_id or "", "client interrupt")
+        await session.cancel(msg.message_id or "", "client interrupt")

@@ -186,7 +186,7 @@ class Session:
         if not self.conv:
             return
         try:
-            await self.control("end")
+            await self.bus.control(schemas.SessionEnd(conversation_id=self.conv, session_id=self.audio_session_id))
         except Exception:
             log.warning("could not announce session end", extra=ctx(conversation_id=self.conv))
         if self._recorded and self.end_reason != "resumed":
@@ -288,19 +288,14 @@ class Session:
             msg_id=fact_id or f"interrupt.{message_id}",
         )
 
-    async def control(self, action: str, message_id: str = "", reason: str = "") -> None:
-        """Control for this audio session that overtakes queued work (cancel, commit, clear, end)."""
-        conv, session = self.conv, self.audio_session_id
-        ctl: schemas.Control
-        if action == "cancel":
-            ctl = schemas.ReplyCancel(conversation_id=conv, message_id=message_id, reason=reason)
-        elif action == "commit":
-            ctl = schemas.UtteranceCommit(conversation_id=conv, session_id=session)
-        elif action == "clear":
-            ctl = schemas.UtteranceClear(conversation_id=conv, session_id=session)
-        else:
-            ctl = schemas.SessionEnd(conversation_id=conv, session_id=session)
-        await self.bus.control(ctl)
+    async def cancel(self, message_id: str = "", reason: str = "") -> None:
+        await self.bus.control(schemas.ReplyCancel(conversation_id=self.conv, message_id=message_id, reason=reason))
+
+    async def commit_utterance(self) -> None:
+        await self.bus.control(schemas.UtteranceCommit(conversation_id=self.conv, session_id=self.audio_session_id))
+
+    async def clear_utterance(self) -> None:
+        await self.bus.control(schemas.UtteranceClear(conversation_id=self.conv, session_id=self.audio_session_id))
 
     async def replace_avatars(self, avatars: list[db.Avatar]) -> None:
         """Another cast for a conversation nobody has answered yet (a Realtime client's voice)."""
@@ -323,7 +318,7 @@ class Session:
             )
             await self.interrupt(mid, position)
             metrics.EVENTS.labels("gateway", "barge_in").inc()
-            await self.control("cancel", mid, "barge-in")
+            await self.cancel(mid, "barge-in")
         await self.wire.barged_in()
 
     async def _on_resumed(self, ctl: schemas.SessionResumed) -> None:

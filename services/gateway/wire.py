@@ -81,7 +81,14 @@ class SessionApi(Protocol):
         self, message_id: str, position: tuple[int, float] | None, fact_id: str | None = None
     ) -> None: ...
 
-    async def control(self, action: str, message_id: str = "", reason: str = "") -> None: ...
+    async def cancel(self, message_id: str = "", reason: str = "") -> None:
+        """Stop a reply (named by its id or its user turn's; none: whatever is streaming)."""
+
+    async def commit_utterance(self) -> None:
+        """The client ends its turn itself: what it said so far is transcribed now."""
+
+    async def clear_utterance(self) -> None:
+        """The client drops what it said so far, untranscribed."""
 
     async def replace_avatars(self, avatars: list[db.Avatar]) -> None: ...
 

@@ -111,8 +111,14 @@ class FakeSession:
     async def interrupt(self, message_id: str, position, fact_id: str | None = None) -> None:
         self.calls.append(("interrupt", message_id, position, fact_id))
 
-    async def control(self, action: str, message_id: str = "", reason: str = "") -> None:
-        self.calls.append(("control", action, message_id, reason))
+    async def cancel(self, message_id: str = "", reason: str = "") -> None:
+        self.calls.append(("cancel", message_id, reason))
+
+    async def commit_utterance(self) -> None:
+        self.calls.append(("commit",))
+
+    async def clear_utterance(self) -> None:
+        self.calls.append(("clear",))
 
     async def replace_avatars(self, avatars: list[db.Avatar]) -> None:
         self.calls.append(("replace_avatars", [a.id for a in avatars]))

@@ -127,7 +127,7 @@ async def test_cancel_without_a_reply_stops_every_unfinished_one_where_it_was_he
     assert session.calls == [
         ("interrupt", REPLY, (1, 0.5), None),
         ("interrupt", OTHER, None, None),
-        ("control", "cancel", "", "client interrupt"),
+        ("cancel", "", "client interrupt"),
     ]
     assert socket.raw == []
 
@@ -136,7 +136,7 @@ async def test_cancel_of_one_reply_carries_the_clients_position():
     wire, socket, session = _wire()
     session.replies = {REPLY: Reply(), OTHER: Reply()}
     await _text(wire, {"type": "interrupt", "message_id": REPLY, "sentence_index": 2, "offset_ms": 250})
-    assert session.calls == [("interrupt", REPLY, (2, 0.25), None), ("control", "cancel", REPLY, "client interrupt")]
+    assert session.calls == [("interrupt", REPLY, (2, 0.25), None), ("cancel", REPLY, "client interrupt")]
 
 
 async def test_cancel_of_a_reply_this_session_did_not_relay_is_refused():

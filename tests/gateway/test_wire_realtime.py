@@ -259,7 +259,7 @@ async def test_commit_and_clear_end_or_drop_the_utterance_the_vad_hears():
     }
     await _client(wire, {"type": "input_audio_buffer.commit"})
     await _client(wire, {"type": "input_audio_buffer.clear"})
-    assert session.calls == [("control", "commit", "", ""), ("control", "clear", "", "")]
+    assert session.calls == [("commit",), ("clear",)]
     await _client(wire, {"type": "input_audio_buffer.commit"})
     assert socket.texts[-1]["error"]["code"] == "input_audio_buffer_commit_empty"
 
@@ -448,7 +448,7 @@ async def test_response_cancel_before_any_audio_stores_nothing_as_heard_and_stop
     await _client(wire, {"type": "response.cancel"})
     assert session.calls == [
         ("interrupt", reply_id, (0, 0.0), None),
-        ("control", "cancel", user_id, "client_cancelled"),
+        ("cancel", user_id, "client_cancelled"),
     ]
     done = socket.texts[-1]["response"]
     assert done["status"] == "cancelled"
@@ -456,7 +456,7 @@ async def test_response_cancel_before_any_audio_stores_nothing_as_heard_and_stop
     session.calls.clear()
     wire.send(_reply_started(user_id, reply_id))
     await _settled()
-    assert session.calls == [("interrupt", reply_id, (0, 0.0), None), ("control", "cancel", reply_id, "cancelled")]
+    assert session.calls == [("interrupt", reply_id, (0, 0.0), None), ("cancel", reply_id, "cancelled")]
     assert socket.types()[-1] == "response.done"
     await _client(wire, {"type": "response.cancel"})
     error = socket.texts[-1]["error"]
@@ -474,7 +474,7 @@ async def test_response_cancel_of_a_playing_reply_stores_what_the_client_heard()
     await _client(wire, {"type": "response.cancel", "response_id": response_id})
     assert session.calls == [
         ("interrupt", reply_id, (1, 0.25), None),
-        ("control", "cancel", reply_id, "client_cancelled"),
+        ("cancel", reply_id, "client_cancelled"),
     ]
     assert socket.types()[-6:] == [
         "response.output_audio.done",
@@ -507,7 +507,7 @@ async def test_truncate_stores_the_clients_playback_position_as_what_was_heard()
     assert message == "audio_end_ms must lie between 0 and the 2000 ms of audio sent for the item"
     await _client(wire, _truncate(reply_id, 1500))
     assert session.calls == [
-        ("control", "cancel", reply_id, "truncated"),
+        ("cancel", reply_id, "truncated"),
         ("interrupt", reply_id, (0, 1.5), f"truncate.{reply_id}.1500"),
     ]
     assert reply.playback_ended and reply.played[0] == 1500
@@ -541,7 +541,7 @@ async def test_a_barge_in_cancels_responses_still_being_generated():
     user_id, reply_id = await _typed_turn(wire, session)
     session.calls.clear()
     await wire.barged_in()
-    assert session.calls == [("interrupt", reply_id, (0, 0.0), None), ("control", "cancel", user_id, "turn_detected")]
+    assert session.calls == [("interrupt", reply_id, (0, 0.0), None), ("cancel", user_id, "turn_detected")]
     done = socket.texts[-1]["response"]
     assert (done["status"], done["status_details"]) == ("cancelled", {"type": "cancelled", "reason": "turn_detected"})
     session.calls.clear()

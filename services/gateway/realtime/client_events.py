@@ -138,12 +138,12 @@ class ClientEvents:
     async def _commit(self, ev: rt.AudioCommit) -> None:
         """With server VAD the utterance the VAD hears ends now; without speech there is nothing to commit."""
         if self.conn.buffer.speaking is not None:
-            await self.conn.session.control("commit")
+            await self.conn.session.commit_utterance()
             return
         self.conn.buffer.refuse_commit()
 
     async def _clear(self, ev: rt.AudioClear) -> None:
         if self.conn.buffer.speaking is not None:
-            await self.conn.session.control("clear")
+            await self.conn.session.clear_utterance()
         self.conn.buffer.clear()
         self.conn.emit(rt.Cleared())

@@ -101,7 +101,7 @@ class Conversation:
         if reply is None:
             # The client never got any of it, so nothing of it was heard.
             await self.interruptions.interrupt(rec.reply_id, (0, 0.0))
-            await self.conn.session.control("cancel", rec.user_message_id, reason)
+            await self.conn.session.cancel(rec.user_message_id, reason)
             return
         await self.interruptions.stop(rec.reply_id, reply.heard(time.monotonic()), reason)
 
@@ -134,7 +134,7 @@ class Conversation:
         if not rec.done:
             self.conn.out.finish(rec, "cancelled", "client_cancelled")
             rec.cancelled = True
-            await session.control("cancel", rec.reply_id, "truncated")
+            await session.cancel(rec.reply_id, "truncated")
         self.conn.emit(rt.ItemTruncated(item_id=ev.item_id, content_index=0, audio_end_ms=ev.audio_end_ms))
         fact_id = f"truncate.{rec.reply_id}.{ev.audio_end_ms}"
         await self.interruptions.precise(rec.reply_id, position, fact_id)

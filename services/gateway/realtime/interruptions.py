@@ -39,7 +39,7 @@ class Interruptions:
     async def stop(self, reply_id: str, position: tuple[int, float], reason: str = "cancelled") -> None:
         """Interrupt the reply where it was heard and cancel what is still being made of it."""
         await self.interrupt(reply_id, position)
-        await self.conn.session.control("cancel", reply_id, reason)
+        await self.conn.session.cancel(reply_id, reason)
 
     def stop_soon(self, reply_id: str, position: tuple[int, float]) -> None:
         """`stop`, from code that cannot wait for it (an event being translated)."""
