@@ -15,6 +15,7 @@ import gc
 import logging
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -22,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import logs
+from . import bus as busmod
+from . import db, logs
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,19 @@ class Service:
     def on_close(self, fn: Callable[[], Awaitable[object]]) -> None:
         """Register a release step; they run in reverse order of registration."""
         self._closers.append(fn)
+
+    async def open_bus(self) -> busmod.Bus:
+        """Connect as this service, declare the streams, and close the connection last."""
+        bus = await busmod.connect(self.settings, self.name)
+        self.on_close(bus.close)
+        await busmod.ensure_streams(bus)
+        return bus
+
+    async def open_db(self) -> asyncpg.Pool:
+        """A Postgres pool sized by the settings, closed with the service."""
+        pool = await db.create_pool(self.settings.database_url, self.settings.db_pool_min, self.settings.db_pool_max)
+        self.on_close(pool.close)
+        return pool
 
     async def drain(self) -> None:
         """Stop taking work and finish what is in flight: every work-queue consumer by default."""

@@ -68,6 +68,19 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(rest.build_router(gateway, current_user))
     app.add_middleware(rest.BodyLimit, max_voice_bytes=gateway.settings.max_voice_upload_bytes)
 
+    _error_handlers(app)
+    _sockets(app, gateway)
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         """A body that cannot be parsed is a malformed request like any other: 422, saying why
@@ -85,6 +98,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         strings are not valid Unicode, such as a lone surrogate."""
         return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
+
+def _sockets(app: FastAPI, gateway: Gateway) -> None:
     @app.websocket("/v1/ws")
     async def websocket(ws: WebSocket):
         if not gateway.ready:
@@ -99,11 +114,3 @@ def create_app(gateway: Gateway) -> FastAPI:
             await ws.close(1013, "gateway is not ready")
             return
         await gateway.serve(ws, realtime=True)
-
-    @app.get("/", include_in_schema=False)
-    async def index():
-        return FileResponse(STATIC / "index.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    return app

@@ -15,7 +15,6 @@ from fastapi import WebSocket
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from services.common import bus as busmod
 from services.common import db, schemas, subjects
 from services.common.runtime import Service
 
@@ -40,13 +39,10 @@ class Gateway(Service):
 
     async def start(self) -> None:
         s = self.settings
-        self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
-        self.on_close(self.pool.close)
+        self.pool = await self.open_db()
         self.repo = db.Repo(self.pool)
         self.auth = Authenticator(s, self.repo)
-        self.bus = await busmod.connect(s, self.name)
-        self.on_close(self.bus.close)
-        await busmod.ensure_streams(self.bus)
+        self.bus = await self.open_bus()
         renewer = asyncio.create_task(self._renew_forever())
         self.on_close(lambda: _cancel(renewer))
 

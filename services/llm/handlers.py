@@ -51,9 +51,7 @@ class Orchestrator(Service):
 
     async def start(self) -> None:
         s = self.settings
-        self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
-        self.on_close(self.pool.close)
-        self.records = Records(db.Repo(self.pool))
+        self.records = Records(db.Repo(await self.open_db()))
         self.memory = Memory(self.records, s)
         self.llm = ChatClient(
             s.llm_base_url,
@@ -66,9 +64,7 @@ class Orchestrator(Service):
             total_timeout_s=s.llm_total_timeout_s,
         )
         self.on_close(self.llm.aclose)
-        self.bus = await busmod.connect(s, self.name)
-        self.on_close(self.bus.close)
-        await busmod.ensure_streams(self.bus)
+        self.bus = await self.open_bus()
         self.cancels = await Cancels.watch(self.bus.js)
         self.on_close(self.cancels.close)
         self.gate = TurnGate(await self.bus.js.key_value(subjects.TURNS_BUCKET), self.bus, s.llm_turn_wait_s)

@@ -57,9 +57,7 @@ class TtsService(Service):
         await asyncio.to_thread(self.engine.load)
         self.store = await objectstore.ObjectStore(s).__aenter__()
         self.on_close(self.store.aclose)
-        self.bus = await busmod.connect(s, self.name)
-        self.on_close(self.bus.close)
-        await busmod.ensure_streams(self.bus)
+        self.bus = await self.open_bus()
         self.cancels = await Cancels.watch(self.bus.js)
         self.on_close(self.cancels.close)
         self.worker = busmod.Worker(
