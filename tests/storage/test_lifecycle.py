@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from services.common import db, ids, objectstore
 from services.common.settings import ServiceSettings
-from services.storage.handlers import expire_audio
+from services.storage.retention import expire_audio
 from tests.s3proxy import S3Proxy
 
 
