@@ -28,14 +28,10 @@ class StorageService(Service):
 
     async def start(self) -> None:
         s = self.settings
-        self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
-        self.on_close(self.pool.close)
-        self.repo = db.Repo(self.pool)
+        self.repo = db.Repo(await self.open_db())
         self.store = await objectstore.ObjectStore(s).__aenter__()
         self.on_close(self.store.aclose)
-        self.bus = await busmod.connect(s, self.name)
-        self.on_close(self.bus.close)
-        await busmod.ensure_streams(self.bus)
+        self.bus = await self.open_bus()
         await self._answer_gateway()
         await self._store_replies()
         if s.storage_audio_retention_h > 0:
