@@ -29,7 +29,6 @@ import uvloop
 
 from services.common import bus as busmod
 from services.common import schemas, speech, subjects
-from services.common.schemas import AudioMeta
 
 RATE = 24000
 
@@ -50,38 +49,21 @@ class StandInTts:
         job = schemas.decode(msg.data, schemas.TtsJob)
         total = min(len(self.noise), int(len(job.text) * self.per_char_s * RATE) * 2)
         pcm = self.noise[:total]
-        subject = subjects.live(job.conversation_id, "audio")
+        live = speech.LiveSentence(self.bus, job, RATE)
         if self.first_s:
             await asyncio.sleep(self.first_s - (time.time() - received))
         first_at = None
-        seq = 0
         for off in range(0, len(pcm), self.chunk_bytes):
             chunk = pcm[off : off + self.chunk_bytes]
-            if seq and self.rtf:
+            if live.seq and self.rtf:
                 # Paced from the first chunk: chunk k is ready k chunks' audio x rtf later.
                 due = first_at + off / 2 / RATE * self.rtf
                 await asyncio.sleep(max(0.0, due - time.time()))
-            meta = AudioMeta(
-                conversation_id=job.conversation_id,
-                message_id=job.message_id,
-                sentence_index=job.sentence_index,
-                chunk_seq=seq,
-                sample_rate=RATE,
-            )
             if first_at is None:
                 first_at = time.time()
-            await self.bus.nc.publish(subject, chunk, headers=meta.headers())
-            seq += 1
+            await live.send(chunk)
         last_at = time.time()
-        end = AudioMeta(
-            conversation_id=job.conversation_id,
-            message_id=job.message_id,
-            sentence_index=job.sentence_index,
-            chunk_seq=seq,
-            sample_rate=RATE,
-            last=True,
-        )
-        await self.bus.nc.publish(subject, b"", headers=end.headers())
+        await live.end()
         sentence = speech.StoredSentence(job.sentence_index, pcm, RATE, True, job.text, first_at)
         await speech.keep(self.bus, job.conversation_id, job.message_id, sentence, msg_id=job.job_id)
         if self.log is not None:

@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 from nats.js.errors import NotFoundError
 
 from . import subjects
-from .schemas import AudioMeta
+from .schemas import AudioMeta, TtsJob
 
 if TYPE_CHECKING:
     from .bus import Bus
@@ -76,3 +76,34 @@ async def read(bus: Bus, conversation_id: str, message_id: str, index: int) -> S
         text=unquote(headers.get(TEXT_HEADER, "")),
         first_audio_at=float(first) if first else None,
     )
+
+
+class LiveSentence:
+    """One sentence's audio as it streams live (core NATS, `parley.live.<conv>.audio`):
+    numbered chunks, then an empty chunk marked last that ends the sentence."""
+
+    def __init__(self, bus: Bus, job: TtsJob, sample_rate: int):
+        self.bus = bus
+        self.job = job
+        self.sample_rate = sample_rate
+        self.subject = subjects.live(job.conversation_id, "audio")
+        self.seq = 0
+
+    async def send(self, pcm16: bytes) -> None:
+        await self._publish(pcm16, last=False)
+        self.seq += 1
+
+    async def end(self) -> None:
+        await self._publish(b"", last=True)
+
+    async def _publish(self, data: bytes, last: bool) -> None:
+        job = self.job
+        meta = AudioMeta(
+            conversation_id=job.conversation_id,
+            message_id=job.message_id,
+            sentence_index=job.sentence_index,
+            chunk_seq=self.seq,
+            sample_rate=self.sample_rate,
+            last=last,
+        )
+        await self.bus.nc.publish(self.subject, data, headers=meta.headers())

@@ -23,7 +23,6 @@ from services.common.audio import OUTPUT_RATE
 from services.common.cancels import Cancels
 from services.common.logs import ctx
 from services.common.runtime import Service
-from services.common.schemas import AudioMeta
 
 from .config import TtsSettings
 from .engine import SynthesisError, Voice, XttsEngine
@@ -119,44 +118,27 @@ class TtsService(Service):
 
         t0 = time.perf_counter()
         producer = asyncio.create_task(asyncio.to_thread(produce))
-        subject = subjects.live(job.conversation_id, "audio")
+        live = speech.LiveSentence(self.bus, job, OUTPUT_RATE)
         parts: list[bytes] = []
-        seq = 0
         first_at = None
         try:
             while (item := await chunks.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item if isinstance(item, SynthesisError) else SynthesisError(str(item))
-                if seq == 0:
+                if live.seq == 0:
                     first_at = time.time()
                     metrics.stage("tts_first_chunk", time.perf_counter() - t0)
                     metrics.stage("tts_queue_to_first_chunk", time.time() - job.created_at)
                 data = item.tobytes()
                 parts.append(data)
-                meta = AudioMeta(
-                    conversation_id=job.conversation_id,
-                    message_id=job.message_id,
-                    sentence_index=job.sentence_index,
-                    chunk_seq=seq,
-                    sample_rate=OUTPUT_RATE,
-                )
-                await self.bus.nc.publish(subject, data, headers=meta.headers())
-                seq += 1
+                await live.send(data)
                 if job.message_id in self.cancels:
                     stop = True
                     break
         finally:
             stop = True
             await producer
-        last = AudioMeta(
-            conversation_id=job.conversation_id,
-            message_id=job.message_id,
-            sentence_index=job.sentence_index,
-            chunk_seq=seq,
-            sample_rate=OUTPUT_RATE,
-            last=True,
-        )
-        await self.bus.nc.publish(subject, b"", headers=last.headers())
+        await live.end()
         metrics.stage("tts_sentence", time.perf_counter() - t0)
         return b"".join(parts), first_at
 
