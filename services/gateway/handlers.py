@@ -42,8 +42,8 @@ class Gateway(Service):
         s = self.settings
         self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
         self.on_close(self.pool.close)
-        self.repo = db.Repo(self.pool)
-        self.auth = Authenticator(s, self.repo)
+        self.db = db.Database(self.pool)
+        self.auth = Authenticator(s, self.db)
         self.bus = await busmod.connect(s, self.name)
         self.on_close(self.bus.close)
         await busmod.ensure_streams(self.bus)
@@ -56,7 +56,7 @@ class Gateway(Service):
         while True:
             await asyncio.sleep(self.settings.session_lease_s)
             try:
-                await self.repo.renew_sessions([s.resume_id for s in self.sessions])
+                await self.db.sessions.renew([s.resume_id for s in self.sessions])
             except Exception:
                 log.exception("could not renew session records")
 
@@ -65,7 +65,7 @@ class Gateway(Service):
         s = self.settings
         socket = ClientSocket(ws, s.idle_timeout_s, s.max_session_s)
         if realtime:
-            wire = RealtimeWire(socket, s, self.repo, ws.query_params.get("model"))
+            wire = RealtimeWire(socket, s, self.db.avatars, ws.query_params.get("model"))
         else:
             wire = NativeWire(socket, s.start_timeout_s, s.max_text_chars)
         await Session(self, socket, wire).run()

@@ -178,34 +178,12 @@ class ApiKeyCreated(BaseModel):
     key: str = Field(description="the key itself; it is not shown again")
 
 
-def _avatar_out(row: dict) -> AvatarOut:
-    return AvatarOut(
-        id=row["id"],
-        name=row["name"],
-        role_title=row["role_title"],
-        persona_prompt=row["persona_prompt"],
-        language=row["language"],
-        has_voice=bool(row["voice_key"]),
-        public=row["owner_id"] is None,
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+def _avatar_out(avatar: db.Avatar) -> AvatarOut:
+    return AvatarOut(**avatar.public())
 
 
-def _conversation_out(row: dict) -> ConversationOut:
-    last = None
-    if row["last_at"] is not None:
-        last = LastMessage(
-            role=row["last_role"], avatar_id=row["last_avatar_id"], text=row["last_text"], created_at=row["last_at"]
-        )
-    return ConversationOut(
-        id=row["id"],
-        avatar_ids=row["avatar_ids"],
-        title=row["title"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        last_message=last,
-    )
+def _conversation_out(conversation: db.Conversation) -> ConversationOut:
+    return ConversationOut(**conversation.public())
 
 
 # --- cursors: opaque to callers, a keyset position to us ------------------------------------
@@ -247,8 +225,8 @@ def _us(t: dt.datetime) -> int:
     return (t - _EPOCH) // _US
 
 
-def conversation_cursor(user_id: str, row: dict) -> str:
-    return encode_cursor("c", user_id, _us(row["created_at"]), row["id"])
+def conversation_cursor(user_id: str, last: db.Conversation) -> str:
+    return encode_cursor("c", user_id, _us(last.created_at), last.id)
 
 
 def conversation_position(cursor: str, user_id: str) -> tuple[dt.datetime, str]:
@@ -258,8 +236,8 @@ def conversation_position(cursor: str, user_id: str) -> tuple[dt.datetime, str]:
     return _time_of(rest[0]), _canonical(rest[1])
 
 
-def message_cursor(conv: str, row: dict) -> str:
-    return encode_cursor("m", conv, _us(row["created_at"]), row["role"] == "avatar", row["id"])
+def message_cursor(conv: str, last: db.Message) -> str:
+    return encode_cursor("m", conv, _us(last.created_at), last.role == "avatar", last.id)
 
 
 def message_position(cursor: str, conv: str) -> tuple[dt.datetime, bool, str]:
@@ -357,16 +335,16 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
 
     async def owned_conversation(conversation_id: str, user_id: str = Depends(current_user)) -> str:
         conv = _uuid(conversation_id, "conversation")
-        owner = await gateway.repo.conversation_owner(conv)
+        owner = await gateway.db.conversations.owner(conv)
         if owner is None or owner != user_id:
             raise HTTPException(404, "no such conversation")
         return conv
 
-    async def avatar_for(avatar_id: str, user_id: str, change: bool = False) -> dict:
-        row = await gateway.repo.visible_avatar(_uuid(avatar_id, "avatar"), user_id)
+    async def avatar_for(avatar_id: str, user_id: str, change: bool = False) -> db.Avatar:
+        row = await gateway.db.avatars.get_visible(_uuid(avatar_id, "avatar"), user_id)
         if row is None:
             raise HTTPException(404, "no such avatar")
-        if change and row["owner_id"] is None:
+        if change and row.owner_id is None:
             raise HTTPException(403, "public avatars are read-only")
         return row
 
@@ -420,7 +398,7 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
         """A private avatar of the caller's, speaking in the uploaded voice."""
         avatar_id = ids.new_id()
         key = await store_voice(avatar_id, voice)
-        row = await gateway.repo.create_avatar(
+        row = await gateway.db.avatars.create(
             db.Avatar(
                 id=avatar_id,
                 name=name,
@@ -437,7 +415,7 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
     @router.get("/avatars", response_model=list[AvatarOut], tags=["avatars"])
     async def list_avatars(user_id: str = Depends(current_user)):
         """The public avatars, then the caller's own, each by name."""
-        return [_avatar_out(r) for r in await gateway.repo.visible_avatars(user_id)]
+        return [_avatar_out(r) for r in await gateway.db.avatars.visible(user_id)]
 
     @router.get(
         "/avatars/{avatar_id}", response_model=AvatarOut, tags=["avatars"], responses=_problems(s404="no such avatar")
@@ -457,7 +435,7 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
         if "role_title" in changes:
             changes["role_title"] = changes["role_title"] or None
         if changes:
-            row = await gateway.repo.update_avatar(row["id"], user_id, changes)
+            row = await gateway.db.avatars.update(row.id, user_id, changes)
             if row is None:
                 raise HTTPException(404, "no such avatar")
         return _avatar_out(row)
@@ -476,8 +454,8 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
     ):
         """A new reference voice; it is kept under a new key, so every TTS worker clones it afresh."""
         row = await avatar_for(avatar_id, user_id, change=True)
-        key = await store_voice(row["id"], voice)
-        row = await gateway.repo.set_avatar_voice(row["id"], user_id, key)
+        key = await store_voice(row.id, voice)
+        row = await gateway.db.avatars.set_voice(row.id, user_id, key)
         if row is None:
             raise HTTPException(404, "no such avatar")
         return _avatar_out(row)
@@ -491,7 +469,7 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
     async def delete_avatar(avatar_id: str, user_id: str = Depends(current_user)):
         """Gone from lists and new conversations; conversations that had it stay readable."""
         row = await avatar_for(avatar_id, user_id, change=True)
-        if not await gateway.repo.delete_avatar(row["id"], user_id):
+        if not await gateway.db.avatars.delete(row.id, user_id):
             raise HTTPException(404, "no such avatar")
         return Response(status_code=204)
 
@@ -507,12 +485,12 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
     async def create_conversation(body: ConversationIn, user_id: str = Depends(current_user)):
         avatar_ids = list(dict.fromkeys(_uuid(a, "avatar") for a in body.avatar_ids)) or [s.default_avatar_id]
         for aid in avatar_ids:
-            avatar = await gateway.repo.get_avatar(aid)
+            avatar = await gateway.db.avatars.get(aid)
             if avatar is None or avatar.owner_id not in (None, user_id):
                 raise HTTPException(404, f"no such avatar: {aid}")
         conv = ids.new_id()
-        await gateway.repo.create_conversation(conv, user_id, avatar_ids)
-        return _conversation_out(await gateway.repo.user_conversation(conv, user_id))
+        await gateway.db.conversations.create(conv, user_id, avatar_ids)
+        return _conversation_out(await gateway.db.conversations.get(conv, user_id))
 
     @router.get(
         "/conversations",
@@ -530,7 +508,7 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
             before = conversation_position(cursor, user_id) if cursor else None
         except BadCursor as exc:
             raise HTTPException(400, str(exc)) from None
-        rows = await gateway.repo.user_conversations(user_id, limit + 1, before)
+        rows = await gateway.db.conversations.page(user_id, limit + 1, before)
         more = len(rows) > limit
         rows = rows[:limit]
         return ConversationPage(
@@ -545,7 +523,7 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
         responses=_problems(s404="no such conversation"),
     )
     async def get_conversation(conv: str = Depends(owned_conversation), user_id: str = Depends(current_user)):
-        row = await gateway.repo.user_conversation(conv, user_id)
+        row = await gateway.db.conversations.get(conv, user_id)
         if row is None:
             raise HTTPException(404, "no such conversation")
         return _conversation_out(row)
@@ -566,19 +544,12 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
             after = message_position(cursor, conv) if cursor else None
         except BadCursor as exc:
             raise HTTPException(400, str(exc)) from None
-        rows = await gateway.repo.message_page(conv, limit + 1, after)
+        rows = await gateway.db.messages.page(conv, limit + 1, after)
         more = len(rows) > limit
         rows = rows[:limit]
-        urls = await gateway.sign([r["audio_key"] for r in rows if r["audio_key"]])
+        urls = await gateway.sign([r.audio_key for r in rows if r.audio_key])
         return MessagePage(
-            items=[
-                MessageOut(
-                    **{k: v for k, v in r.items() if k != "created_at"},
-                    audio_url=urls.get(r["audio_key"]) if r["audio_key"] else None,
-                    created_at=r["created_at"].isoformat(),
-                )
-                for r in rows
-            ],
+            items=[MessageOut(**r.public(urls.get(r.audio_key) if r.audio_key else None)) for r in rows],
             next_cursor=message_cursor(conv, rows[-1]) if more else None,
         )
 
@@ -593,7 +564,7 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
     )
     async def message_audio(message_id: str, conv: str = Depends(owned_conversation)):
         mid = _uuid(message_id, "message")
-        key = await gateway.repo.message_audio_key(conv, mid)
+        key = await gateway.db.messages.audio_key(conv, mid)
         if key is None:
             raise HTTPException(404, "no audio for this message")
         url = (await gateway.sign([key])).get(key)
@@ -607,18 +578,18 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
     async def create_api_key(body: ApiKeyIn, user_id: str = Depends(current_user)):
         """A key for server-to-server use, acting as the caller. Shown once; only its digest is kept."""
         key, key_id = new_api_key(), ids.new_id()
-        await gateway.repo.create_api_key(key_id, user_id, body.name, hash_api_key(key))
+        await gateway.db.keys.create(key_id, user_id, body.name, hash_api_key(key))
         return ApiKeyCreated(id=key_id, name=body.name, key=key)
 
     @router.get("/api-keys", response_model=list[ApiKeyOut], tags=["api keys"])
     async def list_api_keys(user_id: str = Depends(current_user)):
-        return [ApiKeyOut(**r) for r in await gateway.repo.list_api_keys(user_id)]
+        return [ApiKeyOut(**k.public()) for k in await gateway.db.keys.live(user_id)]
 
     @router.delete(
         "/api-keys/{key_id}", status_code=204, tags=["api keys"], responses=_problems(s404="no such API key")
     )
     async def revoke_api_key(key_id: str, user_id: str = Depends(current_user)):
-        if not await gateway.repo.revoke_api_key(_uuid(key_id, "API key"), user_id):
+        if not await gateway.db.keys.revoke(_uuid(key_id, "API key"), user_id):
             raise HTTPException(404, "no such API key")
         return Response(status_code=204)
 

@@ -41,7 +41,7 @@ class Host(Protocol):
     """What a session needs of the gateway service that holds it."""
 
     bus: busmod.Bus
-    repo: db.Repo
+    db: db.Database
     auth: Authenticator
     settings: GatewaySettings
     sessions: set
@@ -106,7 +106,7 @@ class Session:
         self.opening = opening
         try:
             admitted = await admit(
-                self.gw.repo, self.settings, self.user_id, opening, self.audio_session_id, self.connection
+                self.gw.db, self.settings, self.user_id, opening, self.audio_session_id, self.connection
             )
         except Refused as exc:
             await self.wire.refuse(exc.code, exc.reason)
@@ -140,7 +140,7 @@ class Session:
                 subjects.control(self.conv),
                 schemas.SessionControl(conversation_id=self.conv, session_id=self.resume_id, action="resumed"),
             )
-        self.avatars = await self.gw.repo.conversation_avatars(self.conv)
+        self.avatars = await self.gw.db.avatars.of_conversation(self.conv)
         self.mic = MicInput(self.bus, self.settings, self.conv, self.audio_session_id, self.wire.error)
         self.relay = ReplyRelay(self.bus, self.settings, self.conv, self.wire)
         self.stt = SttLink(
@@ -186,16 +186,14 @@ class Session:
             extra=ctx(conversation_id=self.conv, session_id=self.audio_session_id),
         )
 
-    def _replay_from(self, resumed: dict | None) -> ConsumerConfig:
+    def _replay_from(self, resumed: db.ClientSession | None) -> ConsumerConfig:
         """Final events from here on (after the client's cursor when resuming), each with its cursor."""
         if resumed is None:
             return ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
         resume = self.opening.resume
         if resume is not None and resume.last_cursor is not None:
             return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=resume.last_cursor + 1)
-        return ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=resumed["started_at"].isoformat()
-        )
+        return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=resumed.started_at.isoformat())
 
     async def _teardown(self) -> None:
         self.closed = True
@@ -217,7 +215,7 @@ class Session:
             log.warning("could not announce session end", extra=ctx(conversation_id=self.conv))
         if self._recorded and self.end_reason != "resumed":
             try:
-                await self.gw.repo.end_session(self.resume_id, self.connection, self.end_reason)
+                await self.gw.db.sessions.end(self.resume_id, self.connection, self.end_reason)
             except Exception:
                 log.warning("could not record session end", extra=ctx(conversation_id=self.conv))
 
@@ -329,7 +327,7 @@ class Session:
 
     async def replace_avatars(self, avatars: list[db.Avatar]) -> None:
         """Another cast for a conversation nobody has answered yet (a Realtime client's voice)."""
-        await self.gw.repo.replace_conversation_avatars(self.conv, [a.id for a in avatars])
+        await self.gw.db.conversations.replace_avatars(self.conv, [a.id for a in avatars])
         self.avatars = avatars
         self.stt.hotwords = _names(avatars)
 

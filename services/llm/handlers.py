@@ -79,7 +79,7 @@ class Orchestrator(Service):
         s = self.settings
         self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
         self.on_close(self.pool.close)
-        self.repo = db.Repo(self.pool)
+        self.db = db.Database(self.pool)
         self.llm = ChatClient(
             s.llm_base_url,
             s.llm_api_key,
@@ -116,7 +116,7 @@ class Orchestrator(Service):
             # Up to 20 deliveries with growing delays (about half a minute): an interruption may
             # come before its reply's turn has been taken (see `Interruptions.handle`).
             busmod.WorkQueue(subjects.INTERRUPTS_STREAM, "llm-interrupts", subjects.INTERRUPTS_ALL, max_deliver=20),
-            Interruptions(self.bus, self.repo, self.cancelled, self.gate, self._forget_history).handle,
+            Interruptions(self.bus, self.db.messages, self.cancelled, self.gate, self._forget_history).handle,
             concurrency=8,
             service=self.name,
         )
@@ -126,14 +126,14 @@ class Orchestrator(Service):
     async def _avatars_for(self, conv: str) -> list[Avatar]:
         avatars = self._avatars.get(conv)
         if avatars is None:
-            avatars = self._avatars[conv] = await self.repo.conversation_avatars(conv)
+            avatars = self._avatars[conv] = await self.db.avatars.of_conversation(conv)
         return avatars
 
     async def _history_for(self, conv: str, version: int) -> list[HistoryItem]:
         """Cached per conversation; reloaded when another replica changed it since."""
         cached = self._history.get(conv)
         if cached is None or cached.version != version:
-            items = await self.repo.history(conv, self.settings.llm_history_messages)
+            items = await self.db.messages.history(conv, self.settings.llm_history_messages)
             cached = self._history[conv] = _History(version, items)
         return cached.items
 
@@ -157,7 +157,7 @@ class Orchestrator(Service):
         # been answered before: a redelivery, or an attempt of this process retried in place.
         finished: asyncio.Task | None = None
         if msg.metadata.num_delivered > 1 or turn.message_id in self._attempted:
-            finished = asyncio.create_task(self.repo.finished_replies(turn.message_id))
+            finished = asyncio.create_task(self.db.messages.finished_replies(turn.message_id))
         self._attempted[turn.message_id] = True
         try:
             seq = msg.metadata.sequence.stream
@@ -170,7 +170,7 @@ class Orchestrator(Service):
                 return
             if finished is None and admission.repeat:
                 # A finished turn published again past de-duplication: the gate remembers it.
-                finished = asyncio.create_task(self.repo.finished_replies(turn.message_id))
+                finished = asyncio.create_task(self.db.messages.finished_replies(turn.message_id))
             done = False
             try:
                 await self._answer(turn, admission.version, active, await finished if finished else set())
@@ -191,7 +191,7 @@ class Orchestrator(Service):
         compete for the CPU with the first token, and the turn is not acked before it."""
         if after is not None:
             await after.wait()
-        await self.repo.insert_user_message(
+        await self.db.messages.add_user(
             turn.message_id, turn.conversation_id, turn.source, turn.session_id, turn.turn_seq, turn.text, turn.marks
         )
 
@@ -243,8 +243,8 @@ class Orchestrator(Service):
         """A reply that was interrupted before it began: stored empty, announced, no audio."""
         reply_id = ids.reply_id(turn.message_id, avatar.id)
         await persist_user
-        await self.repo.start_reply(reply_id, turn.conversation_id, turn.message_id, avatar.id)
-        finished, _, _ = await self.repo.finish_reply(reply_id, "", "interrupted", why, {})
+        await self.db.messages.start_reply(reply_id, turn.conversation_id, turn.message_id, avatar.id)
+        finished, _, _ = await self.db.messages.finish_reply(reply_id, "", "interrupted", why, {})
         if finished:
             await self._announce(turn, avatar, reply_id, "interrupted", "", 0, why)
         else:
@@ -254,11 +254,11 @@ class Orchestrator(Service):
         """A reply an earlier attempt of this turn finished: that attempt may have failed before
         announcing it, so it is announced again (both publishes are de-duplicated by id)."""
         reply_id = ids.reply_id(turn.message_id, avatar.id)
-        row = await self.repo.reply_outcome(reply_id)
-        if row is None or row["sentence_count"] is None:
+        row = await self.db.messages.reply_outcome(reply_id)
+        if row is None or row.sentence_count is None:
             return  # stored before sentence counts were kept
         await self._announce(
-            turn, avatar, reply_id, row["status"], row["text"] or "", row["sentence_count"], row["error"], again=True
+            turn, avatar, reply_id, row.status, row.text or "", row.sentence_count, row.error, again=True
         )
 
     async def _announce(
@@ -309,7 +309,7 @@ class Orchestrator(Service):
 
         async def persist_start() -> None:
             await persist_user
-            await self.repo.start_reply(reply_id, turn.conversation_id, turn.message_id, avatar.id)
+            await self.db.messages.start_reply(reply_id, turn.conversation_id, turn.message_id, avatar.id)
 
         persist_reply = asyncio.create_task(persist_start())
         stream = ReplyStream(self.bus, self.llm, self.settings, turn, avatar, reply_id)
@@ -317,7 +317,7 @@ class Orchestrator(Service):
         first_out.set()
         await persist_reply
         # An interruption with the playback position may have stored the heard text already.
-        _, status, text = await self.repo.finish_reply(
+        _, status, text = await self.db.messages.finish_reply(
             reply_id, out.text, out.status, out.error, out.timings, out.sentences
         )
         await self._announce(turn, avatar, reply_id, status, text, out.sentences, out.error)
@@ -364,4 +364,4 @@ class Orchestrator(Service):
             msg_id=f"turn-fail.{turn.message_id}",
         )
         # A reply its last attempt had begun must not stay `streaming`: the failure event covers it.
-        await self.repo.fail_streaming_replies(turn.message_id, f"turn_failed: {exc}")
+        await self.db.messages.fail_streaming_replies(turn.message_id, f"turn_failed: {exc}")

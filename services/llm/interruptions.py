@@ -20,10 +20,10 @@ from .ordering import TurnGate
 
 class Interruptions:
     def __init__(
-        self, bus: busmod.Bus, repo: db.Repo, cancelled: KeyValue, gate: TurnGate, forget: Callable[[str], None]
+        self, bus: busmod.Bus, messages: db.Messages, cancelled: KeyValue, gate: TurnGate, forget: Callable[[str], None]
     ):
         self.bus = bus
-        self.repo = repo
+        self.messages = messages
         self.cancelled = cancelled
         """The cancel bucket: a reply marked here stops streaming and synthesising."""
         self.gate = gate
@@ -36,7 +36,7 @@ class Interruptions:
         conv = intr.conversation_id
         await self.cancelled.put(intr.message_id, b"1")
         heard = await self._heard(intr)
-        done = await self.repo.interrupt_reply(intr.message_id, heard)
+        done = await self.messages.interrupt_reply(intr.message_id, heard)
         if done.outcome in ("absent", "streaming"):
             # The reply's row is written once its first sentence is out, or when its turn,
             # seeing the cancel above, closes it unanswered; without a position the cut also

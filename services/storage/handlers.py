@@ -46,7 +46,7 @@ class StorageService(Service):
         s = self.settings
         self.pool = await db.create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
         self.on_close(self.pool.close)
-        self.repo = db.Repo(self.pool)
+        self.db = db.Database(self.pool)
         self.store = await objectstore.ObjectStore(s).__aenter__()
         self.on_close(self.store.aclose)
         self.bus = await busmod.connect(s, self.name)
@@ -85,7 +85,9 @@ class StorageService(Service):
         self._sweeper.cancel()
 
     async def sweep(self) -> int:
-        return await expire_audio(self.repo, self.store, dt.timedelta(hours=self.settings.storage_audio_retention_h))
+        return await expire_audio(
+            self.db.messages, self.store, dt.timedelta(hours=self.settings.storage_audio_retention_h)
+        )
 
     async def handle_reply(self, msg: NatsMsg) -> None:
         keep_alive = asyncio.create_task(busmod.keep_alive(msg, every_s=_ACK_WAIT_S / 3))
@@ -111,7 +113,7 @@ class StorageService(Service):
             log.warning("storing reply without %d sentence(s)", missing, extra=ctx(message_id=mid))
         wav, duration, _ = assemble(sentences)
         if not wav:
-            if await self.repo.message_status(mid) == "complete":
+            if await self.db.messages.status(mid) == "complete":
                 # Every sentence failed or was cancelled (a newer turn cancels the audio of one
                 # whose text had already finished): without this the reply would stay complete
                 # with neither audio nor a reason the client saw, and the ledger not balance.
@@ -121,7 +123,7 @@ class StorageService(Service):
         if not await self.store.exists(key):
             await self.store.put(key, wav, "audio/wav")
         first_audio = min((s.first_audio_at for s in sentences if s.first_audio_at), default=None)
-        await self.repo.set_audio(mid, key, duration, {"first_audio": first_audio} if first_audio else {})
+        await self.db.messages.set_audio(mid, key, duration, {"first_audio": first_audio} if first_audio else {})
         url = await self.store.url(key)
         await self.bus.publish_event(
             schemas.AudioStored(conversation_id=conv, message_id=mid, key=key, url=url, duration_s=duration),
@@ -192,7 +194,7 @@ def _age_s(msg: NatsMsg) -> float:
     return 0.0
 
 
-async def expire_audio(repo: db.Repo, store: objectstore.ObjectStore, older_than: dt.timedelta) -> int:
+async def expire_audio(messages: db.Messages, store: objectstore.ObjectStore, older_than: dt.timedelta) -> int:
     """Delete reply audio stored more than `older_than` ago; returns how many replies.
 
     Batches are claimed with row locks (`FOR UPDATE SKIP LOCKED`), so replicas sweeping at
@@ -201,7 +203,7 @@ async def expire_audio(repo: db.Repo, store: objectstore.ObjectStore, older_than
     """
     total = 0
     while True:
-        async with repo.expiring_audio(older_than, _SWEEP_BATCH) as batch:
+        async with messages.expiring_audio(older_than, _SWEEP_BATCH) as batch:
             if not batch:
                 return total
             await store.delete_many([key for _, key in batch])

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from services import devstack
-from services.common import ids, objectstore
+from services.common import db, ids, objectstore
 from services.gateway import rest
 from services.gateway.config import GatewaySettings
 from services.gateway.voice import REFERENCE_RATE, VoiceRejected, normalise_voice
@@ -469,15 +469,16 @@ def test_normalise_voice_refuses_with_a_status(data, max_bytes, status):
 
 
 def test_cursors_round_trip_and_refuse_anything_else():
-    row = {"created_at": dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC), "id": str(uuid.uuid4())}
-    assert rest.conversation_position(rest.conversation_cursor("u1", row), "u1") == (row["created_at"], row["id"])
-    reply = {**row, "role": "avatar"}
-    assert rest.message_position(rest.message_cursor("c1", reply), "c1") == (row["created_at"], True, row["id"])
+    at, row_id = dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC), str(uuid.uuid4())
+    conv = db.Conversation(row_id, [], None, at, at, None)
+    assert rest.conversation_position(rest.conversation_cursor("u1", conv), "u1") == (at, row_id)
+    reply = db.Message(row_id, "avatar", None, None, None, "", "complete", None, None, None, False, {}, at, None)
+    assert rest.message_position(rest.message_cursor("c1", reply), "c1") == (at, True, row_id)
     for cursor, scope in [
-        (rest.conversation_cursor("u1", row), "u2"),
+        (rest.conversation_cursor("u1", conv), "u2"),
         (rest.message_cursor("c1", reply), "c2"),
-        (rest.encode_cursor("c", "u1", "soon", row["id"]), "u1"),
-        (rest.encode_cursor("c", "u1", 10**20, row["id"]), "u1"),
+        (rest.encode_cursor("c", "u1", "soon", row_id), "u1"),
+        (rest.encode_cursor("c", "u1", 10**20, row_id), "u1"),
         (rest.encode_cursor("c", "u1", 1, "not-a-uuid"), "u1"),
         ("%%%", "u1"),
         ("", "u1"),

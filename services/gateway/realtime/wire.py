@@ -14,7 +14,6 @@ message id, so REST history and the client's items name the same things.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import time
 import uuid
@@ -59,10 +58,10 @@ _CODE = re.compile(r"^[a-z_]+$")
 
 
 class RealtimeWire:
-    def __init__(self, socket: ClientSocket, settings: GatewaySettings, repo: db.Repo, model: str | None):
+    def __init__(self, socket: ClientSocket, settings: GatewaySettings, avatars: db.Avatars, model: str | None):
         self.socket = socket
         self.settings = settings
-        self.repo = repo
+        self.avatars = avatars
         self.session: SessionApi | None = None
         self.cfg = Config(model=model or "parley")
         self._key: str | None = None
@@ -328,10 +327,9 @@ class RealtimeWire:
     async def _resolve_voice(self, voice: str | rt.VoiceRef) -> tuple[db.Avatar, str]:
         """An avatar visible to the caller, by id or (case-insensitive) name."""
         name = voice.id if isinstance(voice, rt.VoiceRef) else voice
-        fields = [f.name for f in dataclasses.fields(db.Avatar)]
-        for row in await self.repo.visible_avatars(self.session.user_id):
-            if name == row["id"] or name.casefold() == row["name"].casefold():
-                return db.Avatar(**{k: row[k] for k in fields}), name
+        for avatar in await self.avatars.visible(self.session.user_id):
+            if name == avatar.id or name.casefold() == avatar.name.casefold():
+                return avatar, name
         if name in OPENAI_VOICES:
             return self.avatar, name
         raise Refused(
