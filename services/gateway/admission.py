@@ -2,7 +2,7 @@
 
 One decision per connection, taken before anything is subscribed: the conversation (new, named
 or resumed), the avatars it may use, and the session record that counts against the user's
-limit and makes the session resumable.
+limit and makes the session resumable. Who may use what is access.py's rule, shared with REST.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from services.common import db, ids
+from services.common import db
 
-from . import protocol
+from . import access, protocol
 from .config import GatewaySettings
 from .wire import Opening
 
@@ -49,7 +49,7 @@ async def admit(
     try:
         # Canonical form: ids become subject tokens, so one conversation has one spelling.
         conversation_id = str(uuid.UUID(opening.conversation_id)) if opening.conversation_id else None
-        avatar_ids = [str(uuid.UUID(a)) for a in opening.avatar_ids] or [s.default_avatar_id]
+        avatar_ids = [str(uuid.UUID(a)) for a in opening.avatar_ids]
         resume_id = str(uuid.UUID(opening.resume.session_id)) if opening.resume else None
     except ValueError:
         raise Refused(
@@ -66,19 +66,13 @@ async def admit(
         options = resumed.options
         opening.stt.language = opening.stt.language or options.get("language")
         opening.stt.end_of_turn_ms = opening.stt.end_of_turn_ms or options.get("end_of_turn_ms")
-    if conversation_id:
-        owner = await database.conversations.owner(conversation_id)
-        if owner is None:
-            raise Refused(protocol.CLOSE_NOT_FOUND, "no such conversation")
-        if owner != user_id:
-            raise Refused(protocol.CLOSE_FORBIDDEN, "not your conversation")
-    else:
-        for aid in avatar_ids:
-            avatar = await database.avatars.get(aid)
-            if avatar is None or avatar.owner_id not in (None, user_id):
-                raise Refused(protocol.CLOSE_NOT_FOUND, f"no such avatar: {aid}"[:120])
-        conversation_id = ids.new_id()
-        await database.conversations.create(conversation_id, user_id, avatar_ids)
+    try:
+        if conversation_id:
+            await access.owned_conversation(database.conversations, conversation_id, user_id)
+        else:
+            conversation_id = await access.start_conversation(database, user_id, avatar_ids, s.default_avatar_id)
+    except access.Denied as exc:
+        raise Refused(exc.close_code, exc.close_reason[:120]) from None
     resume_id = resume_id or audio_session_id
     opened = await database.sessions.open(
         resume_id,

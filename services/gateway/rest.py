@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common import db, ids, schemas, subjects
 from services.common.personas import DEFAULT_PERSONA
 
+from . import access
 from .auth import hash_api_key, new_api_key
 from .handlers import Gateway
 from .voice import VoiceRejected, normalise_voice
@@ -335,18 +336,18 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
 
     async def owned_conversation(conversation_id: str, user_id: str = Depends(current_user)) -> str:
         conv = _uuid(conversation_id, "conversation")
-        owner = await gateway.db.conversations.owner(conv)
-        if owner is None or owner != user_id:
-            raise HTTPException(404, "no such conversation")
+        try:
+            await access.owned_conversation(gateway.db.conversations, conv, user_id)
+        except access.Denied as exc:
+            raise HTTPException(exc.status, exc.detail) from None
         return conv
 
     async def avatar_for(avatar_id: str, user_id: str, change: bool = False) -> db.Avatar:
-        row = await gateway.db.avatars.get_visible(_uuid(avatar_id, "avatar"), user_id)
-        if row is None:
-            raise HTTPException(404, "no such avatar")
-        if change and row.owner_id is None:
-            raise HTTPException(403, "public avatars are read-only")
-        return row
+        rule = access.changeable_avatar if change else access.visible_avatar
+        try:
+            return await rule(gateway.db.avatars, _uuid(avatar_id, "avatar"), user_id)
+        except access.Denied as exc:
+            raise HTTPException(exc.status, exc.detail) from None
 
     async def store_voice(avatar_id: str, upload: UploadFile) -> str:
         """Check and normalise the upload, have the storage service keep it; its key."""
@@ -483,13 +484,11 @@ def build_router(gateway: Gateway, current_user: Callable[..., Awaitable[str]]) 
         responses=_problems(s404="no such avatar"),
     )
     async def create_conversation(body: ConversationIn, user_id: str = Depends(current_user)):
-        avatar_ids = list(dict.fromkeys(_uuid(a, "avatar") for a in body.avatar_ids)) or [s.default_avatar_id]
-        for aid in avatar_ids:
-            avatar = await gateway.db.avatars.get(aid)
-            if avatar is None or avatar.owner_id not in (None, user_id):
-                raise HTTPException(404, f"no such avatar: {aid}")
-        conv = ids.new_id()
-        await gateway.db.conversations.create(conv, user_id, avatar_ids)
+        avatar_ids = [_uuid(a, "avatar") for a in body.avatar_ids]
+        try:
+            conv = await access.start_conversation(gateway.db, user_id, avatar_ids, s.default_avatar_id)
+        except access.Denied as exc:
+            raise HTTPException(exc.status, exc.detail) from None
         return _conversation_out(await gateway.db.conversations.get(conv, user_id))
 
     @router.get(
