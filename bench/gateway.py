@@ -633,7 +633,7 @@ async def _seed(url: str) -> None:
     """The demo avatar, the gateway's default (no voice: no reply here is synthesised)."""
     pool = await db.create_pool(url)
     try:
-        await db.Repo(pool).upsert_avatar(
+        await db.Database(pool).avatars.upsert(
             db.Avatar(ids.DEMO_AVATAR_ID, "Ada", None, "You are {name}.", "en", None, None)
         )
     finally:

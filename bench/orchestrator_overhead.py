@@ -128,15 +128,15 @@ async def stage_marks(database_url: str, replies: list[str]) -> dict[str, list[f
 
 async def setup_db(url: str, n: int) -> list[str]:
     pool = await db.create_pool(url)
-    repo = db.Repo(pool)
+    database = db.Database(pool)
     user = ids.user_id_for("bench")
-    await repo.ensure_user(user, "bench")
+    await database.users.ensure(user, "bench")
     avatar = db.Avatar(ids.DEMO_AVATAR_ID, "Ada", None, "You are {name}.", "en", "voices/none.wav", None)
-    await repo.upsert_avatar(avatar)
+    await database.avatars.upsert(avatar)
     convs = []
     for _ in range(n):
         conv = ids.new_id()
-        await repo.create_conversation(conv, user, [avatar.id])
+        await database.conversations.create(conv, user, [avatar.id])
         convs.append(conv)
     await pool.close()
     return convs

@@ -33,7 +33,7 @@ async def seed(settings: ServiceSettings) -> None:
             await store.put(key, DEMO_VOICE.read_bytes(), "audio/wav")
     pool = await db.create_pool(settings.database_url)
     try:
-        await db.Repo(pool).upsert_avatar(
+        await db.Database(pool).avatars.upsert(
             db.Avatar(
                 id=ids.DEMO_AVATAR_ID,
                 name="Ada",
@@ -224,10 +224,10 @@ async def create_api_key(settings: ServiceSettings, user: str, name: str) -> str
     key = new_api_key()
     pool = await db.create_pool(settings.database_url)
     try:
-        repo = db.Repo(pool)
+        database = db.Database(pool)
         user_id = ids.user_id_for(user)
-        await repo.ensure_user(user_id, user)
-        await repo.create_api_key(ids.new_id(), user_id, name, hash_api_key(key))
+        await database.users.ensure(user_id, user)
+        await database.keys.create(ids.new_id(), user_id, name, hash_api_key(key))
     finally:
         await pool.close()
     return key

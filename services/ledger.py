@@ -82,14 +82,14 @@ async def read_events(bus: busmod.Bus, conversations: list[str] | None) -> Evide
 
 
 async def check(
-    repo: db.Repo,
+    database: db.Database,
     store: objectstore.ObjectStore,
     evidence: Evidence,
     conversations: list[str] | None = None,
 ) -> list[str]:
     """Every way the ledger does not balance, as readable lines (empty: it balances)."""
     problems: list[str] = []
-    rows = await repo.pool.fetch(
+    rows = await database.pool.fetch(
         """SELECT m.id, m.conversation_id, m.role, m.avatar_id, m.reply_to, m.text, m.status, m.audio_key,
                   m.audio_expired_at
            FROM messages m
@@ -102,7 +102,7 @@ async def check(
     keys = {r["audio_key"] for r in rows if r["audio_key"]}
 
     for conv, messages in by_conv.items():
-        avatars = await repo.conversation_avatars(conv)
+        avatars = await database.avatars.of_conversation(conv)
         replies = {(r["reply_to"], r["avatar_id"]): r for r in messages if r["role"] == "avatar"}
         for user in (r for r in messages if r["role"] == "user"):
             for avatar in answering(avatars, user["text"]):
@@ -167,7 +167,7 @@ async def run(
         for events in client_events:
             evidence.add_client_events(events)
         async with objectstore.ObjectStore(settings) as store:
-            return await check(db.Repo(pool), store, evidence, conversations)
+            return await check(db.Database(pool), store, evidence, conversations)
     finally:
         await pool.close()
         await bus.close()

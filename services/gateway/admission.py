@@ -2,7 +2,7 @@
 
 One decision per connection, taken before anything is subscribed: the conversation (new, named
 or resumed), the avatars it may use, and the session record that counts against the user's
-limit and makes the session resumable.
+limit and makes the session resumable. Who may use what is access.py's rule, shared with REST.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from services.common import db, ids
+from services.common import db
 
-from . import protocol
+from . import access, protocol
 from .config import GatewaySettings
 from .wire import Opening
 
@@ -32,19 +32,24 @@ class Admitted:
     conversation_id: str
     resume_id: str
     """The client-facing session, the key of its stored record (the dropped one's on resume)."""
-    resumed: dict | None
+    resumed: db.ClientSession | None
     """The stored record of the session resumed, if this is a resume."""
 
 
 async def admit(
-    repo: db.Repo, settings: GatewaySettings, user_id: str, opening: Opening, audio_session_id: str, connection: str
+    database: db.Database,
+    settings: GatewaySettings,
+    user_id: str,
+    opening: Opening,
+    audio_session_id: str,
+    connection: str,
 ) -> Admitted:
     """Raises `Refused`. On a resume the stored options fill what the client left out."""
     s = settings
     try:
         # Canonical form: ids become subject tokens, so one conversation has one spelling.
         conversation_id = str(uuid.UUID(opening.conversation_id)) if opening.conversation_id else None
-        avatar_ids = [str(uuid.UUID(a)) for a in opening.avatar_ids] or [s.default_avatar_id]
+        avatar_ids = [str(uuid.UUID(a)) for a in opening.avatar_ids]
         resume_id = str(uuid.UUID(opening.resume.session_id)) if opening.resume else None
     except ValueError:
         raise Refused(
@@ -52,30 +57,24 @@ async def admit(
         ) from None
     resumed = None
     if resume_id:
-        resumed = await repo.resumable_session(resume_id, dt.timedelta(seconds=s.resume_grace_s))
-        if resumed is None or resumed["user_id"] != user_id:
+        resumed = await database.sessions.resumable(resume_id, dt.timedelta(seconds=s.resume_grace_s))
+        if resumed is None or resumed.user_id != user_id:
             raise Refused(protocol.CLOSE_RESUME_EXPIRED, "session cannot be resumed (unknown, ended or past its grace)")
-        if conversation_id not in (None, resumed["conversation_id"]):
+        if conversation_id not in (None, resumed.conversation_id):
             raise Refused(protocol.CLOSE_BAD_START, "resume.session_id belongs to another conversation")
-        conversation_id = resumed["conversation_id"]
-        options = resumed["options"]
+        conversation_id = resumed.conversation_id
+        options = resumed.options
         opening.stt.language = opening.stt.language or options.get("language")
         opening.stt.end_of_turn_ms = opening.stt.end_of_turn_ms or options.get("end_of_turn_ms")
-    if conversation_id:
-        owner = await repo.conversation_owner(conversation_id)
-        if owner is None:
-            raise Refused(protocol.CLOSE_NOT_FOUND, "no such conversation")
-        if owner != user_id:
-            raise Refused(protocol.CLOSE_FORBIDDEN, "not your conversation")
-    else:
-        for aid in avatar_ids:
-            avatar = await repo.get_avatar(aid)
-            if avatar is None or avatar.owner_id not in (None, user_id):
-                raise Refused(protocol.CLOSE_NOT_FOUND, f"no such avatar: {aid}"[:120])
-        conversation_id = ids.new_id()
-        await repo.create_conversation(conversation_id, user_id, avatar_ids)
+    try:
+        if conversation_id:
+            await access.owned_conversation(database.conversations, conversation_id, user_id)
+        else:
+            conversation_id = await access.start_conversation(database, user_id, avatar_ids, s.default_avatar_id)
+    except access.Denied as exc:
+        raise Refused(exc.close_code, exc.close_reason[:120]) from None
     resume_id = resume_id or audio_session_id
-    opened = await repo.open_session(
+    opened = await database.sessions.open(
         resume_id,
         user_id,
         conversation_id,

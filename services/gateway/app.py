@@ -23,6 +23,7 @@ from services.common.runtime import OPS_ROUTES, lifespan
 from . import rest
 from .auth import AuthError, Principal
 from .handlers import Gateway
+from .rest.limits import BodyLimit
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -66,7 +67,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return p.user_id
 
     app.include_router(rest.build_router(gateway, current_user))
-    app.add_middleware(rest.BodyLimit, max_voice_bytes=gateway.settings.max_voice_upload_bytes)
+    app.add_middleware(BodyLimit, max_voice_bytes=gateway.settings.max_voice_upload_bytes)
 
     _error_handlers(app)
     _sockets(app, gateway)

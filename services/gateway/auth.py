@@ -68,9 +68,9 @@ def mint_token(secret: str, subject: str, ttl_s: int = 3600, audience: str = "pa
 
 
 class Authenticator:
-    def __init__(self, settings: GatewaySettings, repo: db.Repo):
+    def __init__(self, settings: GatewaySettings, database: db.Database):
         self.s = settings
-        self.repo = repo
+        self.db = database
         if not (settings.auth_jwt_secret or settings.auth_jwks_url):
             raise ValueError(
                 "set PARLEY_AUTH_JWT_SECRET or PARLEY_AUTH_JWKS_URL: the gateway needs a way to check tokens"
@@ -85,11 +85,10 @@ class Authenticator:
         return await self._jwt(credential)
 
     async def _api_key(self, key: str) -> Principal:
-        found = await self.repo.api_key_user(hash_api_key(key))
+        found = await self.db.keys.user_of(hash_api_key(key))
         if found is None:
             raise AuthError("invalid_api_key", "unknown or revoked API key")
-        user_id, external_id = found
-        return Principal(user_id, external_id, "api_key")
+        return Principal(found.id, found.external_id, "api_key")
 
     async def _jwt(self, token: str) -> Principal:
         s = self.s
@@ -125,7 +124,7 @@ class Authenticator:
         tenant = claims.get("tenant")
         external = f"{tenant}/{subject}" if tenant else subject
         user_id = ids.user_id_for(external)
-        await self.repo.ensure_user(user_id, external)
+        await self.db.users.ensure(user_id, external)
         return Principal(user_id, external, "jwt")
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:

@@ -12,7 +12,7 @@ from nats.aio.msg import Msg as NatsMsg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.common import bus as busmod
-from services.common import subjects
+from services.common import db, subjects
 
 from . import events
 from .relay import ReplyRelay
@@ -22,14 +22,14 @@ from .wire import Opening, Wire
 log = logging.getLogger(__name__)
 
 
-def replay_from(opening: Opening, resumed: dict | None) -> ConsumerConfig:
+def replay_from(opening: Opening, resumed: db.ClientSession | None) -> ConsumerConfig:
     """Final events from here on (after the client's cursor when resuming)."""
     if resumed is None:
         return ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
     resume = opening.resume
     if resume is not None and resume.last_cursor is not None:
         return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=resume.last_cursor + 1)
-    return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=resumed["started_at"].isoformat())
+    return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=resumed.started_at.isoformat())
 
 
 class Feed:

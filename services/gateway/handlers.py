@@ -39,9 +39,8 @@ class Gateway(Service):
 
     async def start(self) -> None:
         s = self.settings
-        self.pool = await self.open_db()
-        self.repo = db.Repo(self.pool)
-        self.auth = Authenticator(s, self.repo)
+        self.db = db.Database(await self.open_db())
+        self.auth = Authenticator(s, self.db)
         self.bus = await self.open_bus()
         renewer = asyncio.create_task(self._renew_forever())
         self.on_close(lambda: _cancel(renewer))
@@ -52,7 +51,7 @@ class Gateway(Service):
         while True:
             await asyncio.sleep(self.settings.session_lease_s)
             try:
-                await self.repo.renew_sessions([s.resume_id for s in self.sessions])
+                await self.db.sessions.renew([s.resume_id for s in self.sessions])
             except Exception:
                 log.exception("could not renew session records")
 
@@ -61,7 +60,7 @@ class Gateway(Service):
         s = self.settings
         socket = ClientSocket(ws, s.idle_timeout_s, s.max_session_s)
         if realtime:
-            wire = RealtimeWire(socket, s, self.repo, ws.query_params.get("model"))
+            wire = RealtimeWire(socket, s, self.db.avatars, ws.query_params.get("model"))
         else:
             wire = NativeWire(socket, s.start_timeout_s, s.max_text_chars)
         await Session(self, socket, wire).run()

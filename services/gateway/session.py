@@ -39,7 +39,7 @@ class Host(Protocol):
     """What a session needs of the gateway service that holds it."""
 
     bus: busmod.Bus
-    repo: db.Repo
+    db: db.Database
     auth: Authenticator
     settings: GatewaySettings
     sessions: set
@@ -101,7 +101,7 @@ class Session:
         self.opening = opening
         try:
             admitted = await admit(
-                self.gw.repo, self.settings, self.user_id, opening, self.audio_session_id, self.connection
+                self.gw.db, self.settings, self.user_id, opening, self.audio_session_id, self.connection
             )
         except Refused as exc:
             await self.wire.refuse(exc.code, exc.reason)
@@ -132,7 +132,7 @@ class Session:
         if resumed is not None:
             # The dropped connection, if its gateway has not noticed yet, lets go now.
             await self.bus.control(schemas.SessionResumed(conversation_id=self.conv, session_id=self.resume_id))
-        self.avatars = await self.gw.repo.conversation_avatars(self.conv)
+        self.avatars = await self.gw.db.avatars.of_conversation(self.conv)
         self.mic = MicInput(self.bus, self.settings, self.conv, self.audio_session_id, self.wire.error)
         self.relay = ReplyRelay(self.bus, self.settings, self.conv, self.wire)
         self.stt = SttLink(
@@ -191,7 +191,7 @@ class Session:
             log.warning("could not announce session end", extra=ctx(conversation_id=self.conv))
         if self._recorded and self.end_reason != "resumed":
             try:
-                await self.gw.repo.end_session(self.resume_id, self.connection, self.end_reason)
+                await self.gw.db.sessions.end(self.resume_id, self.connection, self.end_reason)
             except Exception:
                 log.warning("could not record session end", extra=ctx(conversation_id=self.conv))
 
@@ -299,7 +299,7 @@ class Session:
 
     async def replace_avatars(self, avatars: list[db.Avatar]) -> None:
         """Another cast for a conversation nobody has answered yet (a Realtime client's voice)."""
-        await self.gw.repo.replace_conversation_avatars(self.conv, [a.id for a in avatars])
+        await self.gw.db.conversations.replace_avatars(self.conv, [a.id for a in avatars])
         self.avatars = avatars
         self.stt.hotwords = _names(avatars)
 

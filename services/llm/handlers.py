@@ -51,7 +51,7 @@ class Orchestrator(Service):
 
     async def start(self) -> None:
         s = self.settings
-        self.records = Records(db.Repo(await self.open_db()))
+        self.records = Records(db.Database(await self.open_db()))
         self.memory = Memory(self.records, s)
         self.llm = ChatClient(
             s.llm_base_url,

@@ -26,7 +26,7 @@ class Outcome:
 
 
 class TurnRecord:
-    def __init__(self, repo: db.Repo, turn: schemas.UserTurn, first_out: asyncio.Event | None = None):
+    def __init__(self, repo: db.Messages, turn: schemas.UserTurn, first_out: asyncio.Event | None = None):
         self.repo = repo
         self.turn = turn
         self._user = asyncio.create_task(self._write_user(first_out))
@@ -35,7 +35,7 @@ class TurnRecord:
         if after is not None:
             await after.wait()
         t = self.turn
-        await self.repo.insert_user_message(
+        await self.repo.add_user(
             t.message_id, t.conversation_id, t.source, t.session_id, t.turn_seq, t.text, t.marks
         )
 
@@ -65,9 +65,9 @@ class TurnRecord:
     async def stored(self, reply_id: str) -> Outcome | None:
         """A reply an earlier attempt finished, as it was announced (None: never counted)."""
         row = await self.repo.reply_outcome(reply_id)
-        if row is None or row["sentence_count"] is None:
+        if row is None or row.sentence_count is None:
             return None  # stored before sentence counts were kept
-        return Outcome(row["status"], row["text"] or "", row["sentence_count"], row["error"] or "")
+        return Outcome(row.status, row.text or "", row.sentence_count, row.error or "")
 
     async def done(self) -> None:
         """Every write of the turn is in (awaited before the turn is acked)."""
@@ -77,26 +77,27 @@ class TurnRecord:
 class Records:
     """Every row the orchestrator reads or writes, so no flow of it holds a query."""
 
-    def __init__(self, repo: db.Repo):
-        self.repo = repo
+    def __init__(self, database: db.Database):
+        self.messages = database.messages
+        self._avatars = database.avatars
 
     def turn(self, turn: schemas.UserTurn, first_out: asyncio.Event | None = None) -> TurnRecord:
-        return TurnRecord(self.repo, turn, first_out)
+        return TurnRecord(self.messages, turn, first_out)
 
     async def avatars(self, conv: str) -> list[db.Avatar]:
-        return await self.repo.conversation_avatars(conv)
+        return await self._avatars.of_conversation(conv)
 
     async def history(self, conv: str, limit: int) -> list[db.HistoryItem]:
-        return await self.repo.history(conv, limit)
+        return await self.messages.history(conv, limit)
 
     async def finished_replies(self, turn_message_id: str) -> set[str]:
         """Avatars whose reply to the turn is already finished (a redelivered or repeated turn)."""
-        return await self.repo.finished_replies(turn_message_id)
+        return await self.messages.finished_replies(turn_message_id)
 
     async def fail_streaming(self, turn_message_id: str, error: str) -> None:
         """A turn given up: a reply its last attempt had begun must not stay `streaming`."""
-        await self.repo.fail_streaming_replies(turn_message_id, error)
+        await self.messages.fail_streaming_replies(turn_message_id, error)
 
     async def interrupt(self, reply_id: str, heard: str | None) -> db.Interruption:
-        """Cut a reply to what was heard, decided on one snapshot (see `Repo.interrupt_reply`)."""
-        return await self.repo.interrupt_reply(reply_id, heard)
+        """Cut a reply to what was heard, decided on one snapshot (see `Messages.interrupt_reply`)."""
+        return await self.messages.interrupt_reply(reply_id, heard)

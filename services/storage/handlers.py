@@ -28,7 +28,7 @@ class StorageService(Service):
 
     async def start(self) -> None:
         s = self.settings
-        self.repo = db.Repo(await self.open_db())
+        self.db = db.Database(await self.open_db())
         self.store = await objectstore.ObjectStore(s).__aenter__()
         self.on_close(self.store.aclose)
         self.bus = await self.open_bus()
@@ -36,7 +36,7 @@ class StorageService(Service):
         await self._store_replies()
         if s.storage_audio_retention_h > 0:
             retention = dt.timedelta(hours=s.storage_audio_retention_h)
-            self.sweeper = Sweeper(self.repo, self.store, retention, s.storage_retention_sweep_s)
+            self.sweeper = Sweeper(self.db.messages, self.store, retention, s.storage_retention_sweep_s)
             self.sweeper.start()
             self.on_close(self.sweeper.stop)
 
@@ -53,7 +53,7 @@ class StorageService(Service):
         self._voice_sub = await self.bus.nc.subscribe(subjects.STORAGE_VOICE_PUT, queue="storage", cb=voice_put)
 
     async def _store_replies(self) -> None:
-        reply_audio = replies.ReplyAudio(self.bus, self.repo, self.store, self.settings.storage_sentence_wait_s)
+        reply_audio = replies.ReplyAudio(self.bus, self.db.messages, self.store, self.settings.storage_sentence_wait_s)
         self.worker = busmod.Worker(
             self.bus,
             busmod.WorkQueue(

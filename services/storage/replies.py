@@ -29,8 +29,10 @@ storage process killed mid-upload is taken up again within seconds, not a minute
 class ReplyAudio:
     """Stores each finished reply's audio; the work queue's handler and its give-up."""
 
-    def __init__(self, bus: busmod.Bus, repo: db.Repo, store: objectstore.ObjectStore, sentence_wait_s: float) -> None:
-        self.bus, self.repo, self.store = bus, repo, store
+    def __init__(
+        self, bus: busmod.Bus, messages: db.Messages, store: objectstore.ObjectStore, sentence_wait_s: float
+    ) -> None:
+        self.bus, self.messages, self.store = bus, messages, store
         self.sentence_wait_s = sentence_wait_s
 
     async def handle(self, msg: NatsMsg) -> None:
@@ -50,7 +52,7 @@ class ReplyAudio:
         sentences = await self._sentences(msg, done)
         wav, duration, _ = assemble(sentences)
         if not wav:
-            if await self.repo.message_status(done.message_id) == "complete":
+            if await self.messages.status(done.message_id) == "complete":
                 # Every sentence failed or was cancelled (a newer turn cancels the audio of one
                 # whose text had already finished): without this the reply would stay complete
                 # with neither audio nor a reason the client saw, and the ledger not balance.
@@ -81,7 +83,7 @@ class ReplyAudio:
         if not await self.store.exists(key):
             await self.store.put(key, wav, "audio/wav")
         first_audio = min((s.first_audio_at for s in sentences if s.first_audio_at), default=None)
-        await self.repo.set_audio(mid, key, duration, {"first_audio": first_audio} if first_audio else {})
+        await self.messages.set_audio(mid, key, duration, {"first_audio": first_audio} if first_audio else {})
         url = await self.store.url(key)
         await self.bus.publish_event(
             schemas.AudioStored(conversation_id=conv, message_id=mid, key=key, url=url, duration_s=duration),

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 _SWEEP_BATCH = 500
 
 
-async def expire_audio(repo: db.Repo, store: objectstore.ObjectStore, older_than: dt.timedelta) -> int:
+async def expire_audio(messages: db.Messages, store: objectstore.ObjectStore, older_than: dt.timedelta) -> int:
     """Delete reply audio stored more than `older_than` ago; returns how many replies.
 
     Batches are claimed with row locks (`FOR UPDATE SKIP LOCKED`), so replicas sweeping at
@@ -22,7 +22,7 @@ async def expire_audio(repo: db.Repo, store: objectstore.ObjectStore, older_than
     """
     total = 0
     while True:
-        async with repo.expiring_audio(older_than, _SWEEP_BATCH) as batch:
+        async with messages.expiring_audio(older_than, _SWEEP_BATCH) as batch:
             if not batch:
                 return total
             await store.delete_many([key for _, key in batch])
@@ -34,8 +34,10 @@ async def expire_audio(repo: db.Repo, store: objectstore.ObjectStore, older_than
 class Sweeper:
     """Runs `expire_audio` every `every_s` until stopped; a failed sweep is tried again next time."""
 
-    def __init__(self, repo: db.Repo, store: objectstore.ObjectStore, retention: dt.timedelta, every_s: float) -> None:
-        self.repo, self.store = repo, store
+    def __init__(
+        self, messages: db.Messages, store: objectstore.ObjectStore, retention: dt.timedelta, every_s: float
+    ) -> None:
+        self.messages, self.store = messages, store
         self.retention, self.every_s = retention, every_s
         self._task: asyncio.Task | None = None
 
@@ -47,7 +49,7 @@ class Sweeper:
             self._task.cancel()
 
     async def sweep(self) -> int:
-        return await expire_audio(self.repo, self.store, self.retention)
+        return await expire_audio(self.messages, self.store, self.retention)
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -1,7 +1,8 @@
 """The rows the orchestrator writes, in memory: the repository methods `services.llm.record`
-calls, with their SQL's rules (inserts that do nothing on a conflict, a reply finished only
-while it is `streaming`). For unit tests of the turn flow; the real queries run against a
-real Postgres in tests/unit/test_db.py and every end-to-end test."""
+calls (of `db.Messages` and `db.Avatars`), with their SQL's rules (inserts that do nothing
+on a conflict, a reply finished only while it is `streaming`). For unit tests of the turn
+flow; the real queries run against a real Postgres in tests/unit/test_db.py and every
+end-to-end test."""
 
 from __future__ import annotations
 
@@ -23,14 +24,18 @@ class Row:
 
 
 @dataclass
-class MemoryRepo:
+class MemoryAvatars:
     casts: dict[str, list[Avatar]] = field(default_factory=dict)
+
+    async def of_conversation(self, conv: str) -> list[Avatar]:
+        return list(self.casts.get(conv, []))
+
+
+@dataclass
+class MemoryMessages:
     rows: dict[str, Row] = field(default_factory=dict)
     writes: list[tuple[str, str]] = field(default_factory=list)
     """(what, message id) in the order they were written."""
-
-    async def conversation_avatars(self, conv: str) -> list[Avatar]:
-        return list(self.casts.get(conv, []))
 
     async def history(self, conv: str, limit: int) -> list[HistoryItem]:
         items = [
@@ -40,7 +45,7 @@ class MemoryRepo:
         ]
         return items[-limit:]
 
-    async def insert_user_message(self, message_id, conv, source, session_id, turn_seq, text, timings) -> None:
+    async def add_user(self, message_id, conv, source, session_id, turn_seq, text, timings) -> None:
         self.writes.append(("user", message_id))
         self.rows.setdefault(message_id, Row("user", conv, text, "complete"))
 
@@ -64,7 +69,7 @@ class MemoryRepo:
         row = self.rows.get(reply_id)
         if row is None or row.status == "streaming":
             return None
-        return {"status": row.status, "text": row.text, "error": row.error, "sentence_count": row.sentence_count}
+        return row
 
     async def finished_replies(self, user_message_id: str) -> set[str]:
         return {r.avatar_id for r in self.rows.values() if r.reply_to == user_message_id and r.status != "streaming"}
@@ -84,3 +89,9 @@ class MemoryRepo:
             return Interruption("streaming")
         row.status, row.text = "interrupted", heard if heard is not None else row.text
         return Interruption("cut", row.text or "")
+
+
+class MemoryDatabase:
+    def __init__(self, casts: dict[str, list[Avatar]]):
+        self.avatars = MemoryAvatars(casts)
+        self.messages = MemoryMessages()

@@ -56,7 +56,7 @@ def _token(key, kid: str = "idp-1", **claims) -> str:
 async def authenticator(jwks, database_url):
     pool = await db.create_pool(database_url)
     settings = GatewaySettings(auth_jwks_url=jwks["url"], auth_jwt_issuer="https://idp.example")
-    yield Authenticator(settings, db.Repo(pool))
+    yield Authenticator(settings, db.Database(pool))
     await pool.close()
 
 

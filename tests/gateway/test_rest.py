@@ -22,9 +22,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from services import devstack
-from services.common import ids, objectstore
-from services.gateway import rest
+from services.common import db, ids, objectstore
 from services.gateway.config import GatewaySettings
+from services.gateway.rest import cursors, limits
 from services.gateway.voice import REFERENCE_RATE, VoiceRejected, normalise_voice
 from tests.client import Client, auth_headers
 from tests.conftest import make_speech
@@ -181,7 +181,7 @@ async def test_uploads_that_cannot_be_a_voice_are_refused_with_a_reason(stack, v
             "garbage": (b"this is not audio at all\n" * 200, 415, "not audio"),
             "empty": (b"", 422, "empty"),
             "just over the limit": (b"\0" * (LIMIT + 1), 413, f"over {LIMIT} bytes"),
-            "far over the limit": (b"\0" * (LIMIT + rest.FORM_FIELDS_LIMIT + 1), 413, "over"),
+            "far over the limit": (b"\0" * (LIMIT + limits.FORM_FIELDS_LIMIT + 1), 413, "over"),
         }
         for case, (data, status, reason) in cases.items():
             resp = await create_avatar(api, "rest-cat", data)
@@ -469,29 +469,30 @@ def test_normalise_voice_refuses_with_a_status(data, max_bytes, status):
 
 
 def test_cursors_round_trip_and_refuse_anything_else():
-    row = {"created_at": dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC), "id": str(uuid.uuid4())}
-    assert rest.conversation_position(rest.conversation_cursor("u1", row), "u1") == (row["created_at"], row["id"])
-    reply = {**row, "role": "avatar"}
-    assert rest.message_position(rest.message_cursor("c1", reply), "c1") == (row["created_at"], True, row["id"])
+    at, row_id = dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC), str(uuid.uuid4())
+    conv = db.Conversation(row_id, [], None, at, at, None)
+    assert cursors.conversation_position(cursors.conversation_cursor("u1", conv), "u1") == (at, row_id)
+    reply = db.Message(row_id, "avatar", None, None, None, "", "complete", None, None, None, False, {}, at, None)
+    assert cursors.message_position(cursors.message_cursor("c1", reply), "c1") == (at, True, row_id)
     for cursor, scope in [
-        (rest.conversation_cursor("u1", row), "u2"),
-        (rest.message_cursor("c1", reply), "c2"),
-        (rest.encode_cursor("c", "u1", "soon", row["id"]), "u1"),
-        (rest.encode_cursor("c", "u1", 10**20, row["id"]), "u1"),
-        (rest.encode_cursor("c", "u1", 1, "not-a-uuid"), "u1"),
+        (cursors.conversation_cursor("u1", conv), "u2"),
+        (cursors.message_cursor("c1", reply), "c2"),
+        (cursors.encode_cursor("c", "u1", "soon", row_id), "u1"),
+        (cursors.encode_cursor("c", "u1", 10**20, row_id), "u1"),
+        (cursors.encode_cursor("c", "u1", 1, "not-a-uuid"), "u1"),
         ("%%%", "u1"),
         ("", "u1"),
     ]:
-        with pytest.raises(rest.BadCursor):
-            rest.conversation_position(cursor, scope)
+        with pytest.raises(cursors.BadCursor):
+            cursors.conversation_position(cursor, scope)
 
 
 async def test_body_limit_answers_413_with_a_reason_declared_or_chunked():
     async def echo(request):
         return JSONResponse({"size": len(await request.body())})
 
-    app = rest.BodyLimit(Starlette(routes=[Route("/v1/avatars", echo, methods=["POST"])]), max_voice_bytes=1000)
-    limit = 1000 + rest.FORM_FIELDS_LIMIT
+    app = limits.BodyLimit(Starlette(routes=[Route("/v1/avatars", echo, methods=["POST"])]), max_voice_bytes=1000)
+    limit = 1000 + limits.FORM_FIELDS_LIMIT
 
     async def chunks(total: int):
         for _ in range(total // 4096 + 1):

@@ -20,25 +20,38 @@ from tests.fakes.bus import MemoryBus
 AVATAR = db.Avatar(ids.new_id(), "Ada", "a tester", None, "en", "voices/ada.wav", None)
 
 
-class FakeRepo:
-    def __init__(self):
-        self.conversations: dict[str, list[str]] = {}
-        self.ended: list[tuple[str, str]] = []
-
-    async def get_avatar(self, avatar_id):
+class FakeAvatars:
+    async def get(self, avatar_id):
         return AVATAR if avatar_id == AVATAR.id else None
 
-    async def create_conversation(self, conv, user_id, avatar_ids):
-        self.conversations[conv] = avatar_ids
-
-    async def open_session(self, *args):
-        return True
-
-    async def conversation_avatars(self, conv):
+    async def of_conversation(self, conv):
         return [AVATAR]
 
-    async def end_session(self, resume_id, connection, reason):
+
+class FakeConversations:
+    def __init__(self):
+        self.created: dict[str, list[str]] = {}
+
+    async def create(self, conv, user_id, avatar_ids):
+        self.created[conv] = avatar_ids
+
+
+class FakeSessions:
+    def __init__(self):
+        self.ended: list[tuple[str, str]] = []
+
+    async def open(self, *args):
+        return True
+
+    async def end(self, resume_id, connection, reason):
         self.ended.append((resume_id, reason))
+
+
+class FakeDatabase:
+    def __init__(self):
+        self.avatars = FakeAvatars()
+        self.conversations = FakeConversations()
+        self.sessions = FakeSessions()
 
 
 class FakeAuth:
@@ -127,13 +140,13 @@ async def _until(check, timeout_s: float = 5.0):
 async def live():
     bus = MemoryBus()
     bus.responders[subjects.STT_OPEN] = lambda _: schemas.encode(schemas.SttOpened(ok=True, worker_id="stt-1"))
-    repo = FakeRepo()
-    host = SimpleNamespace(bus=bus, repo=repo, auth=FakeAuth(), settings=GatewaySettings(), sessions=set())
+    database = FakeDatabase()
+    host = SimpleNamespace(bus=bus, db=database, auth=FakeAuth(), settings=GatewaySettings(), sessions=set())
     socket, wire = FakeSocket(), RecordingWire(Opening(token="t", avatar_ids=[AVATAR.id]))
     session = Session(host, socket, wire)
     running = asyncio.create_task(session.run())
     await _until(lambda: "session.started" in wire.kinds())
-    yield SimpleNamespace(bus=bus, repo=repo, socket=socket, wire=wire, session=session, host=host)
+    yield SimpleNamespace(bus=bus, db=database, socket=socket, wire=wire, session=session, host=host)
     socket.inbox.put_nowait({"type": "websocket.disconnect"})
     await asyncio.wait_for(running, 5)
 
@@ -142,7 +155,7 @@ async def test_a_session_opens_speech_input_with_the_avatars_names_and_follows_t
     conv = live.session.conv
     (started,) = [e for e in live.wire.sent if isinstance(e, events.SessionStarted)]
     assert started.speech_input and started.session_id == live.session.resume_id
-    assert live.repo.conversations[conv] == [AVATAR.id]
+    assert live.db.conversations.created[conv] == [AVATAR.id]
     (req,) = [p.decode(schemas.SttOpen) for p in live.bus.on(subjects.STT_OPEN)]
     assert (req.conversation_id, req.session_id, req.prompt) == (conv, live.session.audio_session_id, "Ada")
     for subject in (subjects.live_all(conv), subjects.speech_all(conv), subjects.control(conv, "resumed")):
@@ -191,4 +204,4 @@ async def test_a_resume_elsewhere_closes_this_connection_and_leaves_the_record_t
     await _until(lambda: live.bus.on(subjects.control(conv, "end")))
     (end,) = [p.decode(schemas.SessionEnd) for p in live.bus.on(subjects.control(conv, "end"))]
     assert end.session_id == live.session.audio_session_id
-    assert live.repo.ended == []  # the connection that resumed it holds the session's record now
+    assert live.db.sessions.ended == []  # the connection that resumed it holds the session's record now

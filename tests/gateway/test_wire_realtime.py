@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import uuid
 
@@ -21,18 +20,18 @@ from tests.fakes.session_api import AUDIO_SESSION, AVATAR, CONV, FakeClientSocke
 BOB = db.Avatar("bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb", "Bob", None, "You are Bob.", "en", None, None)
 
 
-class FakeRepo:
+class FakeAvatars:
     def __init__(self, avatars: list[db.Avatar]):
         self.avatars = avatars
 
-    async def visible_avatars(self, user_id: str) -> list[dict]:
-        return [dataclasses.asdict(a) for a in self.avatars]
+    async def visible(self, user_id: str) -> list[db.Avatar]:
+        return list(self.avatars)
 
 
 def _wire(offered: list[str] | None = None, **settings):
     socket = FakeClientSocket(offered=offered)
     config = GatewaySettings(**{"max_text_chars": 40, "max_audio_frame_bytes": 200, **settings})
-    wire = RealtimeWire(socket, config, FakeRepo([AVATAR, BOB]), model=None)
+    wire = RealtimeWire(socket, config, FakeAvatars([AVATAR, BOB]), model=None)
     session = FakeSession()
     wire.attach(session)
     return wire, socket, session

@@ -70,20 +70,20 @@ def _message(intr: schemas.Interruption, delivery: int):
 @pytest.fixture
 async def repo(database_url):
     pool = await db.create_pool(database_url)
-    yield db.Repo(pool)
+    yield db.Database(pool)
     await pool.close()
 
 
-async def _turn(repo: db.Repo) -> tuple[str, str, str]:
+async def _turn(repo: db.Database) -> tuple[str, str, str]:
     user = f"interrupt-{uuid.uuid4().hex[:8]}"
     user_id = ids.user_id_for(user)
-    await repo.ensure_user(user_id, user)
+    await repo.users.ensure(user_id, user)
     avatar = db.Avatar(ids.new_id(), "Ada", "tester", "", "en", "voices/x.wav", None)
-    await repo.upsert_avatar(avatar)
+    await repo.avatars.upsert(avatar)
     conv = ids.new_id()
-    await repo.create_conversation(conv, user_id, [avatar.id])
+    await repo.conversations.create(conv, user_id, [avatar.id])
     user_msg = ids.new_id()
-    await repo.insert_user_message(user_msg, conv, "text", ids.new_id(), 0, "Hi", {})
+    await repo.messages.add_user(user_msg, conv, "text", ids.new_id(), 0, "Hi", {})
     return conv, user_msg, avatar.id
 
 
@@ -96,17 +96,17 @@ async def test_a_reply_row_written_while_the_cut_is_decided_still_gets_the_cut(r
     reply_id = ids.reply_id(user_msg, avatar_id)
 
     async def the_turn_writes_its_row():
-        await repo.start_reply(reply_id, conv, user_msg, avatar_id)
+        await repo.messages.start_reply(reply_id, conv, user_msg, avatar_id)
 
     bus = _Bus()
-    interruptions = _interruptions(db.Repo(_Pool(repo.pool, the_turn_writes_its_row)), bus)
+    interruptions = _interruptions(db.Database(_Pool(repo.pool, the_turn_writes_its_row)), bus)
     intr = schemas.Interruption(conversation_id=conv, message_id=reply_id, sentence_index=0, offset_s=0.0)
     with pytest.raises(busmod.Retry):
         await interruptions.handle(_message(intr, 1))  # no row in its snapshot: try again
     await interruptions.handle(_message(intr, 2))
 
     # The turn, stopped by the cancel at its first token, finishes after the cut.
-    finished, status, text = await repo.finish_reply(reply_id, "Hello", "interrupted", None, {}, 1)
+    finished, status, text = await repo.messages.finish_reply(reply_id, "Hello", "interrupted", None, {}, 1)
     assert not finished and (status, text) == ("interrupted", "")
     assert [(type(e).__name__, e.text) for e in bus.events] == [("ReplyInterrupted", "")]
 
@@ -114,28 +114,28 @@ async def test_a_reply_row_written_while_the_cut_is_decided_still_gets_the_cut(r
 async def test_without_a_position_the_text_streamed_so_far_is_kept(repo):
     conv, user_msg, avatar_id = await _turn(repo)
     reply_id = ids.reply_id(user_msg, avatar_id)
-    await repo.start_reply(reply_id, conv, user_msg, avatar_id)
+    await repo.messages.start_reply(reply_id, conv, user_msg, avatar_id)
     bus = _Bus()
     interruptions = _interruptions(repo, bus)
     intr = schemas.Interruption(conversation_id=conv, message_id=reply_id)
     with pytest.raises(busmod.Retry):
         await interruptions.handle(_message(intr, 1))  # still streaming: its text is not final
-    await repo.finish_reply(reply_id, "Hello there.", "interrupted", None, {}, 1)
+    await repo.messages.finish_reply(reply_id, "Hello there.", "interrupted", None, {}, 1)
     await interruptions.handle(_message(intr, 2))
-    assert await repo.reply_outcome(reply_id) is not None
+    assert await repo.messages.reply_outcome(reply_id) is not None
     assert [(type(e).__name__, e.text) for e in bus.events] == [("ReplyInterrupted", "Hello there.")]
 
 
 async def test_one_snapshot_tells_the_outcomes_apart(repo):
     conv, user_msg, avatar_id = await _turn(repo)
     reply_id = ids.reply_id(user_msg, avatar_id)
-    assert (await repo.interrupt_reply(reply_id, "")).outcome == "absent"
-    await repo.start_reply(reply_id, conv, user_msg, avatar_id)
-    assert (await repo.interrupt_reply(reply_id, None)).outcome == "streaming"
-    assert await repo.interrupt_reply(reply_id, "Hel") == db.Interruption("cut", "Hel")
+    assert (await repo.messages.interrupt_reply(reply_id, "")).outcome == "absent"
+    await repo.messages.start_reply(reply_id, conv, user_msg, avatar_id)
+    assert (await repo.messages.interrupt_reply(reply_id, None)).outcome == "streaming"
+    assert await repo.messages.interrupt_reply(reply_id, "Hel") == db.Interruption("cut", "Hel")
 
     conv, user_msg, avatar_id = await _turn(repo)
     other = ids.reply_id(user_msg, avatar_id)
-    await repo.start_reply(other, conv, user_msg, avatar_id)
-    await repo.finish_reply(other, "", "failed", "llm_error: x", {})
-    assert (await repo.interrupt_reply(other, "")).outcome == "failed"
+    await repo.messages.start_reply(other, conv, user_msg, avatar_id)
+    await repo.messages.finish_reply(other, "", "failed", "llm_error: x", {})
+    assert (await repo.messages.interrupt_reply(other, "")).outcome == "failed"

@@ -14,7 +14,7 @@ from services.llm.record import Records
 from services.llm.turn import CANCELLED_BEFORE, SUPERSEDED, ActiveTurn, Answering, Turn
 from tests.fakes.bus import MemoryBus
 from tests.fakes.llm import ScriptedLLM, memory_cancels
-from tests.fakes.repo import MemoryRepo
+from tests.fakes.repo import MemoryDatabase
 
 CONV = ids.new_id()
 ADA = db.Avatar(ids.new_id(), "Ada", "a tester", "You are Ada.", "en", "voices/ada.wav", None)
@@ -29,9 +29,11 @@ def _user_turn(text: str) -> schemas.UserTurn:
 
 class World:
     def __init__(self, deltas: list[str], cast: list[db.Avatar] = (ADA,)):
-        self.bus, self.llm, self.repo = MemoryBus(), ScriptedLLM(deltas), MemoryRepo(casts={CONV: list(cast)})
+        self.bus, self.llm = MemoryBus(), ScriptedLLM(deltas)
+        self.db = MemoryDatabase(casts={CONV: list(cast)})
+        self.repo = self.db.messages
         settings = LlmSettings()
-        records = Records(self.repo)
+        records = Records(self.db)
         self.cancels = memory_cancels()
         self.deps = Answering(self.bus, self.llm, settings, records, Memory(records, settings), self.cancels)
 
@@ -79,7 +81,7 @@ async def test_a_redelivered_turn_announces_what_its_first_attempt_finished_and_
     w = World(["Bo speaks."], cast=[ADA, BO])
     turn = _user_turn("Ada and Bo?")
     ada = ids.reply_id(turn.message_id, ADA.id)
-    await w.repo.insert_user_message(turn.message_id, CONV, "text", "s", 0, turn.text, {})
+    await w.repo.add_user(turn.message_id, CONV, "text", "s", 0, turn.text, {})
     await w.repo.start_reply(ada, CONV, turn.message_id, ADA.id)
     await w.repo.finish_reply(ada, "Ada spoke.", "complete", None, {}, 1)
 

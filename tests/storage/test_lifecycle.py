@@ -37,7 +37,7 @@ async def store(s3):
 @pytest.fixture
 async def repo(database_url):
     pool = await db.create_pool(database_url)
-    yield db.Repo(pool)
+    yield db.Database(pool)
     await pool.close()
 
 
@@ -46,23 +46,23 @@ async def repo(database_url):
 AVATAR_ID = ids.new_id()
 
 
-async def _conversation_with_replies(repo: db.Repo, store, ages_h: list[float]) -> tuple[str, list[str]]:
+async def _conversation_with_replies(repo: db.Database, store, ages_h: list[float]) -> tuple[str, list[str]]:
     """A conversation with one reply per age, each with its audio stored that long ago."""
     user = ids.user_id_for(f"lifecycle-{ids.new_id()}")
-    await repo.ensure_user(user, user)
+    await repo.users.ensure(user, user)
     conv = ids.new_id()
-    await repo.create_conversation(conv, user, [AVATAR_ID])
+    await repo.conversations.create(conv, user, [AVATAR_ID])
     replies = []
     for n, age in enumerate(ages_h):
         session = ids.new_id()
         user_msg = ids.user_message_id(conv, session, "text", n)
-        await repo.insert_user_message(user_msg, conv, "text", session, n, f"question {n}", {})
+        await repo.messages.add_user(user_msg, conv, "text", session, n, f"question {n}", {})
         reply = ids.reply_id(user_msg, AVATAR_ID)
-        await repo.start_reply(reply, conv, user_msg, AVATAR_ID)
-        await repo.finish_reply(reply, f"answer {n}", "complete", None, {})
+        await repo.messages.start_reply(reply, conv, user_msg, AVATAR_ID)
+        await repo.messages.finish_reply(reply, f"answer {n}", "complete", None, {})
         key = objectstore.reply_audio_key(conv, reply)
         await store.put(key, b"RIFF....WAVE", "audio/wav")
-        await repo.set_audio(reply, key, 1.0, {})
+        await repo.messages.set_audio(reply, key, 1.0, {})
         await repo.pool.execute(
             "UPDATE messages SET audio_stored_at = now() - $2::interval WHERE id=$1", reply, dt.timedelta(hours=age)
         )
@@ -70,7 +70,7 @@ async def _conversation_with_replies(repo: db.Repo, store, ages_h: list[float]) 
     return conv, replies
 
 
-async def _row(repo: db.Repo, message_id: str):
+async def _row(repo: db.Database, message_id: str):
     return await repo.pool.fetchrow(
         "SELECT text, status, audio_key, audio_expired_at FROM messages WHERE id=$1", message_id
     )
@@ -78,14 +78,14 @@ async def _row(repo: db.Repo, message_id: str):
 
 @pytest.fixture(autouse=True)
 async def avatar(repo):
-    await repo.upsert_avatar(db.Avatar(AVATAR_ID, "Lif", None, "You are {name}.", "en", "voices/none.wav", None))
+    await repo.avatars.upsert(db.Avatar(AVATAR_ID, "Lif", None, "You are {name}.", "en", "voices/none.wav", None))
 
 
 async def test_retention_deletes_only_old_audio_and_keeps_the_text(repo, store):
     conv, (old, recent) = await _conversation_with_replies(repo, store, [30.0, 2.0])
     old_key, recent_key = objectstore.reply_audio_key(conv, old), objectstore.reply_audio_key(conv, recent)
 
-    expired = await expire_audio(repo, store, dt.timedelta(hours=24))
+    expired = await expire_audio(repo.messages, store, dt.timedelta(hours=24))
 
     assert expired >= 1
     assert not await store.exists(old_key)
@@ -94,17 +94,17 @@ async def test_retention_deletes_only_old_audio_and_keeps_the_text(repo, store):
     assert gone["text"] == "answer 0" and gone["status"] == "complete"
     assert gone["audio_key"] is None and gone["audio_expired_at"] is not None
     assert kept["audio_key"] == recent_key and kept["audio_expired_at"] is None
-    listed = {m["id"]: m for m in await repo.messages(conv)}
-    assert listed[old]["audio_expired"] is True and listed[recent]["audio_expired"] is False
+    listed = {m.id: m for m in await repo.messages.of_conversation(conv)}
+    assert listed[old].audio_expired is True and listed[recent].audio_expired is False
 
-    await repo.set_audio(old, old_key, 1.0, {})  # a late redelivery does not bring it back
+    await repo.messages.set_audio(old, old_key, 1.0, {})  # a late redelivery does not bring it back
     assert (await _row(repo, old))["audio_key"] is None
-    assert await expire_audio(repo, store, dt.timedelta(hours=24)) == 0  # nothing left to do
+    assert await expire_audio(repo.messages, store, dt.timedelta(hours=24)) == 0  # nothing left to do
 
 
 async def test_replicas_sweeping_at_once_share_the_work(repo, store):
     conv, replies = await _conversation_with_replies(repo, store, [48.0] * 12)
-    counts = await asyncio.gather(*(expire_audio(repo, store, dt.timedelta(hours=24)) for _ in range(3)))
+    counts = await asyncio.gather(*(expire_audio(repo.messages, store, dt.timedelta(hours=24)) for _ in range(3)))
     assert sum(counts) >= 12
     for reply in replies:
         assert (await _row(repo, reply))["audio_expired_at"] is not None

@@ -8,7 +8,6 @@ before it has changed anything.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import msgspec
@@ -26,10 +25,10 @@ _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
 class ClientEvents:
-    def __init__(self, conn: Connection, conversation: Conversation, repo: db.Repo):
+    def __init__(self, conn: Connection, conversation: Conversation, avatars: db.Avatars):
         self.conn = conn
         self.conversation = conversation
-        self.repo = repo
+        self.avatars = avatars
         self._handlers = {
             rt.SessionUpdate: self._session_update,
             rt.AudioAppend: self._append,
@@ -117,10 +116,9 @@ class ClientEvents:
     async def _resolve_voice(self, voice: str | rt.VoiceRef) -> tuple[db.Avatar, str]:
         """An avatar visible to the caller, by id or (case-insensitive) name."""
         name = voice.id if isinstance(voice, rt.VoiceRef) else voice
-        fields = [f.name for f in dataclasses.fields(db.Avatar)]
-        for row in await self.repo.visible_avatars(self.conn.session.user_id):
-            if name == row["id"] or name.casefold() == row["name"].casefold():
-                return db.Avatar(**{k: row[k] for k in fields}), name
+        for avatar in await self.avatars.visible(self.conn.session.user_id):
+            if name == avatar.id or name.casefold() == avatar.name.casefold():
+                return avatar, name
         if name in OPENAI_VOICES:
             return self.conn.avatar, name
         raise Refused(

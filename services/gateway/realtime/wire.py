@@ -41,10 +41,10 @@ _CODE = re.compile(r"^[a-z_]+$")
 
 
 class RealtimeWire:
-    def __init__(self, socket: ClientSocket, settings: GatewaySettings, repo: db.Repo, model: str | None):
+    def __init__(self, socket: ClientSocket, settings: GatewaySettings, avatars: db.Avatars, model: str | None):
         self.conn = Connection(socket, settings, model)
         self.conversation = Conversation(self.conn)
-        self.client = ClientEvents(self.conn, self.conversation, repo)
+        self.client = ClientEvents(self.conn, self.conversation, avatars)
         self.server = ServerEvents(self.conn, self.conversation)
         self._key: str | None = None
 
