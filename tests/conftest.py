@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from services import devstack
-from services.cli import seed
+from ops import devstack
+from ops.cli import seed
+from ops.localmodels import local_model_env
 from services.common import db
 from services.common.settings import ServiceSettings
-from services.localmodels import local_model_env
 from tests.client import TEST_JWT_SECRET
 from tests.fakes.llm_server import FakeLLM
 

@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from services import ledger
+from ops import ledger
 from services.common import objectstore
 from tests.client import CLIENTS, Client
 
