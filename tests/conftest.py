@@ -5,6 +5,7 @@ server in DATABASE_URL when given (a fresh database is created on it); moto's S3
 HTTP; a local OpenAI-compatible fake LLM (exact, checkable replies) and the real local LLM
 (llama.cpp's server on SmolLM2); real Whisper tiny.en from its package and a tiny
 random-weight XTTS built into the git-ignored model cache; speech made with espeak-ng.
+A run that used the shared stack ends with the ledger check over its clients' conversations.
 """
 
 from __future__ import annotations
