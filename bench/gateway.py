@@ -57,7 +57,7 @@ import numpy as np
 import uvloop
 
 from bench.common import ROOT, pct, write_result
-from services import devstack
+from ops import devstack
 from services.common import db, ids, schemas, subjects
 from services.common.schemas import AudioMeta
 from services.gateway.auth import mint_token

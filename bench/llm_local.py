@@ -4,7 +4,7 @@
                               [--out bench/results/llm_local.json]
 
 The server and model `parley dev` runs (llama.cpp's `llama-server` on SmolLM2-135M-Instruct
-Q4_1, services/localmodels.py), asked as the orchestrator asks it: the demo avatar's persona
+Q4_1, ops/localmodels.py), asked as the orchestrator asks it: the demo avatar's persona
 as the system message, one user question, streamed, with the usage chunk. Each question is
 asked twice: once with the server's prompt cache dropped (`cache_prompt: false`, a new
 conversation) and once with it kept (a conversation's next turn, whose persona and history
@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 
 from bench.common import ROOT, pct, rss_mib, write_result
+from ops.localmodels import LlamaServer, gguf_path
 from services.common.personas import DEFAULT_PERSONA
-from services.localmodels import LlamaServer, gguf_path
 
 QUESTIONS = [
     "Hello Ada, what can you do?",

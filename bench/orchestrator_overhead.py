@@ -32,7 +32,7 @@ import httpx
 import uvloop
 
 from bench.common import ROOT, pct, write_result
-from services import devstack
+from ops import devstack
 from services.common import bus as busmod
 from services.common import db, ids, schemas, subjects
 from services.common.settings import ServiceSettings

@@ -221,7 +221,7 @@ class Parley:
     name = "parley"
 
     def __init__(self, model: str, args, tmp: Path):
-        from services import devstack
+        from ops import devstack
 
         self.nats = devstack.NatsServer(tmp / "nats").start()
         env = {
@@ -303,7 +303,7 @@ class WhisperLive:
     name = "whisperlive"
 
     def __init__(self, model: str, args, tmp: Path):
-        from services import devstack
+        from ops import devstack
 
         python = Path(args.peer_venv) / "bin" / "python"
         if not python.exists():
@@ -387,7 +387,7 @@ class WhisperLive:
                 rx.cancel()
 
     def close(self) -> None:
-        from services import devstack
+        from ops import devstack
 
         devstack._stop(self.proc)
 
@@ -501,7 +501,7 @@ def main() -> None:
     args.stream_counts = [int(x) for x in args.streams.split(",")]
     pause = tuple(float(x) for x in args.pause.split(","))
 
-    from services.localmodels import WHISPER_MODELS, whisper_path
+    from ops.localmodels import WHISPER_MODELS, whisper_path
     from tools.testmodels.whisper import build_whisper
 
     cache = ROOT / ".cache" / "models"

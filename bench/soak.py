@@ -9,7 +9,7 @@ whatever PARLEY_STT_MODEL / PARLEY_TTS_MODEL name) and the stand-in LLM from tes
 at `--token-delay` seconds a token. Each conversation is a protocol client doing turns
 back to back with a short pause: mostly typed, the first and every `--spoken-every`-th after it spoken
 (espeak-ng speech streamed in real time). At the end every conversation must balance in the
-ledger (services/ledger.py). The resident memory of each service process is sampled
+ledger (ops/ledger.py). The resident memory of each service process is sampled
 throughout: at the start, after every conversation's first turn (warm), and at the end.
 Prints a table, writes JSON. `soak()` is the reusable part: tests/e2e/test_soak.py runs it
 for a short while on the test stack.
@@ -177,7 +177,7 @@ async def _conversation(
 
 async def ledger_problems(settings, clients: list[Client], deadline_s: float = 60.0) -> list[str]:
     """The ledger over the clients' conversations, within a deadline (what stays unsettled)."""
-    from services import ledger
+    from ops import ledger
 
     conversations = [
         c.received.events("session.started")[0]["conversation_id"]
@@ -290,11 +290,11 @@ def print_result(result: dict) -> None:
 
 
 def main() -> None:
-    from services import devstack
-    from services.cli import seed
+    from ops import devstack
+    from ops.cli import seed
+    from ops.localmodels import local_model_env
     from services.common import db
     from services.common.settings import ServiceSettings
-    from services.localmodels import local_model_env
     from tests.conftest import make_speech
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -70,7 +70,7 @@ import uvloop
 
 from bench.common import ROOT, pct, write_result
 from bench.standins import end_frame, speech_frame
-from services import devstack
+from ops import devstack
 from services.common import db, ids
 
 SECRET = "parley-bench-secret-not-for-production-use"
@@ -332,7 +332,7 @@ class Stack:
         )
 
     def start(self) -> Stack:
-        from services.cli import seed
+        from ops.cli import seed
         from services.common.settings import ServiceSettings
 
         a, p = self.args, self.profile

@@ -26,11 +26,11 @@ import wave
 from pathlib import Path
 
 from bench.common import ROOT, pct, write_result
-from services import devstack
-from services.cli import seed
+from ops import devstack
+from ops.cli import seed
+from ops.localmodels import LlamaServer, gguf_path, local_llm_env, local_model_env, random_model_env
 from services.common import db
 from services.common.settings import ServiceSettings
-from services.localmodels import LlamaServer, gguf_path, local_llm_env, local_model_env, random_model_env
 from tests.client import TEST_JWT_SECRET, AudioChunk, Client
 from tests.conftest import SPOKEN, make_speech
 from tests.fakes.llm_server import FakeLLM

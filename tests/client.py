@@ -61,8 +61,8 @@ CLIENTS: list[Client] = []
 
 def forget_clients_of(ws_url: str) -> None:
     """Conversations of a stack of a test's own live in that stack's database: the suite's
-    closing ledger check (tests/e2e/test_zz_ledger.py) reads the shared stack's and must not
-    see them."""
+    closing ledger check (the `closing_ledger` fixture, tests/conftest.py) reads the shared
+    stack's and must not see them."""
     CLIENTS[:] = [c for c in CLIENTS if c.url != ws_url]
 
 

@@ -5,6 +5,7 @@ server in DATABASE_URL when given (a fresh database is created on it); moto's S3
 HTTP; a local OpenAI-compatible fake LLM (exact, checkable replies) and the real local LLM
 (llama.cpp's server on SmolLM2); real Whisper tiny.en from its package and a tiny
 random-weight XTTS built into the git-ignored model cache; speech made with espeak-ng.
+A run that used the shared stack ends with the ledger check over its clients' conversations.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from services import devstack
-from services.cli import seed
+from ops import devstack, ledger
+from ops.cli import seed
+from ops.localmodels import local_model_env
 from services.common import db
 from services.common.settings import ServiceSettings
-from services.localmodels import local_model_env
-from tests.client import TEST_JWT_SECRET
+from tests.client import CLIENTS, TEST_JWT_SECRET, Client
 from tests.fakes.llm_server import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,8 +94,8 @@ def base_env(nats_server, database_url, s3, fake_llm):
 
 
 @pytest.fixture(scope="session")
-def stack(base_env, model_env, tmp_path_factory):
-    """Every service as its own process against the real infrastructure."""
+def stack_services(base_env, model_env, tmp_path_factory):
+    """Every service as its own process against the real infrastructure (tests use `stack`)."""
     env = {**base_env, **model_env}
     settings = ServiceSettings.model_validate(
         {k.removeprefix("PARLEY_").lower(): v for k, v in env.items() if k.startswith("PARLEY_")}
@@ -112,6 +113,43 @@ def stack(base_env, model_env, tmp_path_factory):
     }
     for p in procs.values():
         p.stop()
+
+
+async def ledger_problems(settings: ServiceSettings, clients: list[Client]) -> list[str]:
+    """The ledger over the conversations `clients` started, with the events each one saw."""
+    started = [c for c in clients if c.received.events("session.started")]
+    conversations = [c.received.events("session.started")[0]["conversation_id"] for c in started]
+    return await ledger.run(settings, conversations, [c.received.events() for c in clients])
+
+
+async def settled_ledger(settings: ServiceSettings, clients: list[Client], deadline_s: float = 30) -> list[str]:
+    """Within a deadline the ledger balances (work still in flight may finish); otherwise the
+    last problems found."""
+    for _ in range(int(deadline_s / 0.5)):
+        problems = await ledger_problems(settings, clients)
+        if not problems:
+            return []
+        await asyncio.sleep(0.5)
+    return problems
+
+
+@pytest.fixture(scope="session")
+async def closing_ledger(stack_services):
+    """After the last test on the shared stack, while its services still run: every conversation
+    a test client opened there balances. Session teardown, so it holds whatever ran and in any
+    order; a problem is an error of the run (tests/client.py's `forget_clients_of` keeps a
+    test's own stacks out)."""
+    yield
+    clients = [c for c in CLIENTS if c.received.events("session.started")]
+    problems = await settled_ledger(stack_services["settings"], clients)
+    if problems:
+        pytest.fail("the closing ledger check does not balance:\n" + "\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def stack(stack_services, closing_ledger):
+    """The shared stack; whoever uses it is held to the closing ledger check."""
+    return stack_services
 
 
 def make_speech(text: str, path: Path, trailing_silence_s: float = 1.5) -> Path:

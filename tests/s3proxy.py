@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services import devstack
+from ops import devstack
 
 _DROP = {"content-length", "transfer-encoding", "content-encoding", "connection"}
 _ERROR = b"<Error><Code>ServiceUnavailable</Code><Message>injected outage</Message></Error>"

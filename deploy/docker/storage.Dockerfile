@@ -6,6 +6,7 @@ RUN useradd --create-home --uid 10001 parley
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY services ./services
+COPY ops ./ops
 COPY tools ./tools
 RUN pip install --no-cache-dir ".[storage]"
 USER parley

@@ -13,6 +13,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY services ./services
+COPY ops ./ops
 COPY tools ./tools
 RUN pip install --no-cache-dir ".[stt]"
 RUN useradd --create-home --uid 10001 parley

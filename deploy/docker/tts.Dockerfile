@@ -17,6 +17,7 @@ COPY requirements/tts-gpu.txt requirements/tts-cpu.txt requirements/
 RUN pip install --no-cache-dir -r requirements/tts-gpu.txt
 COPY pyproject.toml README.md ./
 COPY services ./services
+COPY ops ./ops
 COPY tools ./tools
 RUN pip install --no-cache-dir ".[tts]"
 RUN useradd --create-home --uid 10001 parley

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from services import devstack
-from services.localmodels import whisper_path
+from ops import devstack
+from ops.localmodels import whisper_path
 from services.stt.whisper import WhisperEngine
 from tests.client import Client, forget_clients_of
 from tests.conftest import MODEL_CACHE, SPOKEN, assert_heard, make_speech
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _dev(state: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_") and k != "DATABASE_URL"}
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "dev", "--state-dir", str(state), *args],
+        [sys.executable, "-m", "ops.cli", "dev", "--state-dir", str(state), *args],
         cwd=ROOT,
         env={**clean, **(env or {})},
         stdout=subprocess.PIPE,

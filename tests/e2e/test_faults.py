@@ -21,7 +21,7 @@ import asyncpg
 import nats
 import pytest
 
-from services import devstack
+from ops import devstack
 from services.common import ids, schemas, subjects
 from tests.client import Client
 from tests.fakes.llm_server import reply_for

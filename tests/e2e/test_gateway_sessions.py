@@ -17,7 +17,7 @@ import jwt
 import pytest
 import websockets
 
-from services import devstack
+from ops import devstack
 from tests.client import AudioChunk, Client, auth_headers, token_for
 from tests.fakes.llm_server import reply_for
 

@@ -5,7 +5,7 @@ These faults would disturb every other test, so the module runs its own whole st
 nats-server, Postgres, S3 stand-in, fake LLM and the five services). Each test drives
 several live conversations through the fault, then waits (within a generous deadline) until
 every turn a client had accepted has ended in a reply with its audio, or in a failure event
-the client saw, and the ledger (services/ledger.py) balances over those conversations. It
+the client saw, and the ledger (ops/ledger.py) balances over those conversations. It
 prints the recovery time: from the fault's end until the conversations are whole. Timings
 are printed, never asserted.
 """
@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from services import devstack, ledger
-from services.cli import seed
+from ops import devstack, ledger
+from ops.cli import seed
 from services.common import bus as busmod
 from services.common import db, ids
 from services.common.settings import ServiceSettings

@@ -7,7 +7,7 @@ import signal
 import httpx
 import pytest
 
-from services import devstack
+from ops import devstack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 

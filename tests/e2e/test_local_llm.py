@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from services import devstack
-from services.localmodels import LlamaServer, gguf_path
+from ops import devstack
+from ops.localmodels import LlamaServer, gguf_path
 from tests.client import Client
 from tests.conftest import SPOKEN, assert_heard
 

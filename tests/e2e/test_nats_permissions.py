@@ -20,8 +20,8 @@ import httpx
 import nats
 import pytest
 
-from services import devstack, ledger
-from services.cli import seed
+from ops import devstack, ledger
+from ops.cli import seed
 from services.common.settings import ServiceSettings
 from tests.client import Client, auth_headers
 

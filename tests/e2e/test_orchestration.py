@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from services import devstack
+from ops import devstack
 from services.common import ids
 from services.tts.config import TtsSettings
 from tests.client import Client

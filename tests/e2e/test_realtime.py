@@ -25,7 +25,7 @@ from openai import AsyncOpenAI
 from openai._models import validate_type
 from openai.types.realtime import RealtimeServerEvent
 
-from services import ledger
+from ops import ledger
 from services.common import ids
 from tests.client import auth_headers, token_for
 from tests.conftest import make_speech

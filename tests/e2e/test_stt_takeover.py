@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services import devstack
+from ops import devstack
 from tests.client import Client
 from tests.conftest import make_speech
 from tools.wer import normalise

@@ -9,7 +9,7 @@ import time
 import nats
 import pytest
 
-from services.cli import demo_voice_key
+from ops.cli import demo_voice_key
 from services.common import ids, schemas, subjects
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from services.devstack import free_port, wait_for_port
+from ops.devstack import free_port, wait_for_port
 
 
 def reply_for(user_text: str) -> str:

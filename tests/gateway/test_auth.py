@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from services import devstack
+from ops import devstack
 from services.common import db, ids
 from services.gateway.auth import Authenticator, AuthError
 from services.gateway.config import GatewaySettings

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from services import devstack
+from ops import devstack
 from services.common import db, ids, objectstore
 from services.gateway.config import GatewaySettings
 from services.gateway.rest import cursors, limits

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.devstack import free_port
+from ops.devstack import free_port
 from services.llm.client import (
     ChatClient,
     LLMAuthError,

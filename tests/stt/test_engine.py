@@ -84,7 +84,7 @@ def tiny_model() -> Path:
 
 @pytest.fixture(scope="module")
 def engine() -> WhisperEngine:
-    from services.localmodels import whisper_path
+    from ops.localmodels import whisper_path
 
     cache = Path(os.environ.get("PARLEY_MODEL_CACHE", REPO / ".cache" / "models"))
     return WhisperEngine(str(whisper_path("tiny.en", cache)), device="cpu", compute_type="int8", cpu_threads=1)

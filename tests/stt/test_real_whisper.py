@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.localmodels import whisper_path
+from ops.localmodels import whisper_path
 from services.stt.segmenter import Segmenter, UtteranceEnded, UtteranceWindow
 from services.stt.vad import VadConfig
 from services.stt.whisper import DecodeRequest, WhisperEngine, check_model_folder

@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 from nats.js.api import RetentionPolicy, StreamConfig
 
-from services import devstack
+from ops import devstack
 from services.common import bus as busmod
 from services.common import outages, schemas, subjects
 from services.common.settings import ServiceSettings

@@ -139,7 +139,7 @@ def _nats_users() -> dict[str, str]:
 
 def test_the_nats_config_is_valid_and_needs_every_password():
     """nats-server itself parses the compose config with its users; without a password it refuses to start."""
-    from services.devstack import _nats_binary
+    from ops.devstack import _nats_binary
 
     users = _nats_users()
     assert set(users) == {*SERVICES, "ops"}

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from services import devstack
+from ops import devstack
 from tests.client import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from services.devstack import free_port, port_is_free
+from ops.devstack import free_port, port_is_free
 
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 """Whose vendored llama.cpp tree `llama-server` is built from (its llama.cpp is MIT)."""

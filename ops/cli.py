@@ -12,11 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+from services import common
 from services.common import db, ids, objectstore
 from services.common.personas import DEFAULT_PERSONA
 from services.common.settings import ServiceSettings
 
-DEMO_VOICE = Path(__file__).parent / "common" / "assets" / "demo_voice.wav"
+DEMO_VOICE = Path(common.__file__).parent / "assets" / "demo_voice.wav"
 
 
 def demo_voice_key() -> str:
@@ -53,7 +54,7 @@ def dev(args: argparse.Namespace) -> int:
 
     Everything is checked before anything starts where it can be (the gateway's port, the
     models), and whatever did start is stopped again on any failure: no half stack is left."""
-    from services import devstack, localmodels
+    from ops import devstack, localmodels
 
     state = Path(args.state_dir).resolve()
     if not devstack.port_is_free(args.port):
@@ -84,7 +85,7 @@ def dev(args: argparse.Namespace) -> int:
 def _model_choice(args: argparse.Namespace):
     """The STT and TTS models `--models` names. PARLEY_STT_MODEL or PARLEY_TTS_MODEL, when set,
     wins over the choice for that stage (with the stage's other settings left to the user)."""
-    from services import localmodels
+    from ops import localmodels
     from services.stt.whisper import check_model_folder, is_local_model
 
     cache = Path(args.model_cache)
@@ -111,7 +112,7 @@ def _model_choice(args: argparse.Namespace):
 def _start_infrastructure(stack: contextlib.ExitStack, state: Path, args: argparse.Namespace):
     """nats-server, Postgres (unless DATABASE_URL), the S3 stand-in and, unless
     PARLEY_LLM_BASE_URL names one, the local LLM; each stopped by `stack` on the way out."""
-    from services import devstack, localmodels
+    from ops import devstack, localmodels
 
     nats = devstack.NatsServer(state / "nats").start()
     stack.callback(nats.stop)
@@ -177,7 +178,7 @@ def _supervise(procs: dict, state: Path) -> int:
 
 def models(args: argparse.Namespace) -> int:
     """Ready the local models once (quick when done) and say where they are."""
-    from services import localmodels
+    from ops import localmodels
 
     try:
         for name in localmodels.WHISPER_MODELS:
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(asyncio.run(create_api_key(ServiceSettings(), args.user, args.name)))
         return 0
     if args.command == "ledger":
-        from services import ledger
+        from ops import ledger
 
         return ledger.main(args.conversations)
     return dev(args)
