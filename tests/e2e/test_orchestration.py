@@ -321,7 +321,7 @@ async def test_a_response_cancelled_before_its_turn_is_taken_is_never_answered(s
 
 
 async def test_an_avatars_name_the_model_mishears_is_heard_as_its_hotword(stack, fake_llm, tmp_path):
-    """tiny.en hears "Kayleigh" for espeak's "Kaelith" unaided (tests/stt/test_real_whisper.py);
+    """tiny.en hears "Kayleigh" for espeak's "Kaelith" unaided (tests/unit/stt/test_real_whisper.py);
     the session gives its avatars' names to the STT worker as hotwords, so the name is heard."""
     kaelith = await _avatar_with_voice(stack, "Kaelith", "en-us+f2", tmp_path)
     client = Client(stack["ws_url"])

@@ -1,7 +1,7 @@
 """The rows the orchestrator writes, in memory: the repository methods `services.llm.record`
 calls (of `db.Messages` and `db.Avatars`), with their SQL's rules (inserts that do nothing
 on a conflict, a reply finished only while it is `streaming`). For unit tests of the turn
-flow; the real queries run against a real Postgres in tests/unit/test_db.py and every
+flow; the real queries run against a real Postgres in tests/unit/common/test_db.py and every
 end-to-end test."""
 
 from __future__ import annotations

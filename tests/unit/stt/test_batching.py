@@ -19,7 +19,7 @@ from services.stt.whisper import DecodeRequest, WhisperEngine
 pytestmark = pytest.mark.engine
 
 SR = 16000
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class HeldEngine:

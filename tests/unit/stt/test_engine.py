@@ -1,7 +1,7 @@
 """The STT engine: streaming VAD, end-of-turn segmentation, and Whisper.
 
 Speech fixtures come from espeak-ng + sox; Whisper is the real tiny.en from its package
-(tests/stt/test_real_whisper.py measures its words on human speech too). The random-weight
+(tests/unit/stt/test_real_whisper.py measures its words on human speech too). The random-weight
 builder that benchmarks use at real sizes is checked here as well.
 """
 
@@ -22,7 +22,7 @@ from services.stt.whisper import Transcript, WhisperEngine
 from tools.wer import corpus_wer, wer
 
 SR = 16000
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FRAME = 320  # 20 ms, what the gateway forwards
 
 

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from services.tts.engine import DEFAULT_MODEL, SynthesisError, Voice, XttsEngine, resolve_model_dir, split_text
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL_CACHE = Path(os.environ.get("PARLEY_MODEL_CACHE", ROOT / ".cache" / "models"))
 DEMO_VOICE = ROOT / "services" / "common" / "assets" / "demo_voice.wav"
 
