@@ -72,7 +72,9 @@ def _fetch(cache: Path) -> None:
     archive = cache / f"{_SDIST}.tar.gz"
     if not archive.exists():
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", POCKETSPHINX],
+            # Only pocketsphinx itself as source: `:all:` would also build its build backend's
+            # own requirements (Cython) from source to prepare the metadata, for minutes.
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "pocketsphinx", POCKETSPHINX],
             cwd=cache,
             check=True,
         )

@@ -583,7 +583,7 @@ async def test_commit_ends_the_speech_the_vad_hears_and_clear_drops_it(stack, tm
         c.check_typed()
 
 
-async def test_zz_every_realtime_conversation_balances(stack):
+async def test_every_realtime_conversation_balances(stack):
     """The ledger's invariant holds over the conversations this module's sessions held."""
     assert CONVERSATIONS
     settings = stack["settings"]
