@@ -136,6 +136,12 @@ async def check(
                 problems.append(f"conversation {conv}: orphan object {key}")
 
     user_ids = {r["id"] for r in rows if r["role"] == "user"}
+    return problems + _unheard_utterances(evidence, user_ids, conversations)
+
+
+def _unheard_utterances(evidence: Evidence, user_ids: set, conversations: list[str] | None) -> list[str]:
+    """Utterances the STT workers closed that became no user message and no failure event."""
+    problems = []
     for conv, session, seq in sorted(evidence.closed_utterances):
         if conversations and conv not in conversations:
             continue
