@@ -31,8 +31,6 @@ _MAX_GAP_S = 5
 """A larger hole in a session's audio is not filled with more silence than this."""
 
 
-
-
 class Host(Protocol):
     """What a live session needs of the worker that holds it."""
 
@@ -68,7 +66,7 @@ class LiveSession:
         self.instructions = req.instructions
         self.replay_from = None if req.replay_from_s is None else int(req.replay_from_s * cfg.sample_rate)
         self._cfg = cfg
-        self.segmenter = Segmenter(worker.vad, cfg, first_utterance_index=req.first_utterance_seq)
+        self.segmenter = Segmenter(worker.vad, cfg, first_utterance_seq=req.first_utterance_seq)
         self._started = self.replay_from is None
         self.sample_rate = cfg.sample_rate
         self.partial_every = cfg.samples(worker.partial_interval_ms) if req.partials else 0
@@ -123,7 +121,7 @@ class LiveSession:
                 return []
             self._started = True
             self.segmenter = Segmenter(
-                self.worker.vad, self._cfg, self.segmenter.next_utterance_index, start_sample=offset
+                self.worker.vad, self._cfg, self.segmenter.next_utterance_seq, start_sample=offset
             )
         expected = self.segmenter.samples_fed
         if offset + samples <= expected:
@@ -180,19 +178,19 @@ class LiveSession:
     async def _handle(self, events: list) -> None:
         for ev in events:
             if isinstance(ev, SpeechStarted):
-                self.partials = Partials(ev.utterance_index)
+                self.partials = Partials(ev.utterance_seq)
                 await self.bus.publish_live(
                     schemas.SpeechStarted(
                         conversation_id=self.conv,
                         session_id=self.session_id,
-                        utterance_seq=ev.utterance_index,
+                        utterance_seq=ev.utterance_seq,
                         start_s=ev.start_s,
                     )
                 )
             elif isinstance(ev, UtteranceWindow):
                 p = self.partials
                 fut = self._decode(ev.audio, p.prefix if p else None)
-                self.windows.setdefault(ev.utterance_index, []).append(fut)
+                self.windows.setdefault(ev.utterance_seq, []).append(fut)
                 if p is not None:
                     self.worker.decoder.drop_partial(self)
                     p.window_cut()
@@ -209,11 +207,11 @@ class LiveSession:
                     schemas.SpeechStopped(
                         conversation_id=self.conv,
                         session_id=self.session_id,
-                        utterance_seq=ev.utterance_index,
+                        utterance_seq=ev.utterance_seq,
                         end_s=ev.end_s,
                     )
                 )
-                windows = self.windows.pop(ev.utterance_index, [])
+                windows = self.windows.pop(ev.utterance_seq, [])
                 await self.utterances.put((ev, marks, windows, self._decode(ev.audio, prefix)))
 
     def _window_read(self, p: Partials, fut: asyncio.Future) -> None:
@@ -233,7 +231,7 @@ class LiveSession:
         if ctl.session_id == self.session_id:
             for ev in self.segmenter.flush():
                 if isinstance(ev, UtteranceEnded):
-                    self.windows.pop(ev.utterance_index, None)
+                    self.windows.pop(ev.utterance_seq, None)
             self.partials = None
 
     async def _on_release(self, ctl: schemas.SttRelease) -> None:
@@ -255,10 +253,10 @@ class LiveSession:
                     schemas.ErrorEvent(
                         conversation_id=self.conv,
                         code="transcription_failed",
-                        message=f"utterance {ev.utterance_index} could not be transcribed",
-                        message_id=ids.user_message_id(self.conv, self.session_id, "voice", ev.utterance_index),
+                        message=f"utterance {ev.utterance_seq} could not be transcribed",
+                        message_id=ids.user_message_id(self.conv, self.session_id, "voice", ev.utterance_seq),
                     ),
-                    msg_id=f"stt-fail.{self.session_id}.{ev.utterance_index}",
+                    msg_id=f"stt-fail.{self.session_id}.{ev.utterance_seq}",
                 )
 
     async def _transcribe(
@@ -269,7 +267,7 @@ class LiveSession:
         result = parts[0] if len(parts) == 1 else join_transcripts(parts)
         metrics.stage("transcribe", time.time() - marks["eot"])
         marks["final"] = time.time()
-        message_id = ids.user_message_id(self.conv, self.session_id, "voice", ev.utterance_index)
+        message_id = ids.user_message_id(self.conv, self.session_id, "voice", ev.utterance_seq)
         if not result.text:
             await self.bus.publish_event(
                 schemas.ErrorEvent(
@@ -285,7 +283,7 @@ class LiveSession:
             schemas.TranscriptFinal(
                 conversation_id=self.conv,
                 session_id=self.session_id,
-                utterance_seq=ev.utterance_index,
+                utterance_seq=ev.utterance_seq,
                 message_id=message_id,
                 text=result.text,
                 language=result.language,
@@ -302,7 +300,7 @@ class LiveSession:
                 conversation_id=self.conv,
                 message_id=message_id,
                 session_id=self.session_id,
-                turn_seq=ev.utterance_index,
+                turn_seq=ev.utterance_seq,
                 source="voice",
                 text=result.text,
                 language=result.language,

@@ -17,7 +17,7 @@ from .vad import WINDOW, SileroVad, VadConfig
 class SpeechStarted:
     """Speech has begun (confirmed after min_speech_ms of voice); start_s is its onset."""
 
-    utterance_index: int
+    utterance_seq: int
     start_s: float
 
 
@@ -26,7 +26,7 @@ class UtteranceWindow:
     """A window of an utterance still going on, cut at a pause: its audio runs from where
     the previous window ended to ``end_s``; the next window (or the end) starts there."""
 
-    utterance_index: int
+    utterance_seq: int
     window_index: int
     audio: np.ndarray
     end_s: float
@@ -38,7 +38,7 @@ class UtteranceEnded:
     audio (float32, 16 kHz) spans it plus up to pad_ms on either side, or, when the
     utterance was read in ``windows`` earlier windows, the part after the last of them."""
 
-    utterance_index: int
+    utterance_seq: int
     audio: np.ndarray
     start_s: float
     end_s: float
@@ -68,14 +68,14 @@ class Segmenter:
         self,
         vad: SileroVad | None = None,
         config: VadConfig | None = None,
-        first_utterance_index: int = 0,
+        first_utterance_seq: int = 0,
         start_sample: int = 0,
     ) -> None:
-        """``first_utterance_index`` and ``start_sample`` let a worker that takes a session
+        """``first_utterance_seq`` and ``start_sample`` let a worker that takes a session
         over go on where the previous one stopped: the same utterance numbers, the same times."""
         self.config = config or VadConfig()
         self._vad = (vad or SileroVad.shared()).new_stream()
-        self._next_index = first_utterance_index
+        self._next_seq = first_utterance_seq
         self._pending = np.zeros(0, dtype=np.float32)
         self._odd_byte = b""
         self._processed = start_sample
@@ -109,8 +109,8 @@ class Segmenter:
         return self._state == _SPEECH
 
     @property
-    def next_utterance_index(self) -> int:
-        return self._next_index
+    def next_utterance_seq(self) -> int:
+        return self._next_seq
 
     def feed(self, pcm16: bytes | bytearray | memoryview | np.ndarray) -> list[SegmenterEvent]:
         """Take the next frame of PCM16 (any length) and return the events it caused."""
@@ -192,7 +192,7 @@ class Segmenter:
         if self._state == _CANDIDATE:
             if self._voiced >= self._min_speech:
                 self._state = _SPEECH
-                events.append(SpeechStarted(self._next_index, self._speech_start / cfg.sample_rate))
+                events.append(SpeechStarted(self._next_seq, self._speech_start / cfg.sample_rate))
             elif self._silence >= self._eot:
                 self._reset_turn()
         if self._state == _SPEECH:
@@ -240,7 +240,7 @@ class Segmenter:
 
     def _cut_window(self, cut: int) -> UtteranceWindow:
         event = UtteranceWindow(
-            utterance_index=self._next_index,
+            utterance_seq=self._next_seq,
             window_index=self._window_index,
             audio=self._slice(self._audio_start(), cut),
             end_s=cut / self.config.sample_rate,
@@ -254,13 +254,13 @@ class Segmenter:
         sr = self.config.sample_rate
         audio = self._slice(self._audio_start(), audio_end)
         event = UtteranceEnded(
-            utterance_index=self._next_index,
+            utterance_seq=self._next_seq,
             audio=audio,
             start_s=self._speech_start / sr,
             end_s=self._last_voiced_end / sr,
             windows=self._window_index,
         )
-        self._next_index += 1
+        self._next_seq += 1
         return event
 
     def _trim(self, keep_from: int) -> None:

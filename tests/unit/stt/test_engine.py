@@ -135,7 +135,7 @@ def test_one_utterance_in_20ms_frames(speech):
 
     assert kinds(events) == ["SpeechStarted", "UtteranceEnded"]
     started, ended = events
-    assert started.utterance_index == ended.utterance_index == 0
+    assert started.utterance_seq == ended.utterance_seq == 0
     assert started.start_s == ended.start_s
     assert onset - 0.1 <= ended.start_s <= onset + 0.25
     assert offset - 0.4 <= ended.end_s <= offset + 0.1
@@ -151,15 +151,15 @@ def test_one_utterance_in_20ms_frames(speech):
 def test_two_utterances_separated_by_a_second(speech):
     first = np.concatenate([silence(0.3), speech["hello"]])
     pcm = np.concatenate([first, silence(1.0), speech["thanks"], silence(1.0)])
-    seg = Segmenter(first_utterance_index=7)
+    seg = Segmenter(first_utterance_seq=7)
     events = feed_all(seg, pcm)
 
     assert kinds(events) == ["SpeechStarted", "UtteranceEnded"] * 2
     ends = [e for e in events if isinstance(e, UtteranceEnded)]
     starts = [e for e in events if isinstance(e, SpeechStarted)]
-    assert [e.utterance_index for e in starts] == [7, 8]
-    assert [e.utterance_index for e in ends] == [7, 8]
-    assert seg.next_utterance_index == 9
+    assert [e.utterance_seq for e in starts] == [7, 8]
+    assert [e.utterance_seq for e in ends] == [7, 8]
+    assert seg.next_utterance_seq == 9
     second_onset = (len(first) + SR) / SR + voiced_bounds(speech["thanks"])[0]
     assert ends[0].end_s < len(first) / SR + 0.1
     assert second_onset - 0.1 <= ends[1].start_s <= second_onset + 0.25
@@ -207,7 +207,7 @@ def test_odd_frame_sizes_give_the_same_utterances(speech):
     for other in (events, arrays, at_once):
         assert kinds(other) == kinds(reference)
         for got, want in zip(other, reference):
-            assert got.utterance_index == want.utterance_index
+            assert got.utterance_seq == want.utterance_seq
             assert got.start_s == pytest.approx(want.start_s, abs=1e-9)
             if isinstance(want, UtteranceEnded):
                 assert got.end_s == pytest.approx(want.end_s, abs=1e-9)
@@ -220,7 +220,7 @@ def test_flush_ends_an_utterance_cut_mid_speech(speech):
     onset, offset = voiced_bounds(hello)
     cut = int((onset + offset) / 2 * SR)
     pcm = np.concatenate([silence(0.5), hello[:cut]])
-    seg = Segmenter(first_utterance_index=3)
+    seg = Segmenter(first_utterance_seq=3)
     events = feed_all(seg, pcm)
 
     assert kinds(events) == ["SpeechStarted"]
@@ -231,7 +231,7 @@ def test_flush_ends_an_utterance_cut_mid_speech(speech):
     flushed = seg.flush()
     assert kinds(flushed) == ["UtteranceEnded"]
     (ended,) = flushed
-    assert ended.utterance_index == 3
+    assert ended.utterance_seq == 3
     assert ended.start_s == events[0].start_s
     assert ended.end_s <= len(pcm) / SR
     assert ended.end_s >= len(pcm) / SR - 0.3
@@ -242,7 +242,7 @@ def test_flush_ends_an_utterance_cut_mid_speech(speech):
     # The segmenter carries on after a flush, with times still counted from the start.
     more = feed_all(seg, np.concatenate([silence(0.5), hello, silence(1.0)]))
     assert kinds(more) == ["SpeechStarted", "UtteranceEnded"]
-    assert more[1].utterance_index == 4
+    assert more[1].utterance_seq == 4
     assert more[1].start_s > len(pcm) / SR
 
 
