@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from services.common import db, schemas
 
+from .reply import Streamed
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -26,8 +28,8 @@ class Outcome:
 
 
 class TurnRecord:
-    def __init__(self, repo: db.Messages, turn: schemas.UserTurn, first_out: asyncio.Event | None = None):
-        self.repo = repo
+    def __init__(self, messages: db.Messages, turn: schemas.UserTurn, first_out: asyncio.Event | None = None):
+        self.messages = messages
         self.turn = turn
         self._user = asyncio.create_task(self._write_user(first_out))
 
@@ -35,7 +37,7 @@ class TurnRecord:
         if after is not None:
             await after.wait()
         t = self.turn
-        await self.repo.add_user(
+        await self.messages.add_user(
             t.message_id, t.conversation_id, t.source, t.session_id, t.turn_seq, t.text, t.marks
         )
 
@@ -44,14 +46,14 @@ class TurnRecord:
 
         async def write() -> None:
             await self._user
-            await self.repo.start_reply(reply_id, self.turn.conversation_id, self.turn.message_id, avatar_id)
+            await self.messages.start_reply(reply_id, self.turn.conversation_id, self.turn.message_id, avatar_id)
 
         return asyncio.create_task(write())
 
-    async def finish_reply(self, reply_id: str, begun: asyncio.Task, out) -> Outcome:
-        """Store what streamed (`reply.Streamed`); the stored status and text win."""
+    async def finish_reply(self, reply_id: str, begun: asyncio.Task, out: Streamed) -> Outcome:
+        """Store what streamed; the stored status and text win."""
         await begun
-        _, status, text = await self.repo.finish_reply(
+        _, status, text = await self.messages.finish_reply(
             reply_id, out.text, out.status, out.error, out.timings, out.sentences
         )
         return Outcome(status, text or "", out.sentences, out.error or "")
@@ -59,12 +61,12 @@ class TurnRecord:
     async def close_unanswered(self, reply_id: str, avatar_id: str, why: str) -> bool:
         """A reply stopped before it began, stored empty; False when an earlier attempt finished it."""
         await self.begin_reply(reply_id, avatar_id)
-        finished, _, _ = await self.repo.finish_reply(reply_id, "", "interrupted", why, {})
+        finished, _, _ = await self.messages.finish_reply(reply_id, "", "interrupted", why, {})
         return finished
 
     async def stored(self, reply_id: str) -> Outcome | None:
         """A reply an earlier attempt finished, as it was announced (None: never counted)."""
-        row = await self.repo.reply_outcome(reply_id)
+        row = await self.messages.reply_outcome(reply_id)
         if row is None or row.sentence_count is None:
             return None  # stored before sentence counts were kept
         return Outcome(row.status, row.text or "", row.sentence_count, row.error or "")

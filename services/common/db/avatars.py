@@ -43,6 +43,11 @@ class Avatar:
         }
 
 
+def _written(a: Avatar) -> tuple:
+    """The values of `WRITTEN`, in its order."""
+    return tuple(getattr(a, c) for c in WRITTEN)
+
+
 def _avatar(row: asyncpg.Record | None) -> Avatar | None:
     return Avatar(**row) if row else None
 
@@ -56,31 +61,19 @@ class Avatars:
             f"""INSERT INTO avatars ({", ".join(WRITTEN)}) VALUES ($1,$2,$3,$4,$5,$6,$7)
                 ON CONFLICT (id) DO UPDATE SET name=$2, role_title=$3, persona_prompt=$4,
                     language=$5, voice_key=$6, updated_at=now()""",
-            a.id,
-            a.name,
-            a.role_title,
-            a.persona_prompt,
-            a.language,
-            a.voice_key,
-            a.owner_id,
+            *_written(a),
         )
 
     async def create(self, a: Avatar) -> Avatar:
         row = await self.pool.fetchrow(
             f"""INSERT INTO avatars ({", ".join(WRITTEN)}) VALUES ($1,$2,$3,$4,$5,$6,$7) RETURNING {SELECT}""",
-            a.id,
-            a.name,
-            a.role_title,
-            a.persona_prompt,
-            a.language,
-            a.voice_key,
-            a.owner_id,
+            *_written(a),
         )
         return Avatar(**row)
 
     async def get(self, avatar_id: str) -> Avatar | None:
         """An avatar that may join a new conversation: a deleted one may not (its old
-        conversations still read it through `conversation_avatars`)."""
+        conversations still read it through `of_conversation`)."""
         row = await self.pool.fetchrow(f"SELECT {SELECT} FROM avatars WHERE id=$1 AND deleted_at IS NULL", avatar_id)
         return _avatar(row)
 
