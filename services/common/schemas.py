@@ -49,6 +49,11 @@ class SttOpen(Msg):
     """Carried onto every `UserTurn` of the session (see `UserTurn.instructions`)."""
     partials: bool = True
     """Partial transcripts at the worker's cadence; False: none for this session."""
+    turn_policy: str | None = None
+    """`vad` (the turn ends after `end_of_turn_ms` of silence) or `smart` (the turn model is
+    asked after `turn_short_ms`; the turn ends by `turn_long_ms`); unset: the worker's."""
+    turn_short_ms: int | None = None
+    turn_long_ms: int | None = None
 
 
 class SttAlive(Msg):

@@ -62,7 +62,14 @@ class NativeWire:
             avatar_ids=msg.avatar_ids,
             resume=msg.resume,
             barge_in=msg.barge_in,
-            stt=SttOptions(language=msg.language, end_of_turn_ms=msg.end_of_turn_ms, partials=msg.partials),
+            stt=SttOptions(
+                language=msg.language,
+                end_of_turn_ms=msg.end_of_turn_ms,
+                partials=msg.partials,
+                turn_policy=msg.turn.policy if msg.turn else None,
+                turn_short_ms=msg.turn.short_ms if msg.turn else None,
+                turn_long_ms=msg.turn.long_ms if msg.turn else None,
+            ),
         )
 
     async def refuse(self, code: int, reason: str) -> None:

@@ -26,6 +26,21 @@ class Resume(msgspec.Struct, kw_only=True):
     """The highest `cursor` the client saw; omitted: every final event since the session began."""
 
 
+class Turn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How the end of a spoken turn is decided (docs/protocol.md, "Turn taking")."""
+
+    policy: Literal["vad", "smart"] | None = None
+    """`vad`: after `end_of_turn_ms` of silence. `smart`: after `short_ms` the worker asks
+    whether the words (and, as configured, the sound) say the person is done; the turn ends
+    then, or after `long_ms` whatever they said. Omitted: the server's default."""
+    short_ms: Annotated[int, msgspec.Meta(ge=100, le=2000)] | None = None
+    long_ms: Annotated[int, msgspec.Meta(ge=200, le=10000)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.short_ms is not None and self.long_ms is not None and self.short_ms >= self.long_ms:
+            raise ValueError("turn.short_ms must be shorter than turn.long_ms")
+
+
 class Start(ClientMessage, tag="session.start"):
     protocol: int = PROTOCOL_VERSION
     token: str | None = None
@@ -34,6 +49,7 @@ class Start(ClientMessage, tag="session.start"):
     avatar_ids: list[str] = []
     language: str | None = None
     end_of_turn_ms: Annotated[int, msgspec.Meta(ge=100, le=5000)] | None = None
+    turn: Turn | None = None
     sample_rate: Literal[16000] = 16000
     """Mic audio is 16 kHz PCM16 mono; a client that captures at another rate resamples
     before sending (declaring another rate is refused rather than misheard)."""

@@ -124,6 +124,9 @@ class SttLink:
             vad_threshold=o.vad_threshold,
             pad_ms=o.pad_ms,
             instructions=o.instructions,
+            turn_policy=o.turn_policy,
+            turn_short_ms=o.turn_short_ms,
+            turn_long_ms=o.turn_long_ms,
         )
 
     async def _any_worker(self) -> bool:

@@ -30,6 +30,10 @@ class SttOptions:
     """Carried onto every spoken turn (the Realtime API's session `instructions`)."""
     prompt: str | None = None
     """Words to bias recognition towards, besides the avatars' names."""
+    turn_policy: str | None = None
+    """`vad` or `smart` (None: the worker's default), with the smart policy's two waits."""
+    turn_short_ms: int | None = None
+    turn_long_ms: int | None = None
 
 
 @dataclass

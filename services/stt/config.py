@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from services.common.settings import ServiceSettings
@@ -33,3 +35,24 @@ class SttSettings(ServiceSettings):
     vad_end_of_turn_ms: int = 300
     vad_min_speech_ms: int = 250
     vad_pad_ms: int = 200
+    """Silence that ends a turn under the `vad` policy."""
+    stt_turn_policy: Literal["vad", "smart"] = "smart"
+    """`smart`: after `stt_turn_short_ms` of silence the worker asks whether the person is done;
+    the turn ends then, or after `stt_turn_long_ms` (docs/benchmarks.md, "Turn taking"). With
+    the signals `stt_turn_signals` names not available, smart sessions are `vad` sessions."""
+    stt_turn_short_ms: int = 200
+    stt_turn_long_ms: int = 1600
+    stt_turn_signals: Literal["words", "sound", "all", "any"] = "all"
+    """Which verdict ends a smart turn early: the words', the sound's, both agreeing (`all`,
+    the benchmark's choice), or either."""
+    stt_turn_threshold: float = 0.5
+    """The sound model's probability of done that counts as done."""
+    stt_turn_words_threshold: float = 0.02
+    stt_turn_model: str | None = None
+    """Smart Turn v3.2's ONNX file (`parley models` puts it in the model cache); loaded when
+    the signals use the sound. Missing or unreadable: said at start, counted in a metric."""
+    stt_turn_lm_url: str | None = None
+    """An OpenAI-compatible server (with `logprobs` on /v1/completions) that scores the words
+    so far (`parley dev` starts one on the embedded SmolLM2)."""
+    stt_turn_lm_model: str = ""
+    stt_turn_max_batch: int = 16

@@ -25,8 +25,11 @@ from services.common.runtime import Service
 from .batcher import DecodeBatcher
 from .config import SttSettings
 from .live import LiveSession
+from .smart_turn import SmartTurn, TurnModelError
+from .turns import SoundBatcher, TurnJudge
 from .vad import SileroVad
 from .whisper import WhisperEngine
+from .words import WordsScorer
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +74,40 @@ class SttService(Service):
             self.partial_interval_ms = 500 if self.engine.model.model.device == "cuda" else 0
         self.decoder = DecodeBatcher(self.engine, s.stt_max_batch, on_batch=_observe_batch)
         self.on_close(lambda: asyncio.to_thread(self.decoder.close))
+        self.turns = await self._turn_judge()
+        self.on_close(self.turns.close)
         metrics.STT_PENDING_DECODES.set_function(lambda: self.decoder.pending)
         self.bus = await self.open_bus()
         self._heartbeat = asyncio.create_task(self._beat())
         await self._admit()
+
+    async def _turn_judge(self) -> TurnJudge:
+        """The signals smart sessions are judged by. A missing or broken turn model is said
+        here, once, and counted; those sessions then end on silence alone."""
+        s = self.settings
+        sound = None
+        if s.stt_turn_signals == "words":
+            pass
+        elif s.stt_turn_model:
+            try:
+                model = await asyncio.to_thread(SmartTurn, s.stt_turn_model)
+                sound = SoundBatcher(model, s.stt_turn_max_batch)
+            except TurnModelError as exc:
+                log.warning("%s: smart turn taking falls back to silence alone", exc)
+        else:
+            log.warning("no turn model (PARLEY_STT_TURN_MODEL): the sound signal is off")
+        metrics.TURN_MODEL_AVAILABLE.set(1 if sound else 0)
+        words = WordsScorer(s.stt_turn_lm_url, s.stt_turn_lm_model) if s.stt_turn_lm_url else None
+        judge = TurnJudge(sound, words)
+        if s.stt_turn_policy == "smart" and not judge.can_judge(s.stt_turn_signals):
+            metrics.EVENTS.labels("stt", "turn_signals_missing").inc()
+            log.warning(
+                "smart turn taking (%s) lacks its signals (PARLEY_STT_TURN_LM_URL, PARLEY_STT_TURN_MODEL): "
+                "sessions end after %d ms of silence alone",
+                s.stt_turn_signals,
+                s.vad_end_of_turn_ms,
+            )
+        return judge
 
     async def _beat(self) -> None:
         subject = subjects.stt_alive(self.settings.instance_id)
@@ -116,7 +149,11 @@ class SttService(Service):
             # Two opens raced for the last slot: the gateway asks the group again.
             await msg.respond(schemas.encode(schemas.SttOpened(ok=False, error="no_capacity")))
             return
-        session = LiveSession(self, req)
+        try:
+            session = LiveSession(self, req)
+        except ValueError as exc:
+            await msg.respond(schemas.encode(schemas.SttOpened(ok=False, error=f"bad request: {exc}")))
+            return
         self.sessions[req.conversation_id] = session
         await session.start()
         await self._admit()

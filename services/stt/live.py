@@ -21,7 +21,9 @@ from services.common.schemas import AudioMeta
 from .batcher import DecodeBatcher, Superseded
 from .config import SttSettings
 from .partials import Partials
-from .segmenter import Segmenter, SpeechStarted, UtteranceEnded, UtteranceWindow
+from .pauses import Pauses, turn_policy
+from .segmenter import PauseHeard, Segmenter, SpeechStarted, UtteranceEnded, UtteranceWindow
+from .turns import TurnJudge
 from .vad import SileroVad, VadConfig
 from .whisper import DecodeRequest, Transcript, join_transcripts
 
@@ -37,6 +39,7 @@ class Host(Protocol):
     bus: busmod.Bus
     vad: SileroVad
     decoder: DecodeBatcher
+    turns: TurnJudge
     settings: SttSettings
     partial_interval_ms: int
 
@@ -57,16 +60,17 @@ class LiveSession:
         self.language = req.language or worker.settings.stt_language
         s = worker.settings
         self.prompt = req.prompt or s.stt_prompt
+        self.turn = turn_policy(req, s, worker.turns)
         cfg = VadConfig(
             threshold=req.vad_threshold or s.vad_threshold,
-            end_of_turn_ms=req.end_of_turn_ms or s.vad_end_of_turn_ms,
+            end_of_turn_ms=self.turn.end_of_turn_ms,
             min_speech_ms=s.vad_min_speech_ms,
             pad_ms=s.vad_pad_ms if req.pad_ms is None else req.pad_ms,
         )
         self.instructions = req.instructions
         self.replay_from = None if req.replay_from_s is None else int(req.replay_from_s * cfg.sample_rate)
         self._cfg = cfg
-        self.segmenter = Segmenter(worker.vad, cfg, first_utterance_seq=req.first_utterance_seq)
+        self.segmenter = self._segmenter(req.first_utterance_seq, 0)
         self._started = self.replay_from is None
         self.sample_rate = cfg.sample_rate
         self.partial_every = cfg.samples(worker.partial_interval_ms) if req.partials else 0
@@ -75,6 +79,8 @@ class LiveSession:
         """Per utterance still open, the final decodes of its windows, in order."""
         self.utterances: asyncio.Queue = asyncio.Queue()
         self.bad_frames = 0
+        self.pauses = Pauses(worker.turns, self.turn, self._decode, self._end_at, worker.spawn, self.conv)
+        self._handling = asyncio.Lock()
         self._subs: list = []
         self._task: asyncio.Task | None = None
 
@@ -120,9 +126,7 @@ class LiveSession:
             if offset + samples <= self.replay_from:
                 return []
             self._started = True
-            self.segmenter = Segmenter(
-                self.worker.vad, self._cfg, self.segmenter.next_utterance_seq, start_sample=offset
-            )
+            self.segmenter = self._segmenter(self.segmenter.next_utterance_seq, offset)
         expected = self.segmenter.samples_fed
         if offset + samples <= expected:
             return []
@@ -133,6 +137,9 @@ class LiveSession:
         elif offset < expected:
             data = data[(expected - offset) * 2 :]
         return events + self.segmenter.feed(data)
+
+    def _segmenter(self, first_seq: int, start_sample: int) -> Segmenter:
+        return Segmenter(self.worker.vad, self._cfg, first_seq, start_sample, pause_ms=self.turn.pause_ms)
 
     def _decode(self, audio, prefix: str | None = None) -> asyncio.Future:
         request = DecodeRequest(audio, self.language, self.prompt, prefix)
@@ -176,43 +183,54 @@ class LiveSession:
         p.seq += 1
 
     async def _handle(self, events: list) -> None:
-        for ev in events:
-            if isinstance(ev, SpeechStarted):
-                self.partials = Partials(ev.utterance_seq)
-                await self.bus.publish_live(
-                    schemas.SpeechStarted(
-                        conversation_id=self.conv,
-                        session_id=self.session_id,
-                        utterance_seq=ev.utterance_seq,
-                        start_s=ev.start_s,
-                    )
+        async with self._handling:
+            for ev in events:
+                await self._handle_one(ev)
+
+    async def _handle_one(self, ev) -> None:
+        if isinstance(ev, PauseHeard):
+            prefix = self.partials.prefix if self.partials else None
+            self.pauses.heard(ev, prefix, list(self.windows.get(ev.utterance_seq, [])))
+        elif isinstance(ev, SpeechStarted):
+            self.partials = Partials(ev.utterance_seq)
+            await self.bus.publish_live(
+                schemas.SpeechStarted(
+                    conversation_id=self.conv,
+                    session_id=self.session_id,
+                    utterance_seq=ev.utterance_seq,
+                    start_s=ev.start_s,
                 )
-            elif isinstance(ev, UtteranceWindow):
-                p = self.partials
-                fut = self._decode(ev.audio, p.prefix if p else None)
-                self.windows.setdefault(ev.utterance_seq, []).append(fut)
-                if p is not None:
-                    self.worker.decoder.drop_partial(self)
-                    p.window_cut()
-                    fut.add_done_callback(lambda f, p=p: self._window_read(p, f))
-            elif isinstance(ev, UtteranceEnded):
-                prefix = self.partials.prefix if self.partials else None
-                self.partials = None
+            )
+        elif isinstance(ev, UtteranceWindow):
+            p = self.partials
+            fut = self._decode(ev.audio, p.prefix if p else None)
+            self.windows.setdefault(ev.utterance_seq, []).append(fut)
+            if p is not None:
                 self.worker.decoder.drop_partial(self)
-                now = time.time()
-                fed_s = self.segmenter.samples_fed / self.sample_rate
-                marks = {"speech_end": now - max(0.0, fed_s - ev.end_s), "eot": now}
-                metrics.stage("end_of_turn", marks["eot"] - marks["speech_end"])
-                await self.bus.publish_live(
-                    schemas.SpeechStopped(
-                        conversation_id=self.conv,
-                        session_id=self.session_id,
-                        utterance_seq=ev.utterance_seq,
-                        end_s=ev.end_s,
-                    )
+                p.window_cut()
+                fut.add_done_callback(lambda f, p=p: self._window_read(p, f))
+        elif isinstance(ev, UtteranceEnded):
+            prefix = self.partials.prefix if self.partials else None
+            self.partials = None
+            self.worker.decoder.drop_partial(self)
+            now = time.time()
+            fed_s = self.segmenter.samples_fed / self.sample_rate
+            marks = {"speech_end": now - max(0.0, fed_s - ev.end_s), "eot": now}
+            metrics.stage("end_of_turn", marks["eot"] - marks["speech_end"])
+            await self.bus.publish_live(
+                schemas.SpeechStopped(
+                    conversation_id=self.conv,
+                    session_id=self.session_id,
+                    utterance_seq=ev.utterance_seq,
+                    end_s=ev.end_s,
                 )
-                windows = self.windows.pop(ev.utterance_seq, [])
-                await self.utterances.put((ev, marks, windows, self._decode(ev.audio, prefix)))
+            )
+            windows = self.windows.pop(ev.utterance_seq, [])
+            await self.utterances.put((ev, marks, windows, self.pauses.tail(ev, prefix)))
+
+    async def _end_at(self, voiced_end: int) -> None:
+        """The judge said done: end the utterance at that pause (unless speech came back)."""
+        await self._handle(self.segmenter.end_at_pause(voiced_end))
 
     def _window_read(self, p: Partials, fut: asyncio.Future) -> None:
         if self.partials is p and not fut.cancelled() and fut.exception() is None:

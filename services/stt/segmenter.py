@@ -49,7 +49,20 @@ class UtteranceEnded:
         return self.end_s - self.start_s
 
 
-SegmenterEvent = SpeechStarted | UtteranceWindow | UtteranceEnded
+@dataclass(frozen=True, eq=False)
+class PauseHeard:
+    """Speech paused for ``pause_ms`` (smart turn taking): is the person done? ``audio`` is
+    what the utterance would carry if it ended now, ``context`` the turn up to now (silence
+    included), for the turn model. ``voiced_end`` names this pause for `end_at_pause`."""
+
+    utterance_seq: int
+    audio: np.ndarray
+    context: np.ndarray
+    voiced_end: int
+    end_s: float
+
+
+SegmenterEvent = SpeechStarted | UtteranceWindow | UtteranceEnded | PauseHeard
 
 _IDLE, _CANDIDATE, _SPEECH = "idle", "candidate", "speech"
 
@@ -60,8 +73,10 @@ class Segmenter:
     Feed frames of any size; audio is scored in 512-sample windows. Speech starts when a
     window reaches ``threshold`` and is confirmed once ``min_speech_ms`` of windows stayed
     above ``threshold - 0.15`` before ``end_of_turn_ms`` of silence; it ends after
-    ``end_of_turn_ms`` below that. Times count samples fed, so they are exact and
-    independent of wall-clock jitter. Not thread-safe: one owner per stream.
+    ``end_of_turn_ms`` below that. With ``pause_ms`` set, a shorter silence is reported
+    first (`PauseHeard`) and `end_at_pause` may end the utterance there: the turn policy's
+    early end. Times count samples fed, so they are exact and independent of wall-clock
+    jitter. Not thread-safe: one owner per stream.
     """
 
     def __init__(
@@ -70,6 +85,7 @@ class Segmenter:
         config: VadConfig | None = None,
         first_utterance_seq: int = 0,
         start_sample: int = 0,
+        pause_ms: int | None = None,
     ) -> None:
         """``first_utterance_seq`` and ``start_sample`` let a worker that takes a session
         over go on where the previous one stopped: the same utterance numbers, the same times."""
@@ -84,6 +100,7 @@ class Segmenter:
         self._buf_start = start_sample
         self._pad = self.config.samples(self.config.pad_ms)
         self._eot = self.config.samples(self.config.end_of_turn_ms)
+        self._pause = self.config.samples(pause_ms) if pause_ms and pause_ms < self.config.end_of_turn_ms else 0
         self._min_speech = self.config.samples(self.config.min_speech_ms)
         self._max_utt = self.config.samples(self.config.max_utterance_ms)
         self._max_window = self.config.samples(self.config.window_ms)
@@ -200,6 +217,8 @@ class Segmenter:
                 end = min(self._last_voiced_end + self._pad, self._processed)
                 events.append(self._end_utterance(end))
                 self._reset_turn()
+            elif self._pause and self._pause <= self._silence < self._pause + WINDOW:
+                events.append(self._paused())
             elif self._processed - self._speech_start >= self._max_utt:
                 self._last_voiced_end = self._processed
                 events.append(self._end_utterance(self._processed))
@@ -214,6 +233,25 @@ class Segmenter:
             self._trim(self._processed - self._pad)
         elif self._state == _CANDIDATE:
             self._trim(self._speech_start - self._pad)
+
+    def end_at_pause(self, voiced_end: int) -> list[SegmenterEvent]:
+        """End the utterance at the pause `voiced_end` names, unless speech came back since."""
+        if self._state != _SPEECH or self._last_voiced_end != voiced_end or self._silence < self._pause:
+            return []
+        event = self._end_utterance(min(self._last_voiced_end + self._pad, self._processed))
+        self._reset_turn()
+        self._trim(self._processed - self._pad)
+        return [event]
+
+    def _paused(self) -> PauseHeard:
+        start = self._audio_start()
+        return PauseHeard(
+            utterance_seq=self._next_seq,
+            audio=self._slice(start, min(self._last_voiced_end + self._pad, self._processed)),
+            context=self._slice(start, self._processed),
+            voiced_end=self._last_voiced_end,
+            end_s=self._last_voiced_end / self.config.sample_rate,
+        )
 
     def _audio_start(self) -> int:
         """Where the current utterance's audio (or its current window) begins: pad_ms before

@@ -19,6 +19,9 @@ from . import protocol as rt
 IN_RATE = 24000
 """The API's audio rate, both ways."""
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z]{2})?$")
+EAGERNESS = {"high": (200, 800), "medium": (200, 1600), "auto": (200, 1600), "low": (300, 2400)}
+"""semantic_vad's eagerness as the smart policy's (short, long) waits: how soon a pause is
+judged, and the longest a person may pause mid-thought (docs/openai-realtime.md)."""
 
 
 class Refused(Exception):
@@ -45,6 +48,9 @@ class Config:
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
     interrupt_response: bool = True
+    turn_type: str = "server_vad"
+    """`server_vad` (silence alone) or `semantic_vad` (Parley's smart policy)."""
+    eagerness: str = "auto"
 
 
 def updated(current: Config, s: rt.SessionIn) -> tuple[Config, str | rt.VoiceRef | None | msgspec.UnsetType]:
@@ -88,12 +94,16 @@ def updated(current: Config, s: rt.SessionIn) -> tuple[Config, str | rt.VoiceRef
 
 def describe(cfg: Config, avatar: db.Avatar, session_id: str, conversation_id: str, expires_at: int) -> rt.Session:
     """The session as `session.created` and `session.updated` report it."""
-    turn = rt.TurnDetection(
-        threshold=cfg.threshold,
-        prefix_padding_ms=cfg.prefix_padding_ms,
-        silence_duration_ms=cfg.silence_duration_ms,
-        interrupt_response=cfg.interrupt_response,
-    )
+    turn: rt.TurnDetection | rt.SemanticVad
+    if cfg.turn_type == "semantic_vad":
+        turn = rt.SemanticVad(eagerness=cfg.eagerness, interrupt_response=cfg.interrupt_response)
+    else:
+        turn = rt.TurnDetection(
+            threshold=cfg.threshold,
+            prefix_padding_ms=cfg.prefix_padding_ms,
+            silence_duration_ms=cfg.silence_duration_ms,
+            interrupt_response=cfg.interrupt_response,
+        )
     return rt.Session(
         id=session_id,
         model=cfg.model,
@@ -132,8 +142,12 @@ def apply_turn_detection(cfg: Config, turn: rt.TurnDetectionIn | None) -> None:
     param = "session.audio.input.turn_detection"
     if turn is None:
         raise Refused("unsupported", "Parley detects turns on the server: turn_detection must be server_vad", param)
-    if turn.type != "server_vad":
-        raise Refused("unsupported", f"turn detection '{turn.type}' is not supported: use server_vad", param + ".type")
+    if turn.type not in ("server_vad", "semantic_vad"):
+        message = f"turn detection '{turn.type}' is not supported: use server_vad or semantic_vad"
+        raise Refused("unsupported", message, param + ".type")
+    if turn.eagerness is not None and turn.eagerness not in EAGERNESS:
+        message = f"eagerness must be one of {', '.join(EAGERNESS)}"
+        raise Refused("invalid_value", message, param + ".eagerness")
     if turn.create_response is False:
         message = "every committed turn is answered: create_response cannot be false"
         raise Refused("unsupported", message, param + ".create_response")
@@ -151,6 +165,8 @@ def apply_turn_detection(cfg: Config, turn: rt.TurnDetectionIn | None) -> None:
         cfg.silence_duration_ms = turn.silence_duration_ms
     if turn.interrupt_response is not None:
         cfg.interrupt_response = turn.interrupt_response
+    cfg.turn_type = turn.type
+    cfg.eagerness = turn.eagerness or "auto"
 
 
 def apply_stt(cfg: Config, opening: Opening) -> None:
@@ -159,6 +175,8 @@ def apply_stt(cfg: Config, opening: Opening) -> None:
     opening.barge_in = cfg.interrupt_response
     o.language = t.language if t else None
     o.end_of_turn_ms = cfg.silence_duration_ms
+    o.turn_policy = "smart" if cfg.turn_type == "semantic_vad" else "vad"
+    o.turn_short_ms, o.turn_long_ms = EAGERNESS[cfg.eagerness] if o.turn_policy == "smart" else (None, None)
     o.vad_threshold = cfg.threshold
     o.pad_ms = cfg.prefix_padding_ms
     o.instructions = cfg.instructions
@@ -169,6 +187,8 @@ def stt_view(cfg: Config) -> tuple:
     """What the STT session is opened with: a change reopens it."""
     t = cfg.transcription
     return (
+        cfg.turn_type,
+        cfg.eagerness,
         cfg.threshold,
         cfg.prefix_padding_ms,
         cfg.silence_duration_ms,

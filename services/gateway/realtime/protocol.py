@@ -41,6 +41,7 @@ class TurnDetectionIn(_In, kw_only=True):
     create_response: bool | None = None
     interrupt_response: bool | None = None
     idle_timeout_ms: int | None = None
+    eagerness: str | None = None
 
 
 class VoiceRef(_In, kw_only=True):
@@ -206,10 +207,17 @@ class TurnDetection(_Out, kw_only=True):
     interrupt_response: bool = True
 
 
+class SemanticVad(_Out, kw_only=True):
+    type: str = "semantic_vad"
+    eagerness: str = "auto"
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
 class AudioInput(_Out, kw_only=True):
     format: AudioFormat
     transcription: Transcription | None
-    turn_detection: TurnDetection
+    turn_detection: TurnDetection | SemanticVad
     noise_reduction: None = None
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from services.common import db
 from services.gateway.realtime import config as rtsession
 from services.gateway.realtime import protocol as rt
+from services.gateway.wire import Opening
+
+_AVATAR = db.Avatar("a1", "Ada", None, "You are Ada.", "en", None, None)
 
 
 def test_ga_and_beta_session_updates_decode_to_the_same_settings():
@@ -39,7 +43,8 @@ def test_an_explicit_null_is_told_apart_from_a_missing_field():
 @pytest.mark.parametrize(
     "turn,param",
     [
-        ({"type": "semantic_vad"}, "type"),
+        ({"type": "push_to_talk"}, "type"),
+        ({"type": "semantic_vad", "eagerness": "eager"}, "eagerness"),
         ({"create_response": False}, "create_response"),
         ({"threshold": 1.0}, "threshold"),
         ({"prefix_padding_ms": -1}, "prefix_padding_ms"),
@@ -62,6 +67,28 @@ def test_server_vad_maps_onto_the_stt_session():
     rtsession.apply_turn_detection(cfg, turn)
     assert (cfg.threshold, cfg.prefix_padding_ms, cfg.silence_duration_ms) == (0.6, 250, 800)
     assert cfg.interrupt_response is False
+
+
+@pytest.mark.parametrize(
+    "eagerness,waits", [("high", (200, 800)), ("medium", (200, 1600)), ("auto", (200, 1600)), ("low", (300, 2400))]
+)
+def test_semantic_vad_is_the_smart_policy_with_waits_by_eagerness(eagerness, waits):
+    cfg = rtsession.Config(model="m")
+    rtsession.apply_turn_detection(cfg, rt.TurnDetectionIn(type="semantic_vad", eagerness=eagerness))
+    opening = Opening()
+    rtsession.apply_stt(cfg, opening)
+    assert (opening.stt.turn_policy, opening.stt.turn_short_ms, opening.stt.turn_long_ms) == ("smart", *waits)
+    assert rtsession.describe(cfg, _AVATAR, "s", "c", 0).audio.input.turn_detection == rt.SemanticVad(
+        eagerness=eagerness
+    )
+
+
+def test_server_vad_is_the_vad_policy():
+    cfg = rtsession.Config(model="m")
+    rtsession.apply_turn_detection(cfg, rt.TurnDetectionIn(type="server_vad", silence_duration_ms=700))
+    opening = Opening()
+    rtsession.apply_stt(cfg, opening)
+    assert (opening.stt.turn_policy, opening.stt.end_of_turn_ms) == ("vad", 700)
 
 
 @pytest.mark.parametrize("fmt", [{"type": "audio/pcmu"}, {"type": "audio/pcma"}, {"type": "audio/pcm", "rate": 16000}])

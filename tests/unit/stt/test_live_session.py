@@ -17,6 +17,7 @@ from services.common import ids, schemas, subjects
 from services.common.schemas import AudioMeta
 from services.stt.config import SttSettings
 from services.stt.live import LiveSession
+from services.stt.turns import TurnJudge
 from services.stt.vad import SileroVad
 from services.stt.whisper import Transcript
 from tests.fakes.bus import MemoryBus
@@ -49,6 +50,7 @@ class Worker:
         self.bus = MemoryBus()
         self.vad = SileroVad.shared()
         self.decoder = AnsweringDecoder("hello there")
+        self.turns = TurnJudge(None, None)
         self.settings = SttSettings(instance_id="stt-1")
         self.partial_interval_ms = 0
         self.closed: list[tuple[str, bool]] = []
