@@ -115,6 +115,8 @@ async def test_the_first_command_holds_a_real_conversation(tmp_path, state):
         assert re.search(r"STT +Whisper base, real weights", printed), printed
         assert re.search(r"LLM +SmolLM2-135M-Instruct\.Q4_1, real weights", printed), printed
         assert "TTS  XTTS-v2 code, tiny random weights" in printed
+        # Smart turn taking has both its signals: the turn model and a words scorer of its own.
+        assert "EOT  Smart Turn v3.2, real weights" in printed and "EOT  words scored by" in printed
         token = re.search(r"#token=(\S+)", printed).group(1)
 
         client = Client(f"ws://127.0.0.1:{port}/v1/ws")
@@ -138,3 +140,5 @@ async def test_the_first_command_holds_a_real_conversation(tmp_path, state):
         rest, _ = dev.communicate(timeout=120)
     assert dev.returncode == 0, "".join(lines) + rest
     assert _running_under(state) == []
+    stt_log = (state / "logs" / "stt.log").read_text()
+    assert "lacks its signals" not in stt_log and "the sound signal is off" not in stt_log, stt_log[-2000:]
