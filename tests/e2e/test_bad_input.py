@@ -46,7 +46,12 @@ async def test_first_message_must_be_session_start(stack):
 
 @pytest.mark.parametrize(
     "start,reason",
-    [({"sample_rate": 48000}, "sample_rate"), ({"end_of_turn_ms": 20}, "end_of_turn_ms")],
+    [
+        ({"sample_rate": 48000}, "sample_rate"),
+        ({"end_of_turn_ms": 20}, "end_of_turn_ms"),
+        ({"turn": {"policy": "eager"}}, "turn.policy"),
+        ({"turn": {"short_ms": 900, "long_ms": 800}}, "short_ms must be shorter"),
+    ],
 )
 async def test_a_start_the_gateway_cannot_honour_is_refused(stack, start, reason):
     import websockets

@@ -177,6 +177,21 @@ def _audio_ms(c: Conversation, response_id: str) -> float:
 # --- turns ----------------------------------------------------------------------------------
 
 
+async def test_semantic_vad_is_accepted_and_reported_with_its_eagerness(stack):
+    key = await _api_key(stack, "rt-sem")
+    async with _client(stack, key).realtime.connect(model="gpt-realtime") as conn:
+        c = Conversation(conn)
+        await c.wait_event("session.created")
+        turn = {"type": "semantic_vad", "eagerness": "high", "interrupt_response": True}
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": turn}}})
+        detection = (await c.wait_event("session.updated")).session.audio.input.turn_detection
+        assert (detection.type, detection.eagerness) == ("semantic_vad", "high")
+        bad = {"type": "semantic_vad", "eagerness": "hasty"}
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": bad}}})
+        error = (await c.wait_event("error")).error
+        assert error.param == "session.audio.input.turn_detection.eagerness"
+
+
 async def test_a_spoken_turn_with_server_vad(stack, speech_wav, fake_llm):
     key = await _api_key(stack, "rt-sam")
     async with _client(stack, key).realtime.connect(model="gpt-realtime") as conn:
