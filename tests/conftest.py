@@ -19,7 +19,7 @@ import pytest
 
 from ops import devstack, ledger
 from ops.cli import seed
-from ops.localmodels import local_model_env
+from ops.localmodels import LlamaServer, gguf_path, local_model_env
 from services.common import db
 from services.common.settings import ServiceSettings
 from tests.client import CLIENTS, TEST_JWT_SECRET, Client
@@ -70,6 +70,14 @@ def model_env():
     twice as fast on this CPU and as accurate on espeak-ng, docs/benchmarks.md); XTTS tiny
     and random. Partials are off by default on a CPU; the tests check them."""
     return {**local_model_env(MODEL_CACHE, "tiny.en").env, "PARLEY_STT_PARTIAL_INTERVAL_MS": "500"}
+
+
+@pytest.fixture(scope="module")
+def local_llm(tmp_path_factory):
+    """llama.cpp's server on the embedded SmolLM2, on a free port (built by scripts/setup)."""
+    server = LlamaServer(gguf_path(), tmp_path_factory.mktemp("llm") / "llama-server.log").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

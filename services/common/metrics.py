@@ -78,7 +78,7 @@ TURN_MODEL_BATCH = Histogram(
 )
 TURN_MODEL_AVAILABLE = Gauge(
     "parley_stt_turn_model_available",
-    "1 when the end-of-turn sound model loaded; 0: smart sessions end on silence alone",
+    "1 when the end-of-turn sound model loaded; 0: the sound signal is off (a policy that needs it runs as vad)",
 )
 HANDLER_ERRORS = Counter("parley_handler_errors_total", "Work-queue handler failures", ["service", "queue"])
 EVENTS = Counter("parley_events_total", "Things that happened", ["service", "event"])

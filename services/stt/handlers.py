@@ -26,7 +26,7 @@ from .batcher import DecodeBatcher
 from .config import SttSettings
 from .live import LiveSession
 from .smart_turn import SmartTurn, TurnModelError
-from .turns import SoundBatcher, TurnJudge
+from .turns import SoundBatcher, TurnJudge, reads
 from .vad import SileroVad
 from .whisper import WhisperEngine
 from .words import WordsScorer
@@ -86,16 +86,14 @@ class SttService(Service):
         here, once, and counted; those sessions then end on silence alone."""
         s = self.settings
         sound = None
-        if s.stt_turn_signals == "words":
-            pass
-        elif s.stt_turn_model:
+        if reads(s.stt_turn_signals)[0] and not s.stt_turn_model:
+            log.warning("no turn model (PARLEY_STT_TURN_MODEL): the sound signal is off")
+        elif reads(s.stt_turn_signals)[0]:
             try:
                 model = await asyncio.to_thread(SmartTurn, s.stt_turn_model)
                 sound = SoundBatcher(model, s.stt_turn_max_batch)
             except TurnModelError as exc:
                 log.warning("%s: smart turn taking falls back to silence alone", exc)
-        else:
-            log.warning("no turn model (PARLEY_STT_TURN_MODEL): the sound signal is off")
         metrics.TURN_MODEL_AVAILABLE.set(1 if sound else 0)
         words = WordsScorer(s.stt_turn_lm_url, s.stt_turn_lm_model) if s.stt_turn_lm_url else None
         judge = TurnJudge(sound, words)

@@ -14,7 +14,7 @@ from services.common.logs import ctx
 
 from .config import SttSettings
 from .segmenter import PauseHeard, UtteranceEnded
-from .turns import TurnJudge, TurnPolicy
+from .turns import TurnJudge, TurnPolicy, reads
 from .whisper import join_transcripts
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Pauses:
     def heard(self, ev: PauseHeard, prefix: str | None, windows: list[asyncio.Future]) -> None:
         """Ask the judge; with a words signal, the utterance so far is decoded now."""
         tail = None
-        if self.judge.words is not None and self.policy.signals != "sound":
+        if self.judge.words is not None and reads(self.policy.signals)[1]:
             tail = self._decode(ev.audio, prefix)
         if self._early is not None:
             self._early[1].cancel()  # speech came back since that pause: its decode is of no use

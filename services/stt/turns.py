@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 
 Policy = Literal["vad", "smart"]
 Signals = Literal["words", "sound", "all", "any"]
-"""Which verdict ends a smart turn: the words', the sound's, both agreeing, or either."""
+"""Which verdict ends a smart turn early: the words', the sound's, both agreeing, or either."""
+
+
+def reads(signals: Signals) -> tuple[bool, bool]:
+    """(sound, words): which signals a combination reads."""
+    return signals != "words", signals != "sound"
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,11 @@ class Verdict:
 def decide(policy: TurnPolicy, sound: float | None, words: float | None) -> bool:
     """Each signal against its own threshold, combined as the policy says; a signal that
     could not be had leaves the other to decide (neither: not done, the long wait ends it)."""
-    said = {
-        "sound": None if sound is None else sound >= policy.threshold,
-        "words": None if words is None else words >= policy.words_threshold,
-    }
-    wanted = ("sound", "words") if policy.signals in ("all", "any") else (policy.signals,)
-    known = [said[k] for k in wanted if said[k] is not None]
+    said = (
+        None if sound is None else sound >= policy.threshold,
+        None if words is None else words >= policy.words_threshold,
+    )
+    known = [s for s, read in zip(said, reads(policy.signals)) if read and s is not None]
     if not known:
         return False
     return any(known) if policy.signals == "any" else all(known)
@@ -141,18 +145,16 @@ class TurnJudge:
 
     def can_judge(self, signals: Signals) -> bool:
         """Whether the signals a policy combines are here (`any` makes do with one)."""
-        if signals == "any":
-            return self.sound is not None or self.words is not None
-        need_sound = signals in ("sound", "all")
-        need_words = signals in ("words", "all")
-        return (self.sound is not None or not need_sound) and (self.words is not None or not need_words)
+        have = (self.sound is not None, self.words is not None)
+        needed = [h for h, read in zip(have, reads(signals)) if read]
+        return any(needed) if signals == "any" else all(needed)
 
     async def verdict(self, policy: TurnPolicy, context: np.ndarray, text: Callable[[], Awaitable[str]]) -> Verdict:
         """`context` is the turn so far, `text` its transcript (awaited only for the words)."""
-        use_sound = self.sound is not None and policy.signals != "words"
-        sound_fut = asyncio.wrap_future(self.sound.submit(context)) if use_sound else None
+        read_sound, read_words = reads(policy.signals)
+        sound_fut = asyncio.wrap_future(self.sound.submit(context)) if self.sound and read_sound else None
         words = None
-        if self.words is not None and policy.signals != "sound":
+        if self.words is not None and read_words:
             try:
                 words = await self.words.probability(await text())
             except Exception as exc:  # the scorer, or the decode it waits on

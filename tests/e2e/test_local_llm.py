@@ -11,18 +11,10 @@ import asyncpg
 import pytest
 
 from ops import devstack
-from ops.localmodels import LlamaServer, gguf_path
 from tests.client import Client
 from tests.conftest import SPOKEN, assert_heard
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
-
-
-@pytest.fixture(scope="module")
-def local_llm(tmp_path_factory):
-    server = LlamaServer(gguf_path(), tmp_path_factory.mktemp("llm") / "llama-server.log").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ops.localmodels import LlamaServer, gguf_path, smart_turn_path, whisper_path
+from ops.localmodels import smart_turn_path, whisper_path
 from services.common import ids, metrics, schemas, subjects
 from services.common.schemas import AudioMeta
 from services.stt.batcher import DecodeBatcher
@@ -29,13 +29,6 @@ from tools.speech import espeak
 
 SR = 16000
 FRAME = 320
-
-
-@pytest.fixture(scope="module")
-def scorer_server(tmp_path_factory):
-    server = LlamaServer(gguf_path(), tmp_path_factory.mktemp("turn-lm") / "llama-server.log").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +73,8 @@ def _bus():
 
 
 @pytest.fixture
-async def live(engine, scorer_server):
-    words = WordsScorer(scorer_server.base_url, timeout_s=60)
+async def live(engine, local_llm):
+    words = WordsScorer(local_llm.base_url, timeout_s=60)
     w = Worker(engine, words, SoundBatcher(SmartTurn(smart_turn_path(MODEL_CACHE))))
     conv, session = ids.new_id(), ids.new_id()
     s = LiveSession(w, schemas.SttOpen(conversation_id=conv, session_id=session, partials=False))
