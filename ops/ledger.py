@@ -35,11 +35,13 @@ UTTERANCE_FAILURES = {"no_speech_recognized", "transcription_failed"}
 
 @dataclass
 class Evidence:
-    """What clients were told: failure events by message id, and closed utterances."""
+    """What clients were told: failure events by message id, closed utterances, and those that
+    were only a backchannel over a reply (no turn is made of one)."""
 
     errors: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     sentence_failures: set[str] = field(default_factory=set)
     closed_utterances: set[tuple[str, str, int]] = field(default_factory=set)
+    backchannels: set[tuple[str, str, int]] = field(default_factory=set)
 
     def add(self, ev: schemas.Event) -> None:
         if isinstance(ev, schemas.ErrorEvent) and ev.message_id:
@@ -48,6 +50,8 @@ class Evidence:
             self.sentence_failures.add(ev.message_id)
         elif isinstance(ev, schemas.SpeechStopped):
             self.closed_utterances.add((ev.conversation_id, ev.session_id, ev.utterance_seq))
+        elif isinstance(ev, schemas.Backchannel):
+            self.backchannels.add((ev.conversation_id, ev.session_id, ev.utterance_seq))
 
     def add_client_events(self, events: list[dict]) -> None:
         """Events as a client received them (JSON objects); unknown kinds are skipped."""
@@ -140,9 +144,10 @@ async def check(
 
 
 def _unheard_utterances(evidence: Evidence, user_ids: set, conversations: list[str] | None) -> list[str]:
-    """Utterances the STT workers closed that became no user message and no failure event."""
+    """Utterances the STT workers closed that became no user message, no failure event and no
+    backchannel."""
     problems = []
-    for conv, session, seq in sorted(evidence.closed_utterances):
+    for conv, session, seq in sorted(evidence.closed_utterances - evidence.backchannels):
         if conversations and conv not in conversations:
             continue
         message_id = ids.user_message_id(conv, session, "voice", seq)

@@ -54,6 +54,10 @@ class SttOpen(Msg):
     asked after `turn_short_ms`; the turn ends by `turn_long_ms`); unset: the worker's."""
     turn_short_ms: int | None = None
     turn_long_ms: int | None = None
+    barge_in_ms: int = 600
+    """Speech over a playing reply (`OverReply`) voiced this long is a barge-in, whatever its words."""
+    barge_in_words: int = 1
+    """A partial over a playing reply with this many words that are not backchannels is one."""
 
 
 class SttAlive(Msg):
@@ -124,6 +128,16 @@ class UtteranceClear(Control):
 
     KIND: ClassVar[str] = "clear"
     session_id: str
+
+
+class OverReply(Control):
+    """The utterance began while a reply was playing to the person: the STT worker says when
+    it becomes a barge-in (`BargeIn`), and drops it, without a turn, if it is only a
+    backchannel (`Backchannel`)."""
+
+    KIND: ClassVar[str] = "over_reply"
+    session_id: str
+    utterance_seq: int
 
 
 class SignRequest(Msg):
@@ -244,6 +258,24 @@ class SpeechStopped(Event, tag="speech.stopped"):
     end_s: float
 
 
+class BargeIn(Event, tag="speech.barge_in"):
+    """Speech over a playing reply counts as cutting it off: voiced for `SttOpen.barge_in_ms`
+    (``reason`` "speech"), or a partial with enough words that are not backchannels ("words")."""
+
+    session_id: str
+    utterance_seq: int
+    reason: Literal["speech", "words"]
+
+
+class Backchannel(Event, tag="speech.backchannel"):
+    """An utterance over a playing reply held only backchannel words: no turn was made of it.
+    A final event: it is what the ledger holds for the utterance instead of a user message."""
+
+    session_id: str
+    utterance_seq: int
+    text: str
+
+
 class TranscriptPartial(Event, tag="transcript.partial"):
     """What is recognised so far of an utterance still being spoken. A later partial (higher
     ``partial_seq``) supersedes an earlier one; ``stable`` is the leading part of ``text``
@@ -331,6 +363,8 @@ class ErrorEvent(Event, tag="error"):
 ClientEvent = (
     SpeechStarted
     | SpeechStopped
+    | BargeIn
+    | Backchannel
     | TranscriptPartial
     | TranscriptFinal
     | UserMessage

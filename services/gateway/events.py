@@ -52,6 +52,18 @@ class SpeechStopped(ClientEvent, tag="speech.stopped"):
     end_s: float
 
 
+class BargeIn(ClientEvent, tag="speech.barge_in"):
+    session_id: str
+    utterance_seq: int
+    reason: Literal["speech", "words"]
+
+
+class Backchannel(ClientEvent, tag="speech.backchannel"):
+    session_id: str
+    utterance_seq: int
+    text: str
+
+
 class TranscriptPartial(ClientEvent, tag="transcript.partial"):
     session_id: str
     utterance_seq: int
@@ -125,6 +137,22 @@ class PlaybackStop(ClientEvent, tag="playback.stop"):
     offset_ms: int
 
 
+class PlaybackPause(ClientEvent, tag="playback.pause"):
+    """Speech over the reply may be an interruption: stop playing it; it resumes or stops."""
+
+    message_id: str
+    sentence_index: int
+    offset_ms: int
+
+
+class PlaybackResume(ClientEvent, tag="playback.resume"):
+    """It was not one: the reply's audio follows again from this position."""
+
+    message_id: str
+    sentence_index: int
+    offset_ms: int
+
+
 class AudioStored(ClientEvent, tag="audio.stored"):
     message_id: str
     key: str
@@ -142,6 +170,8 @@ class Error(ClientEvent, tag="error"):
 FromBus = (
     SpeechStarted
     | SpeechStopped
+    | BargeIn
+    | Backchannel
     | TranscriptPartial
     | TranscriptFinal
     | UserMessage

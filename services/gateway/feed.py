@@ -40,11 +40,12 @@ class Feed:
         relay: ReplyRelay,
         stt: SttLink,
         wire: Wire,
-        own_speech: Callable[[], Awaitable[None]],
+        own_speech: Callable[[events.ClientEvent], Awaitable[None]],
     ):
         self.bus, self.conv, self.relay, self.stt, self.wire = bus, conv, relay, stt, wire
         self._own_speech = own_speech
-        """This session's person started speaking (the coordinator decides on barge-in)."""
+        """What this session's person said (the coordinator decides on barge-in): their speech
+        starting is passed on before the wire sees it, everything after once it has."""
         self.cursor = 0
         """The newest final event's sequence in PARLEY_EVENTS: a client resumes after it."""
         self.live = False
@@ -89,9 +90,13 @@ class Feed:
             return
         if isinstance(ev, events.ReplyStarted):
             self.relay.started(ev)
+        own = isinstance(ev, _OWN) and ev.session_id == self.stt.session_id
+        if own and isinstance(ev, events.SpeechStarted):
+            await self._own_speech(ev)
+            own = False
         self.wire.send(ev)
-        if isinstance(ev, events.SpeechStarted) and ev.session_id == self.stt.session_id:
-            await self._own_speech()
+        if own:
+            await self._own_speech(ev)
 
     async def _on_event(self, msg: NatsMsg) -> None:
         if self.closed:
@@ -104,6 +109,13 @@ class Feed:
         if isinstance(ev, events.TranscriptFinal):
             self.stt.note_final(ev)
         self.relay.final(ev, cursor)
+        if isinstance(ev, (events.TranscriptFinal, events.Backchannel)) and ev.session_id == self.stt.session_id:
+            await self._own_speech(ev)
+        elif isinstance(ev, events.Error) and ev.code == "no_speech_recognized":
+            await self._own_speech(ev)
+
+
+_OWN = (events.SpeechStarted, events.BargeIn)
 
 
 def _decoded(msg: NatsMsg):

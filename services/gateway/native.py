@@ -62,6 +62,7 @@ class NativeWire:
             avatar_ids=msg.avatar_ids,
             resume=msg.resume,
             barge_in=msg.barge_in,
+            resume_ms=msg.interruption.resume_ms,
             stt=SttOptions(
                 language=msg.language,
                 end_of_turn_ms=msg.end_of_turn_ms,
@@ -69,6 +70,8 @@ class NativeWire:
                 turn_policy=msg.turn.policy if msg.turn else None,
                 turn_short_ms=msg.turn.short_ms if msg.turn else None,
                 turn_long_ms=msg.turn.long_ms if msg.turn else None,
+                barge_in_ms=msg.interruption.min_ms,
+                barge_in_words=msg.interruption.min_words,
             ),
         )
 

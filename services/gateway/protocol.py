@@ -41,6 +41,17 @@ class Turn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("turn.short_ms must be shorter than turn.long_ms")
 
 
+class Interruption(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """When speech over a playing reply cuts it off (docs/protocol.md, "Barge-in")."""
+
+    min_ms: Annotated[int, msgspec.Meta(ge=100, le=5000)] = 600
+    """Speech voiced this long stops the reply, whatever its words."""
+    min_words: Annotated[int, msgspec.Meta(ge=1, le=10)] = 1
+    """A partial transcript with this many words that are not backchannels stops it at once."""
+    resume_ms: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 2000
+    """A stop on sound alone pauses the reply; no words this long after, it resumes. 0: never."""
+
+
 class Start(ClientMessage, tag="session.start"):
     protocol: int = PROTOCOL_VERSION
     token: str | None = None
@@ -56,6 +67,7 @@ class Start(ClientMessage, tag="session.start"):
     resume: Resume | None = None
     barge_in: bool = True
     """Speaking over a reply that is playing stops it (off for push-to-talk clients)."""
+    interruption: Interruption = msgspec.field(default_factory=Interruption)
     partials: bool = True
     """Partial transcripts while the person speaks (where the STT worker makes them); off,
     each utterance is decoded once, when it ends, and its transcript depends on nothing else."""

@@ -48,6 +48,12 @@ class Reply:
     played: tuple[float, float] | None = None
     """The client's newest playback report: (ms played, monotonic time of the report)."""
     playback_ended: bool = False
+    paused_s: float | None = None
+    """Paused (a barge-in that may prove false) with this much played; nothing is sent meanwhile."""
+    kept: dict[int, list[Frame]] = field(default_factory=dict)
+    """Its audio from the sentence being heard on, to send again when a pause resumes."""
+    end_due: bool = False
+    """Its end marker waits for a pause to resume or to end."""
 
     @property
     def sent_s(self) -> float:
@@ -61,12 +67,35 @@ class Reply:
             estimate = ms / 1000 + (0.0 if self.playback_ended else now - at)
         else:
             estimate = now - (self.first_audio_at or now)
+        if self.paused_s is not None:
+            estimate = self.paused_s
         return min(estimate, self.sent_s)
 
     def playing(self, now: float) -> bool:
-        if self.first_audio_at is None or self.playback_ended:
+        if self.first_audio_at is None or self.playback_ended or self.paused_s is not None:
             return False
         return not self.playout.ended or self.played_s(now) < self.sent_s
+
+    def keep(self, frame: Frame, now: float) -> None:
+        self.kept.setdefault(frame.sentence_index, []).append(frame)
+        heard = self.heard(now)[0]
+        for index in [i for i in self.kept if i < heard]:
+            del self.kept[index]
+
+    def from_position(self, index: int, offset_s: float) -> list[Frame]:
+        """The kept audio from (sentence, seconds into it) on."""
+        out: list[Frame] = []
+        for i in sorted(k for k in self.kept if k >= index):
+            skip_s = offset_s if i == index else 0.0
+            for f in self.kept[i]:
+                frame_s = len(f.pcm) / 2 / f.sample_rate
+                if skip_s >= frame_s:
+                    skip_s -= frame_s
+                    continue
+                cut = int(skip_s * f.sample_rate) * 2
+                out.append(Frame(f.sentence_index, f.chunk_seq, f.sample_rate, f.pcm[cut:]))
+                skip_s = 0.0
+        return out
 
     def heard(self, now: float) -> tuple[int, float]:
         """(sentence index, seconds into it) the client had played."""
@@ -96,6 +125,10 @@ class ReplyRelay:
         self.closed = False
 
     def started(self, ev: events.ReplyStarted) -> None:
+        now = time.monotonic()
+        for reply in self.replies.values():
+            if reply.kept and reply.paused_s is None and not reply.playing(now):
+                reply.kept.clear()  # played out: nothing of it will be sent again
         self.replies.setdefault(ev.message_id, Reply()).user_message_id = ev.user_message_id
 
     def live_audio(self, msg: NatsMsg, whole: bool) -> None:
@@ -147,13 +180,49 @@ class ReplyRelay:
             metrics.VOICE_TO_VOICE_SECONDS.observe(early[1] - ev.speech_end_at)
 
     def playback(self, message_id: str, played_ms: float, ended: bool) -> bool:
-        """The client's playback report; False for a reply whose audio this session did not send."""
+        """The client's playback report; False for a reply whose audio this session did not send.
+        While paused, the client's count is where it stopped (its stop ends nothing yet)."""
         reply = self.replies.get(message_id)
         if reply is None or reply.first_audio_at is None:
             return False
+        if reply.paused_s is not None:
+            reply.paused_s = played_ms / 1000
+            return True
         reply.played = (played_ms, time.monotonic())
         reply.playback_ended = reply.playback_ended or ended
         return True
+
+    def pause(self, message_id: str) -> tuple[int, float] | None:
+        """Stop sending a playing reply, keeping its place; the client is told to stop playing it."""
+        now = time.monotonic()
+        reply = self.replies.get(message_id)
+        if reply is None or message_id in self.interrupted or not reply.playing(now):
+            return None
+        reply.paused_s = reply.played_s(now)
+        position = reply.heard(now)
+        self.wire.send(events.PlaybackPause(conversation_id=self.conv, message_id=message_id, **_at(position)))
+        return position
+
+    def resume(self, message_id: str) -> None:
+        """Play a paused reply on from where it stopped: its kept audio again, then what comes."""
+        reply = self.replies.get(message_id)
+        if reply is None or reply.paused_s is None or message_id in self.interrupted:
+            return
+        now = time.monotonic()
+        index, offset = reply.heard(now)
+        reply.played, reply.paused_s = (reply.played_s(now) * 1000, now), None
+        self.wire.send(events.PlaybackResume(conversation_id=self.conv, message_id=message_id, **_at((index, offset))))
+        for frame in reply.from_position(index, offset):
+            self.wire.send_audio(message_id, frame)
+        metrics.EVENTS.labels("gateway", "reply_resumed").inc()
+        self._end_if_due(message_id, reply)
+
+    def stopped(self, message_id: str) -> None:
+        """A reply's audio is no longer forwarded: a pause that ends so still sends its end marker."""
+        self.interrupted.add(message_id)
+        if (reply := self.replies.get(message_id)) is not None:
+            reply.kept.clear()
+            self._end_if_due(message_id, reply)
 
     def latency(self, message_id: str, voice_to_voice_ms: float) -> bool:
         """Counted once per spoken reply this session relayed; False for anything else."""
@@ -166,7 +235,7 @@ class ReplyRelay:
 
     def unfinished(self, now: float) -> list[str]:
         """Replies still arriving or playing."""
-        return [m for m, r in self.replies.items() if not r.playout.ended or r.playing(now)]
+        return [m for m, r in self.replies.items() if not r.playout.ended or r.playing(now) or r.paused_s is not None]
 
     def playing(self, now: float) -> list[tuple[str, Reply]]:
         """Replies playing now that have not been interrupted."""
@@ -201,11 +270,17 @@ class ReplyRelay:
         playout = reply.playout
         if not playout.ended and playout.complete:
             playout.ended = True
-            self.wire.send(
-                events.AudioEnd(conversation_id=self.conv, message_id=message_id, sentence_count=playout.sentence_count)
-            )
-            if reply.stored is not None:
-                self.wire.send(*reply.stored)
+            reply.end_due = True
+        self._end_if_due(message_id, reply)
+
+    def _end_if_due(self, message_id: str, reply: Reply) -> None:
+        if not reply.end_due or (reply.paused_s is not None and message_id not in self.interrupted):
+            return
+        reply.end_due = False
+        count = reply.playout.sentence_count
+        self.wire.send(events.AudioEnd(conversation_id=self.conv, message_id=message_id, sentence_count=count))
+        if reply.stored is not None:
+            self.wire.send(*reply.stored)
 
     def _send_audio(self, message_id: str, reply: Reply, frame: Frame) -> None:
         if reply.first_audio_at is None:
@@ -222,9 +297,15 @@ class ReplyRelay:
                     del self._audio_before_final[next(iter(self._audio_before_final))]
         index = frame.sentence_index
         reply.sentence_s[index] = reply.sentence_s.get(index, 0.0) + len(frame.pcm) / 2 / frame.sample_rate
-        self.wire.send_audio(message_id, frame)
+        reply.keep(frame, time.monotonic())
+        if reply.paused_s is None:
+            self.wire.send_audio(message_id, frame)
 
     def close(self) -> None:
         self.closed = True
         for fill in list(self._fills):
             fill.cancel()
+
+
+def _at(position: tuple[int, float]) -> dict:
+    return {"sentence_index": position[0], "offset_ms": round(position[1] * 1000)}

@@ -24,6 +24,7 @@ from services.common.logs import ctx
 from . import events, protocol
 from .admission import Admitted, Refused, admit
 from .auth import Authenticator, AuthError, bearer
+from .barge import BargeIns
 from .client_socket import ClientSocket
 from .config import GatewaySettings
 from .feed import Feed, replay_from
@@ -70,6 +71,7 @@ class Session:
         self._recorded = False
         self._subs: list = []
         self.mic: MicInput | None = None
+        self.barge: BargeIns | None = None
         self._bus_error_at = 0.0
         wire.attach(self)
 
@@ -144,6 +146,7 @@ class Session:
             _names(self.avatars),
             lambda code, message: self.wire.error(code, message, retryable=True),
         )
+        self.barge = BargeIns(self, self.opening)
         self.feed = Feed(self.bus, self.conv, self.relay, self.stt, self.wire, self._own_speech)
         await self.feed.listen()
         self._subs.append(await self.bus.on_control(self.conv, schemas.SessionResumed, self._on_resumed))
@@ -171,6 +174,11 @@ class Session:
 
     async def _teardown(self) -> None:
         self.closed = True
+        if self.barge is not None:
+            try:
+                await self.barge.close()
+            except Exception:
+                log.warning("could not store a paused reply as heard", extra=ctx(conversation_id=self.conv))
         if self.stt is not None:
             await self.stt.close()
         if self.relay is not None:
@@ -240,7 +248,7 @@ class Session:
         return self.relay.latency(message_id, voice_to_voice_ms)
 
     def mute(self, message_id: str) -> None:
-        self.relay.interrupted.add(message_id)
+        self.relay.stopped(message_id)
 
     async def reopen_stt(self) -> None:
         await self.stt.reopen()
@@ -303,31 +311,61 @@ class Session:
         self.avatars = avatars
         self.stt.hotwords = _names(avatars)
 
-    async def barge_in(self) -> None:
-        """The person started speaking: any reply still playing stops where playback stood."""
-        now = time.monotonic()
-        for mid, reply in self.relay.playing(now):
-            position = reply.heard(now)
-            self.wire.send(
-                events.PlaybackStop(
-                    conversation_id=self.conv,
-                    message_id=mid,
-                    sentence_index=position[0],
-                    offset_ms=round(position[1] * 1000),
-                )
+    # --- speech over a playing reply (barge.py) ---------------------------------------------
+
+    def playing(self) -> list[str]:
+        return [mid for mid, _ in self.relay.playing(time.monotonic())]
+
+    def held(self, utterance_seq: int) -> bool:
+        return self.barge.held(utterance_seq)
+
+    async def over_reply(self, utterance_seq: int) -> None:
+        await self.bus.control(
+            schemas.OverReply(conversation_id=self.conv, session_id=self.audio_session_id, utterance_seq=utterance_seq)
+        )
+
+    def pause(self, message_id: str) -> bool:
+        return self.relay.pause(message_id) is not None
+
+    def resume(self, message_id: str) -> None:
+        self.relay.resume(message_id)
+
+    async def stop(self, message_id: str) -> None:
+        """The person cut the reply off: it stops where playback stood (or was paused)."""
+        reply = self.relay.replies[message_id]
+        position = reply.heard(time.monotonic())
+        self.wire.send(
+            events.PlaybackStop(
+                conversation_id=self.conv,
+                message_id=message_id,
+                sentence_index=position[0],
+                offset_ms=round(position[1] * 1000),
             )
-            await self.interrupt(mid, position)
-            metrics.EVENTS.labels("gateway", "barge_in").inc()
-            await self.cancel(mid, "barge-in")
+        )
+        await self.interrupt(message_id, position)
+        metrics.EVENTS.labels("gateway", "barge_in").inc()
+        await self.cancel(message_id, "barge-in")
         await self.wire.barged_in()
 
     async def _on_resumed(self, ctl: schemas.SessionResumed) -> None:
         if ctl.session_id == self.resume_id and not self.closed:
             self.close(protocol.CLOSE_SUPERSEDED, "session resumed on another connection", "resumed")
 
-    async def _own_speech(self) -> None:
-        if self.opening.barge_in:
-            await self.barge_in()
+    async def _own_speech(self, ev: events.ClientEvent) -> None:
+        barge = self.barge
+        if isinstance(ev, events.SpeechStarted):
+            if not await barge.speech_started(ev.utterance_seq) and self.opening.barge_in:
+                await self.wire.barged_in()  # nothing plays yet: what is being made of a reply stops
+        elif isinstance(ev, events.BargeIn):
+            await barge.barge_in(ev.utterance_seq, by_words=ev.reason == "words")
+        elif isinstance(ev, events.Backchannel):
+            barge.no_words(ev.utterance_seq)
+        elif isinstance(ev, events.TranscriptFinal):
+            await barge.words(ev.utterance_seq)
+        elif isinstance(ev, events.Error):
+            for seq in barge.pending():
+                if ids.user_message_id(self.conv, self.audio_session_id, "voice", seq) == ev.message_id:
+                    barge.no_words(seq)
 
 
 def _names(avatars: list[db.Avatar]) -> str:

@@ -127,6 +127,8 @@ class SttLink:
             turn_policy=o.turn_policy,
             turn_short_ms=o.turn_short_ms,
             turn_long_ms=o.turn_long_ms,
+            barge_in_ms=o.barge_in_ms,
+            barge_in_words=o.barge_in_words,
         )
 
     async def _any_worker(self) -> bool:

@@ -34,6 +34,10 @@ class SttOptions:
     """`vad` or `smart` (None: the worker's default), with the smart policy's two waits."""
     turn_short_ms: int | None = None
     turn_long_ms: int | None = None
+    barge_in_ms: int = 600
+    """Speech over a playing reply voiced this long is a barge-in, whatever its words."""
+    barge_in_words: int = 1
+    """A partial over a playing reply with this many words that are not backchannels is one."""
 
 
 @dataclass
@@ -46,6 +50,9 @@ class Opening:
     resume: protocol.Resume | None = None
     barge_in: bool = True
     """Speech over a playing reply stops it."""
+    resume_ms: int = 2000
+    """A barge-in on sound alone pauses the reply; no words this long after, it resumes.
+    0: every barge-in is final."""
     stt: SttOptions = field(default_factory=SttOptions)
 
 
@@ -74,6 +81,9 @@ class SessionApi(Protocol):
 
     def mute(self, message_id: str) -> None:
         """Forward no more of the reply's audio."""
+
+    def held(self, utterance_seq: int) -> bool:
+        """The utterance began over a playing reply and may yet prove a mere backchannel."""
 
     async def audio(self, frame: bytes) -> None: ...
 

@@ -56,3 +56,8 @@ class SttSettings(ServiceSettings):
     so far (`parley dev` starts one on the embedded SmolLM2)."""
     stt_turn_lm_model: str = ""
     stt_turn_max_batch: int = 16
+    stt_over_reply_min_confidence: float = 0.4
+    """Speech over a playing reply read with less confidence than this holds no words (a
+    grunt, a door, the room): the reply resumes and no turn is made. Whisper writes words
+    for any sound the VAD lets through, so a false interruption is told by how unsure it
+    was (docs/benchmarks.md, "Barge-in")."""

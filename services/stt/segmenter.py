@@ -129,6 +129,11 @@ class Segmenter:
     def next_utterance_seq(self) -> int:
         return self._next_seq
 
+    @property
+    def voiced_ms(self) -> float:
+        """How long the utterance in progress has been voiced, its silences left out."""
+        return self._voiced * 1000 / self.config.sample_rate if self._state == _SPEECH else 0.0
+
     def feed(self, pcm16: bytes | bytearray | memoryview | np.ndarray) -> list[SegmenterEvent]:
         """Take the next frame of PCM16 (any length) and return the events it caused."""
         samples = self._to_float(pcm16)

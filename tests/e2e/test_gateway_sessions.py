@@ -18,7 +18,9 @@ import pytest
 import websockets
 
 from ops import devstack
+from services.common import backchannel
 from tests.client import AudioChunk, Client, auth_headers, token_for
+from tests.conftest import make_speech
 from tests.fakes.llm_server import reply_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
@@ -362,6 +364,70 @@ async def test_speaking_over_a_playing_reply_stops_it_where_playback_stood(stack
     stop_at = client.received.index(lambda i: isinstance(i, dict) and i["type"] == "playback.stop")
     later_audio = [i for i in client.received.items[stop_at:] if isinstance(i, AudioChunk) and i.message_id == reply]
     assert later_audio == []
+    await client.close()
+
+
+async def test_a_backchannel_over_a_playing_reply_leaves_it_playing_and_makes_no_turn(stack, tmp_path):
+    yeah = make_speech("Yeah.", tmp_path / "yeah.wav")
+    client = Client(stack["ws_url"])
+    await client.connect(user="nodding-nell")
+    await client.send_json({"type": "text", "text": "Tell me a long story?"})
+    reply = (await client.wait_for(lambda r: r.audio(), 120))[0].message_id
+
+    async def report_playing() -> None:
+        while True:
+            await client.send_json({"type": "playback", "message_id": reply, "played_ms": 500})
+            await asyncio.sleep(0.1)
+
+    reporter = asyncio.create_task(report_playing())
+    try:
+        await client.stream_wav(yeah)
+        (said,) = await client.wait_for(lambda r: r.events("speech.backchannel"), 60)
+    finally:
+        reporter.cancel()
+    assert backchannel.only_backchannel(said["text"], "en")
+    done = await client.wait_for(lambda r: [e for e in r.events("reply.done") if e["message_id"] == reply], 120)
+    assert done[0]["status"] == "complete"
+    for kind in ("speech.barge_in", "playback.pause", "playback.stop", "transcript.final", "reply.interrupted"):
+        assert client.received.events(kind) == [], kind
+    assert [e["message_id"] for e in client.received.events("reply.started")] == [reply]
+    await client.close()
+
+
+async def test_a_sound_with_no_words_over_a_playing_reply_pauses_it_and_resumes_it_where_it_stopped(stack, tmp_path):
+    # espeak-ng's "Hmph.": voiced long enough to pause the reply; Whisper reads it unsure
+    # ("A campaign.", confidence about 0.3), so no words came of it: a false interruption.
+    grunt = make_speech("Hmph.", tmp_path / "hmph.wav")
+    client = Client(stack["ws_url"])
+    await client.connect(user="grunting-gus")
+    await client.send_json({"type": "text", "text": "Tell me a long story?"})
+    reply = (await client.wait_for(lambda r: r.audio(), 120))[0].message_id
+
+    async def report_playing() -> None:
+        while True:
+            await client.send_json({"type": "playback", "message_id": reply, "played_ms": 500})
+            await asyncio.sleep(0.1)
+
+    reporter = asyncio.create_task(report_playing())
+    try:
+        await client.stream_wav(grunt)
+        (pause,) = await client.wait_for(lambda r: r.events("playback.pause"), 60)
+        (resume,) = await client.wait_for(lambda r: r.events("playback.resume"), 60)
+    finally:
+        reporter.cancel()
+    assert pause["message_id"] == resume["message_id"] == reply
+    assert resume["sentence_index"] == pause["sentence_index"] and resume["offset_ms"] <= pause["offset_ms"]
+    (nothing,) = await client.wait_for(lambda r: r.events("error") + r.events("transcript.final"), 60)
+    assert nothing["type"] == "error" and nothing["code"] == "no_speech_recognized", nothing
+    # The reply's audio follows again from where it stopped, and it ends as a whole reply.
+    resumed_at = client.received.index(lambda i: isinstance(i, dict) and i["type"] == "playback.resume")
+    await client.wait_for(lambda r: [e for e in r.events("audio.end") if e["message_id"] == reply], 120)
+    again = [i for i in client.received.items[resumed_at:] if isinstance(i, AudioChunk) and i.message_id == reply]
+    assert again and again[0].sentence_index == resume["sentence_index"]
+    done = await client.wait_for(lambda r: [e for e in r.events("reply.done") if e["message_id"] == reply], 120)
+    assert done[0]["status"] == "complete"
+    for kind in ("playback.stop", "transcript.final", "reply.interrupted"):
+        assert client.received.events(kind) == [], kind
     await client.close()
 
 

@@ -70,6 +70,8 @@ class FakeSession:
         self.replies: dict[str, Reply] = {}
         self.calls: list[tuple] = []
         self.text_seq = 0
+        self.over_reply: set[int] = set()
+        """Utterances the test says began over a playing reply and have not yet counted."""
 
     @property
     def opened_at(self) -> float:
@@ -95,6 +97,9 @@ class FakeSession:
 
     def mute(self, message_id: str) -> None:
         self.calls.append(("mute", message_id))
+
+    def held(self, utterance_seq: int) -> bool:
+        return utterance_seq in self.over_reply
 
     async def audio(self, frame: bytes) -> None:
         self.calls.append(("audio", frame))

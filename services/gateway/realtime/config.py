@@ -173,6 +173,7 @@ def apply_stt(cfg: Config, opening: Opening) -> None:
     """The session's recognition and barge-in as the client configured them."""
     t, o = cfg.transcription, opening.stt
     opening.barge_in = cfg.interrupt_response
+    opening.resume_ms = 0  # a cancelled response cannot be resumed: every barge-in is final
     o.language = t.language if t else None
     o.end_of_turn_ms = cfg.silence_duration_ms
     o.turn_policy = "smart" if cfg.turn_type == "semantic_vad" else "vad"

@@ -20,13 +20,17 @@ from .connection import Connection
 from .conversation import Conversation
 from .output import Response, VoiceItem
 
-_SPEECH = events.SpeechStarted | events.SpeechStopped | events.TranscriptPartial
+_SPEECH = events.SpeechStarted | events.SpeechStopped | events.TranscriptPartial | events.BargeIn | events.Backchannel
 
 
 class ServerEvents:
     def __init__(self, conn: Connection, conversation: Conversation):
         self.conn = conn
         self.conversation = conversation
+        self.deferred: dict[str, list[events.ClientEvent]] = {}
+        """Speech events of utterances begun over a playing reply, by item: written once the
+        speech counts (a client stops playing at `speech_started`), dropped if it was only
+        "mhm" (no item is made of it)."""
 
     def send(self, ev: events.ClientEvent) -> None:
         """Speech of this connection only: other connections' speech events name other audio sessions."""
@@ -47,9 +51,11 @@ class ServerEvents:
                 self._on_speech(ev)
         elif isinstance(ev, events.TranscriptFinal):
             if ev.session_id == conn.session.audio_session_id:
+                self._flush(ev.message_id)
                 self._on_final(ev)
         elif isinstance(ev, events.Error):
-            self._on_error(ev)
+            if self.deferred.pop(ev.message_id or "", None) is None:
+                self._on_error(ev)
         elif (rec := responses.get(getattr(ev, "message_id", ""))) is not None:
             self._on_reply(rec, ev)
         elif isinstance(ev, events.ReplyStarted):
@@ -67,8 +73,22 @@ class ServerEvents:
         self.conn.out.audio_delta(rec, pcm)
 
     def _on_speech(self, ev: _SPEECH) -> None:
-        session, out = self.conn.session, self.conn.out
+        session = self.conn.session
         item_id = ids.user_message_id(session.conv, session.audio_session_id, "voice", ev.utterance_seq)
+        if isinstance(ev, events.Backchannel):
+            self.deferred.pop(item_id, None)
+            return
+        if isinstance(ev, events.BargeIn):
+            self._flush(item_id)
+            return
+        if session.held(ev.utterance_seq):
+            self.deferred.setdefault(item_id, []).append(ev)
+            return
+        self._flush(item_id)
+        self._speech(item_id, ev)
+
+    def _speech(self, item_id: str, ev: _SPEECH) -> None:
+        out = self.conn.out
         if isinstance(ev, events.SpeechStarted):
             if out.speech_started(item_id, round(ev.start_s * 1000)):
                 self.conn.buffer.speaking = item_id
@@ -76,6 +96,10 @@ class ServerEvents:
             self._commit(item_id, round(ev.end_s * 1000))
         elif self.conn.cfg.transcription is not None:
             out.heard_so_far(item_id, ev.stable)
+
+    def _flush(self, item_id: str) -> None:
+        for ev in self.deferred.pop(item_id, []):
+            self._speech(item_id, ev)
 
     def _commit(self, item_id: str, end_ms: int) -> VoiceItem:
         """The VAD closed the utterance: what was buffered is committed as a user audio item."""

@@ -40,7 +40,7 @@ const state = {
 };
 
 // For tests and debugging: what the page saw and did.
-window.parley = { state, player, events: [], closes: [], stops: [], drop: () => dropped("dropped by a test") };
+window.parley = { state, player, events: [], closes: [], stops: [], pauses: [], resumes: [], drop: () => dropped("dropped by a test") };
 
 // --- voice to voice: from sending the last sample of speech to the reply's first audio -------
 
@@ -529,8 +529,30 @@ function onEvent(ev) {
     case "playback.stop": {
       // The person spoke over the reply: silence it now, say so, and tell what was heard.
       window.parley.stops.push(ev.message_id);
-      flush(ev.message_id);
+      const r = player.replies.get(ev.message_id);
+      if (r && r.paused) {
+        r.paused = false;
+        reportEnd(r);
+      } else flush(ev.message_id);
       setStatus(replyView(ev.message_id), "interrupted");
+      break;
+    }
+    case "playback.pause":
+      // Speech over the reply that may be a cough: silent now, it resumes or stops.
+      window.parley.pauses.push(ev.message_id);
+      player.pause(ev.message_id);
+      setStatus(replyView(ev.message_id), "paused");
+      break;
+    case "playback.resume":
+      window.parley.resumes.push(ev.message_id);
+      player.resume(ev.message_id, ev.sentence_index, ev.offset_ms / 1000);
+      setStatus(replyView(ev.message_id), "");
+      break;
+    case "speech.backchannel": {
+      // "Mhm" over the reply: no turn is made of it, so its partial goes.
+      const v = heard[`${ev.session_id}/${ev.utterance_seq}`];
+      if (v) v.el.remove();
+      heard[`${ev.session_id}/${ev.utterance_seq}`] = null;
       break;
     }
     case "audio.end":

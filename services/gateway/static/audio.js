@@ -84,7 +84,7 @@ export class Player {
     if (r.stoppedAt != null) return r.stoppedAt;
     if (!this.ctx) return 0;
     const now = this.heardNow();
-    let s = 0;
+    let s = r.base || 0;
     for (const c of r.chunks) s += Math.min(c.duration, Math.max(0, now - c.start));
     return s;
   }
@@ -113,6 +113,26 @@ export class Player {
   audible() {
     for (const r of this.replies.values()) if (this.position(r)) return r;
     return null;
+  }
+
+  /** Flush the reply's queued audio now, keeping its place: it may resume or stop for good. */
+  pause(mid) {
+    const r = this.stop(mid);
+    r.paused = true;
+    return r;
+  }
+
+  /** Play a paused reply again: its audio follows from (sentence, seconds into it). */
+  resume(mid, sentence, offsetS) {
+    const r = this.reply(mid);
+    if (!r.paused) return r;
+    r.base = r.stoppedAt;
+    r.stopped = r.paused = false;
+    r.stoppedAt = null;
+    r.chunks = [];
+    for (const k of Object.keys(r.sentenceS)) if (Number(k) > sentence) delete r.sentenceS[k];
+    r.sentenceS[sentence] = offsetS;
+    return r;
   }
 
   /** Flush the reply's queued audio at once; later chunks of it are dropped. */

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
 from services.common import db, ids, schemas, subjects
@@ -173,26 +174,134 @@ async def test_mic_frames_are_published_with_their_offset_in_the_session(live):
     assert {m.session_id for m in metas} == {live.session.audio_session_id}
 
 
-async def test_speech_over_a_playing_reply_stops_it_where_playback_stood(live):
+async def _playing(live) -> tuple[str, str, AudioMeta]:
+    """A reply whose first chunk (0.1 s) has gone out to the client."""
     conv, reply = live.session.conv, ids.new_id()
     started = schemas.ReplyStarted(conversation_id=conv, message_id=reply, user_message_id=ids.new_id(), avatar_id="a")
     await live.bus.deliver(subjects.live(conv, "reply_started"), schemas.encode(started))
     meta = AudioMeta(conversation_id=conv, message_id=reply, sentence_index=0, chunk_seq=0, sample_rate=24000)
     await live.bus.deliver(subjects.live(conv, "audio"), b"\x01\x00" * 2400, meta.headers())
     assert live.wire.audio == [(reply, 0, 0)]
+    return conv, reply, meta
 
-    speech = schemas.SpeechStarted(
-        conversation_id=conv, session_id=live.session.audio_session_id, utterance_seq=0, start_s=1.0
-    )
-    await live.bus.deliver(subjects.live(conv, "speech_started"), schemas.encode(speech))
-    assert live.wire.kinds()[-2:] == ["speech.started", "playback.stop"]
+
+async def _said(live, ev: schemas.Event, final: bool = False) -> None:
+    """A speech event of this session's person, live or (`final`) from the event log."""
+    kind = type(ev).__struct_config__.tag.replace(".", "_")
+    subject = subjects.event(ev.conversation_id, kind) if final else subjects.live(ev.conversation_id, kind)
+    await live.bus.deliver(subject, schemas.encode(ev))
+
+
+def _speech(live, kind, **fields):
+    return kind(conversation_id=live.session.conv, session_id=live.session.audio_session_id, utterance_seq=0, **fields)
+
+
+def _cut(live) -> list[tuple[str, str]]:
+    conv = live.session.conv
+    cancels = [p.decode(schemas.ReplyCancel) for p in live.bus.on(subjects.control(conv, "cancel"))]
+    return [(c.message_id, c.reason) for c in cancels]
+
+
+async def test_speech_over_a_playing_reply_plays_on_until_the_worker_says_it_counts(live):
+    conv, reply, _ = await _playing(live)
+    await _said(live, _speech(live, schemas.SpeechStarted, start_s=1.0))
+    assert live.wire.kinds()[-1] == "speech.started"
+    (over,) = [p.decode(schemas.OverReply) for p in live.bus.on(subjects.control(conv, "over_reply"))]
+    assert (over.session_id, over.utterance_seq) == (live.session.audio_session_id, 0)
+    assert _cut(live) == [] and live.wire.barge_ins == 0
+
+
+async def test_speech_with_words_over_a_playing_reply_stops_it_where_playback_stood(live):
+    conv, reply, meta = await _playing(live)
+    await _said(live, _speech(live, schemas.SpeechStarted, start_s=1.0))
+    await _said(live, _speech(live, schemas.BargeIn, reason="words"))
+    assert live.wire.kinds()[-2:] == ["speech.barge_in", "playback.stop"]
     (cut,) = [p.decode(schemas.Interruption) for p in live.bus.on(subjects.interrupt(conv))]
     assert cut.message_id == reply and cut.sentence_index == 0
-    cancels = [p.decode(schemas.ReplyCancel) for p in live.bus.on(subjects.control(conv, "cancel"))]
-    assert [(c.message_id, c.reason) for c in cancels] == [(reply, "barge-in")]
+    assert _cut(live) == [(reply, "barge-in")]
     assert live.wire.barge_ins == 1
     await live.bus.deliver(subjects.live(conv, "audio"), b"\x01\x00" * 2400, meta.headers())
     assert live.wire.audio == [(reply, 0, 0)]  # nothing more of it is sent
+
+
+async def test_a_backchannel_over_a_playing_reply_leaves_it_playing(live):
+    conv, reply, meta = await _playing(live)
+    await _said(live, _speech(live, schemas.SpeechStarted, start_s=1.0))
+    await _said(live, _speech(live, schemas.Backchannel, text="Mhm."), final=True)
+    second = msgspec.structs.replace(meta, chunk_seq=1).headers()
+    await live.bus.deliver(subjects.live(conv, "audio"), b"\x01\x00" * 2400, second)
+    assert live.wire.audio == [(reply, 0, 0), (reply, 0, 1)]
+    assert "playback.pause" not in live.wire.kinds() and "playback.stop" not in live.wire.kinds()
+    assert _cut(live) == [] and live.bus.on(subjects.interrupt(conv)) == []
+
+
+async def test_a_barge_in_that_yields_no_words_resumes_the_reply_where_it_paused(live):
+    conv, reply, meta = await _playing(live)
+    await _said(live, _speech(live, schemas.SpeechStarted, start_s=1.0))
+    await _said(live, _speech(live, schemas.BargeIn, reason="speech"))
+    (pause,) = [e for e in live.wire.sent if isinstance(e, events.PlaybackPause)]
+    assert pause.message_id == reply and pause.sentence_index == 0 and 0 <= pause.offset_ms <= 100
+    # What comes while it is paused is held, not sent.
+    second = msgspec.structs.replace(meta, chunk_seq=1).headers()
+    await live.bus.deliver(subjects.live(conv, "audio"), b"\x02\x00" * 2400, second)
+    assert live.wire.audio == [(reply, 0, 0)]
+    # A cough: the worker recognised nothing.
+    message_id = ids.user_message_id(conv, live.session.audio_session_id, "voice", 0)
+    nothing = schemas.ErrorEvent(conversation_id=conv, code="no_speech_recognized", message="", message_id=message_id)
+    await _said(live, nothing, final=True)
+    (resumed,) = [e for e in live.wire.sent if isinstance(e, events.PlaybackResume)]
+    assert (resumed.message_id, resumed.sentence_index, resumed.offset_ms) == (reply, 0, pause.offset_ms)
+    # The audio from the pause on goes out again (the rest of chunk 0, then chunk 1), once.
+    assert live.wire.audio[1:] == ([(reply, 0, 0)] if pause.offset_ms < 100 else []) + [(reply, 0, 1)]
+    assert _cut(live) == [] and live.bus.on(subjects.interrupt(conv)) == []
+    assert live.session.playing() == [reply]
+
+
+async def test_a_paused_reply_stops_for_good_once_the_speech_becomes_a_turn(live):
+    conv, reply, _ = await _playing(live)
+    live.session.relay.playback(reply, 40, False)
+    await _said(live, _speech(live, schemas.SpeechStarted, start_s=1.0))
+    await _said(live, _speech(live, schemas.BargeIn, reason="speech"))
+    live.session.relay.playback(reply, 60, False)  # the client says where it stopped
+    message_id = ids.user_message_id(conv, live.session.audio_session_id, "voice", 0)
+    final = _speech(live, schemas.TranscriptFinal, message_id=message_id, text="Wait, stop.")
+    await _said(live, final, final=True)
+    assert live.wire.kinds()[-1] == "playback.stop"
+    (cut,) = [p.decode(schemas.Interruption) for p in live.bus.on(subjects.interrupt(conv))]
+    assert (cut.message_id, cut.sentence_index, cut.offset_s) == (reply, 0, 0.06)
+    assert _cut(live) == [(reply, "barge-in")]
+
+
+async def test_a_pause_with_no_words_in_time_resumes(live):
+    live.session.opening.resume_ms = 50
+    conv, reply, _ = await _playing(live)
+    await _said(live, _speech(live, schemas.SpeechStarted, start_s=1.0))
+    await _said(live, _speech(live, schemas.BargeIn, reason="speech"))
+    await _until(lambda: "playback.resume" in live.wire.kinds())
+    assert _cut(live) == []
+    # Words that come after all still stop it.
+    message_id = ids.user_message_id(conv, live.session.audio_session_id, "voice", 0)
+    await _said(live, _speech(live, schemas.TranscriptFinal, message_id=message_id, text="Hold on."), final=True)
+    assert _cut(live) == [(reply, "barge-in")]
+
+
+async def test_a_session_that_ends_while_paused_stores_the_reply_as_heard_up_to_the_pause(live):
+    conv, reply, _ = await _playing(live)
+    await _said(live, _speech(live, schemas.SpeechStarted, start_s=1.0))
+    await _said(live, _speech(live, schemas.BargeIn, reason="speech"))
+    live.socket.inbox.put_nowait({"type": "websocket.disconnect"})
+    await _until(lambda: live.bus.on(subjects.interrupt(conv)))
+    (cut,) = [p.decode(schemas.Interruption) for p in live.bus.on(subjects.interrupt(conv))]
+    assert cut.message_id == reply and cut.sentence_index == 0
+
+
+async def test_a_push_to_talk_session_is_never_paused_but_drops_backchannels_all_the_same(live):
+    live.session.opening.barge_in = False
+    conv, reply, _ = await _playing(live)
+    await _said(live, _speech(live, schemas.SpeechStarted, start_s=1.0))
+    assert live.bus.on(subjects.control(conv, "over_reply"))
+    await _said(live, _speech(live, schemas.BargeIn, reason="speech"))
+    assert "playback.pause" not in live.wire.kinds() and _cut(live) == []
 
 
 async def test_a_resume_elsewhere_closes_this_connection_and_leaves_the_record_to_the_new_one(live):

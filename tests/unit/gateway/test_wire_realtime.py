@@ -291,6 +291,29 @@ async def test_a_spoken_turn_becomes_a_user_audio_item_with_its_transcript_and_a
     assert texts[8]["response"]["status"] == "in_progress" and session.calls == []
 
 
+async def test_speech_over_a_playing_reply_is_written_once_it_counts_and_never_if_only_a_backchannel():
+    wire, socket, session = _wire()
+    common = {"conversation_id": CONV, "session_id": AUDIO_SESSION}
+    session.over_reply = {0, 1}
+    # "Mhm" over the reply: the client hears nothing of it, so it keeps playing; no item is made.
+    wire.send(events.SpeechStarted(**common, utterance_seq=0, start_s=0.5))
+    wire.send(events.SpeechStopped(**common, utterance_seq=0, end_s=0.9))
+    wire.send(events.Backchannel(**common, utterance_seq=0, text="Mhm."))
+    assert socket.types() == []
+    # Speech that counts: written as it was heard, from its start.
+    wire.send(events.SpeechStarted(**common, utterance_seq=1, start_s=2.0))
+    wire.send(events.TranscriptPartial(**common, utterance_seq=1, partial_seq=0, text="Wait", stable=""))
+    assert socket.types() == []
+    wire.send(events.BargeIn(**common, utterance_seq=1, reason="words"))
+    assert socket.types() == ["input_audio_buffer.speech_started"]
+    assert socket.texts[0]["audio_start_ms"] == 2000 and socket.texts[0]["item_id"] == _voice_id(1)
+    # An utterance over a reply that recognised nothing was never shown: nothing to fail.
+    session.over_reply = {2}
+    wire.send(events.SpeechStarted(**common, utterance_seq=2, start_s=4.0))
+    wire.send(events.Error(conversation_id=CONV, code="no_speech_recognized", message="", message_id=_voice_id(2)))
+    assert socket.types() == ["input_audio_buffer.speech_started"]
+
+
 # --- typed items and responses --------------------------------------------------------------
 
 

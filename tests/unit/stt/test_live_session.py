@@ -30,12 +30,13 @@ class AnsweringDecoder:
 
     def __init__(self, text: str):
         self.text = text
+        self.confidence = 0.9
         self.finals = 0
 
     def submit(self, request) -> Future:
         self.finals += 1
         fut: Future = Future()
-        fut.set_result(Transcript(self.text, "en", 0.9, len(request.audio) / 16000))
+        fut.set_result(Transcript(self.text, "en", self.confidence, len(request.audio) / 16000))
         return fut
 
     def submit_partial(self, key, request) -> Future:
@@ -146,3 +147,90 @@ async def test_frames_of_another_session_are_ignored(live):
     await _feed(live, live.audio, session_id=ids.new_id())
     await asyncio.sleep(0.05)
     assert not live.bus.on(subjects.turn(live.conv)) and live.worker.decoder.finals == 0
+
+
+async def _over_reply(live, seq: int = 0) -> None:
+    ctl = schemas.OverReply(conversation_id=live.conv, session_id=live.id, utterance_seq=seq)
+    await live.bus.deliver(subjects.control(live.conv, "over_reply"), schemas.encode(ctl))
+
+
+def _live_of(live, kind, type_) -> list:
+    return [p.decode(type_) for p in live.bus.on(subjects.live(live.conv, kind))]
+
+
+def _backchannels(live) -> list[schemas.Backchannel]:
+    """Final events: what the ledger holds for an utterance that made no turn."""
+    return [p.decode(schemas.Backchannel) for p in live.bus.on(subjects.event(live.conv, "speech_backchannel"))]
+
+
+async def _said_over_a_reply(live) -> None:
+    """The speech, named by the gateway as begun over a playing reply once it has started."""
+    half = len(live.audio) // 2
+    at = await _feed(live, live.audio[:half])
+    assert _live_of(live, "speech_started", schemas.SpeechStarted)
+    await _over_reply(live)
+    await _feed(live, live.audio[half:], start=at)
+
+
+async def test_a_backchannel_over_a_reply_makes_no_turn_and_is_said_as_one(live):
+    live.worker.decoder.text = "Mm-hmm."
+    await _said_over_a_reply(live)
+    for _ in range(500):
+        if _backchannels(live):
+            break
+        await asyncio.sleep(0.01)
+    (said,) = _backchannels(live)
+    assert (said.session_id, said.utterance_seq, said.text) == (live.id, 0, "Mm-hmm.")
+    assert live.bus.on(subjects.turn(live.conv)) == []
+    assert live.bus.on(subjects.event(live.conv, "transcript_final")) == []
+
+
+async def test_the_same_backchannel_over_no_reply_is_a_turn(live):
+    live.worker.decoder.text = "Mm-hmm."
+    await _feed(live, live.audio)
+    (turn,) = await _turns(live, 1)
+    assert turn.text == "Mm-hmm." and _backchannels(live) == []
+
+
+async def test_speech_over_a_reply_voiced_long_enough_is_a_barge_in_once_and_its_words_a_turn(live):
+    await _said_over_a_reply(live)
+    (turn,) = await _turns(live, 1)
+    assert turn.text == "hello there"
+    (barge,) = _live_of(live, "speech_barge_in", schemas.BargeIn)
+    assert (barge.session_id, barge.utterance_seq, barge.reason) == (live.id, 0, "speech")
+
+
+async def test_speech_over_a_reply_shorter_than_the_barge_in_wait_is_none(speech_wav):
+    w = Worker()
+    conv, session = ids.new_id(), ids.new_id()
+    req = schemas.SttOpen(conversation_id=conv, session_id=session, partials=False, barge_in_ms=5000)
+    s = LiveSession(w, req)
+    await s.start()
+    audio, _ = sf.read(speech_wav, dtype="int16")
+    live = SimpleNamespace(worker=w, bus=w.bus, session=s, conv=conv, id=session, audio=audio)
+    try:
+        await _said_over_a_reply(live)
+        await _turns(live, 1)
+        assert _live_of(live, "speech_barge_in", schemas.BargeIn) == []
+    finally:
+        await s.close(flush=False)
+
+
+async def test_words_over_a_reply_that_whisper_was_unsure_of_are_no_words_and_no_turn(live):
+    live.worker.decoder.text, live.worker.decoder.confidence = "A campaign.", 0.27
+    await _said_over_a_reply(live)
+    for _ in range(500):
+        if live.bus.on(subjects.event(live.conv, "error")):
+            break
+        await asyncio.sleep(0.01)
+    (nothing,) = [p.decode(schemas.ErrorEvent) for p in live.bus.on(subjects.event(live.conv, "error"))]
+    assert nothing.code == "no_speech_recognized" and "A campaign." in nothing.message
+    assert nothing.message_id == ids.user_message_id(live.conv, live.id, "voice", 0)
+    assert live.bus.on(subjects.turn(live.conv)) == []
+
+
+async def test_the_same_unsure_words_over_no_reply_are_a_turn(live):
+    live.worker.decoder.text, live.worker.decoder.confidence = "A campaign.", 0.27
+    await _feed(live, live.audio)
+    (turn,) = await _turns(live, 1)
+    assert turn.text == "A campaign."
