@@ -14,19 +14,21 @@ import re
 
 _WORDS: dict[str, frozenset[str]] = {
     "en": frozenset(
-        "mhm mmhmm mhmm mmhm mm mmm hm hmm uhhuh aha ah oh ooh yeah yea yep yup yes ya "
+        "aha ah oh ooh yeah yea yep yup yes ya "
         "okay ok kay alright right sure cool nice great wow exactly totally true indeed gotcha "
         "uh um er i_see got_it of_course for_sure makes_sense thats_right".split()
     ),
-    "de": frozenset("mhm mm hm hmm ja jaja genau okay ok klar stimmt aha ach_so richtig gut super echt".split()),
-    "fr": frozenset("mhm mm hm hmm oui ouais daccord ok okay ah oh bon voilà exactement".split()),
-    "es": frozenset("mhm mm hm hmm sí si vale claro ajá aja ah oh ok okay bueno exacto ya".split()),
-    "it": frozenset("mhm mm hm hmm sì si certo ok okay ah oh già esatto bene va".split()),
-    "pt": frozenset("mhm mm hm hmm sim é ah oh ok okay certo claro tá ta beleza exato".split()),
-    "nl": frozenset("mhm mm hm hmm ja jaja oké ok okay precies klopt ah oh goed".split()),
+    "de": frozenset("ja jaja genau okay ok klar stimmt aha ach_so richtig gut super echt".split()),
+    "fr": frozenset("oui ouais daccord ok okay ah oh bon voilà exactement".split()),
+    "es": frozenset("sí si vale claro ajá aja ah oh ok okay bueno exacto ya".split()),
+    "it": frozenset("sì si certo ok okay ah oh già esatto bene va".split()),
+    "pt": frozenset("sim é ah oh ok okay certo claro tá ta beleza exato".split()),
+    "nl": frozenset("ja jaja oké ok okay precies klopt ah oh goed".split()),
 }
 
 _NOT_WORD = re.compile(r"[^\w\s']|_")
+_HUM = re.compile(r"[mh]*m[mh]*|u+h+u+h*")
+"""Hums in any language, however Whisper spells them: "mm", "mhm", "mmhmm", "mm-mm", "uh-huh"."""
 
 
 def words(text: str) -> list[str]:
@@ -47,7 +49,7 @@ def counted(text: str, language: str | None = None) -> int:
         if i + 1 < len(said) and f"{said[i]}_{said[i + 1]}" in listed:
             i += 2
             continue
-        n += said[i] not in listed
+        n += said[i] not in listed and not _HUM.fullmatch(said[i])
         i += 1
     return n
 

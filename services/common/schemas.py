@@ -56,8 +56,9 @@ class SttOpen(Msg):
     turn_long_ms: int | None = None
     barge_in_ms: int = 600
     """Speech over a playing reply (`OverReply`) voiced this long is a barge-in, whatever its words."""
-    barge_in_words: int = 1
-    """A partial over a playing reply with this many words that are not backchannels is one."""
+    barge_in_words: int = 0
+    """A partial over a playing reply with this many words that are not backchannels is one;
+    0: partials never are (they misread backchannels and noise more than the final does)."""
 
 
 class SttAlive(Msg):

@@ -115,7 +115,7 @@ class Feed:
             await self._own_speech(ev)
 
 
-_OWN = (events.SpeechStarted, events.BargeIn)
+_OWN = (events.SpeechStarted, events.SpeechStopped, events.BargeIn)
 
 
 def _decoded(msg: NatsMsg):

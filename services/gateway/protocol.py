@@ -46,10 +46,12 @@ class Interruption(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     min_ms: Annotated[int, msgspec.Meta(ge=100, le=5000)] = 600
     """Speech voiced this long stops the reply, whatever its words."""
-    min_words: Annotated[int, msgspec.Meta(ge=1, le=10)] = 1
-    """A partial transcript with this many words that are not backchannels stops it at once."""
+    min_words: Annotated[int, msgspec.Meta(ge=0, le=10)] = 0
+    """A partial transcript with this many words that are not backchannels stops it at once;
+    0 (the default, docs/benchmarks.md "Barge-in"): partials never do."""
     resume_ms: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 2000
-    """A stop on sound alone pauses the reply; no words this long after, it resumes. 0: never."""
+    """A stop on sound alone pauses the reply; with no words in it (or none said this long after
+    the speech stopped) it resumes. 0: never pause, every stop is final."""
 
 
 class Start(ClientMessage, tag="session.start"):

@@ -146,7 +146,7 @@ class Session:
             _names(self.avatars),
             lambda code, message: self.wire.error(code, message, retryable=True),
         )
-        self.barge = BargeIns(self, self.opening)
+        self.barge = BargeIns(self.bus, self.conv, self.audio_session_id, self.relay, self.opening, self.cut)
         self.feed = Feed(self.bus, self.conv, self.relay, self.stt, self.wire, self._own_speech)
         await self.feed.listen()
         self._subs.append(await self.bus.on_control(self.conv, schemas.SessionResumed, self._on_resumed))
@@ -311,26 +311,10 @@ class Session:
         self.avatars = avatars
         self.stt.hotwords = _names(avatars)
 
-    # --- speech over a playing reply (barge.py) ---------------------------------------------
-
-    def playing(self) -> list[str]:
-        return [mid for mid, _ in self.relay.playing(time.monotonic())]
-
     def held(self, utterance_seq: int) -> bool:
         return self.barge.held(utterance_seq)
 
-    async def over_reply(self, utterance_seq: int) -> None:
-        await self.bus.control(
-            schemas.OverReply(conversation_id=self.conv, session_id=self.audio_session_id, utterance_seq=utterance_seq)
-        )
-
-    def pause(self, message_id: str) -> bool:
-        return self.relay.pause(message_id) is not None
-
-    def resume(self, message_id: str) -> None:
-        self.relay.resume(message_id)
-
-    async def stop(self, message_id: str) -> None:
+    async def cut(self, message_id: str) -> None:
         """The person cut the reply off: it stops where playback stood (or was paused)."""
         reply = self.relay.replies[message_id]
         position = reply.heard(time.monotonic())
@@ -352,20 +336,8 @@ class Session:
             self.close(protocol.CLOSE_SUPERSEDED, "session resumed on another connection", "resumed")
 
     async def _own_speech(self, ev: events.ClientEvent) -> None:
-        barge = self.barge
-        if isinstance(ev, events.SpeechStarted):
-            if not await barge.speech_started(ev.utterance_seq) and self.opening.barge_in:
-                await self.wire.barged_in()  # nothing plays yet: what is being made of a reply stops
-        elif isinstance(ev, events.BargeIn):
-            await barge.barge_in(ev.utterance_seq, by_words=ev.reason == "words")
-        elif isinstance(ev, events.Backchannel):
-            barge.no_words(ev.utterance_seq)
-        elif isinstance(ev, events.TranscriptFinal):
-            await barge.words(ev.utterance_seq)
-        elif isinstance(ev, events.Error):
-            for seq in barge.pending():
-                if ids.user_message_id(self.conv, self.audio_session_id, "voice", seq) == ev.message_id:
-                    barge.no_words(seq)
+        if not await self.barge.heard(ev) and isinstance(ev, events.SpeechStarted) and self.opening.barge_in:
+            await self.wire.barged_in()  # nothing plays yet: what is being made of a reply stops
 
 
 def _names(avatars: list[db.Avatar]) -> str:

@@ -36,8 +36,9 @@ class SttOptions:
     turn_long_ms: int | None = None
     barge_in_ms: int = 600
     """Speech over a playing reply voiced this long is a barge-in, whatever its words."""
-    barge_in_words: int = 1
-    """A partial over a playing reply with this many words that are not backchannels is one."""
+    barge_in_words: int = 0
+    """A partial over a playing reply with this many words that are not backchannels is one;
+    0: partials never are."""
 
 
 @dataclass
@@ -51,8 +52,8 @@ class Opening:
     barge_in: bool = True
     """Speech over a playing reply stops it."""
     resume_ms: int = 2000
-    """A barge-in on sound alone pauses the reply; no words this long after, it resumes.
-    0: every barge-in is final."""
+    """A barge-in on sound alone pauses the reply; it resumes if its speech held no words, or
+    nothing was said of them this long after the speech stopped. 0: every barge-in is final."""
     stt: SttOptions = field(default_factory=SttOptions)
 
 

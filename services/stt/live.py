@@ -13,8 +13,8 @@ import numpy as np
 from nats.aio.msg import Msg as NatsMsg
 from nats.js.api import DeliverPolicy
 
-from services.common import backchannel, ids, metrics, schemas, subjects
 from services.common import bus as busmod
+from services.common import ids, metrics, schemas, subjects
 from services.common.logs import ctx
 from services.common.schemas import AudioMeta
 
@@ -81,7 +81,7 @@ class LiveSession:
         self.utterances: asyncio.Queue = asyncio.Queue()
         self.bad_frames = 0
         self.pauses = Pauses(worker.turns, self.turn, self._decode, self._end_at, worker.spawn, self.conv)
-        self.overlaps = Overlaps(req.barge_in_ms, req.barge_in_words)
+        self.overlaps = Overlaps(self.bus, self.conv, self.session_id, req, s.stt_over_reply_min_confidence)
         self._handling = asyncio.Lock()
         self._subs: list = []
         self._task: asyncio.Task | None = None
@@ -185,8 +185,7 @@ class LiveSession:
             )
         )
         p.seq += 1
-        if self.overlaps.by_words(p.utterance_seq, text, self.language):
-            await self._barge_in(p.utterance_seq, "words")
+        await self.overlaps.partial(p.utterance_seq, text, self.language)
 
     async def _on_over_reply(self, ctl: schemas.OverReply) -> None:
         if ctl.session_id == self.session_id:
@@ -195,14 +194,8 @@ class LiveSession:
 
     async def _maybe_barge_in(self) -> None:
         seg = self.segmenter
-        if seg.in_speech and self.overlaps.by_speech(seg.next_utterance_seq, seg.voiced_ms):
-            await self._barge_in(seg.next_utterance_seq, "speech")
-
-    async def _barge_in(self, seq: int, reason: str) -> None:
-        metrics.EVENTS.labels("stt", f"barge_in_{reason}").inc()
-        await self.bus.publish_live(
-            schemas.BargeIn(conversation_id=self.conv, session_id=self.session_id, utterance_seq=seq, reason=reason)
-        )
+        if seg.in_speech:
+            await self.overlaps.voiced(seg.next_utterance_seq, seg.voiced_ms)
 
     async def _handle(self, events: list) -> None:
         async with self._handling:
@@ -288,7 +281,7 @@ class LiveSession:
             try:
                 await self._transcribe(ev, marks, windows, tail)
             except Exception:
-                self.overlaps.ended(ev.utterance_seq)
+                self.overlaps.forget(ev.utterance_seq)
                 log.exception("transcription failed", extra=ctx(conversation_id=self.conv))
                 await self.bus.publish_event(
                     schemas.ErrorEvent(
@@ -309,7 +302,18 @@ class LiveSession:
         metrics.stage("transcribe", time.time() - marks["eot"])
         marks["final"] = time.time()
         message_id = ids.user_message_id(self.conv, self.session_id, "voice", ev.utterance_seq)
-        if await self._no_turn(ev.utterance_seq, result, message_id):
+        if await self.overlaps.no_turn(ev.utterance_seq, result, self.language, message_id):
+            return
+        if not result.text:
+            await self.bus.publish_event(
+                schemas.ErrorEvent(
+                    conversation_id=self.conv,
+                    code="no_speech_recognized",
+                    message="speech was detected but nothing was recognised",
+                    message_id=message_id,
+                ),
+                msg_id=f"stt-empty.{message_id}",
+            )
             return
         await self.bus.publish_event(
             schemas.TranscriptFinal(
@@ -345,32 +349,6 @@ class LiveSession:
             msg_id=message_id,
         )
         metrics.EVENTS.labels("stt", "final_transcript").inc()
-
-    async def _no_turn(self, seq: int, result: Transcript, message_id: str) -> bool:
-        """An utterance that makes no turn, said so: no words, or over a playing reply, only a
-        backchannel or words Whisper was unsure of (a sound that was not speech)."""
-        over_reply = self.overlaps.ended(seq)
-        if over_reply and backchannel.only_backchannel(result.text, result.language or self.language):
-            metrics.EVENTS.labels("stt", "backchannel").inc()
-            said = schemas.Backchannel(
-                conversation_id=self.conv, session_id=self.session_id, utterance_seq=seq, text=result.text
-            )
-            await self.bus.publish_event(said, msg_id=f"backchannel.{message_id}")
-            return True
-        doubted = over_reply and result.confidence < self.worker.settings.stt_over_reply_min_confidence
-        if result.text and not doubted:
-            return False
-        message = "speech was detected but nothing was recognised"
-        if doubted:
-            metrics.EVENTS.labels("stt", "over_reply_not_speech").inc()
-            message = f"the sound over the reply held no words (read as {result.text!r}, unsure)"
-        await self.bus.publish_event(
-            schemas.ErrorEvent(
-                conversation_id=self.conv, code="no_speech_recognized", message=message, message_id=message_id
-            ),
-            msg_id=f"stt-empty.{message_id}",
-        )
-        return True
 
     async def close(self, flush: bool) -> None:
         for sub in self._subs:

@@ -1,5 +1,5 @@
-"""Utterances said over a playing reply: when each becomes a barge-in, and which were only a
-backchannel ("mhm", "yeah") that should leave the reply playing and make no turn.
+"""Utterances said over a playing reply: when each becomes a barge-in, and which make no turn
+because they were only a backchannel ("mhm", "yeah") or held no words Whisper was sure of.
 
 The gateway knows what is playing and names such an utterance (`schemas.OverReply`); the
 worker knows how long it has been voiced and what its words are, so it is the one to say.
@@ -7,35 +7,74 @@ worker knows how long it has been voiced and what its words are, so it is the on
 
 from __future__ import annotations
 
-from services.common import backchannel
+from services.common import backchannel, metrics, schemas
+from services.common import bus as busmod
+
+from .whisper import Transcript
 
 
 class Overlaps:
-    """Per session: the utterances the gateway named as begun over a reply, until read."""
+    """Per live session: the utterances named as begun over a reply, until each is read."""
 
-    def __init__(self, min_ms: int, min_words: int):
-        self.min_ms = min_ms
-        self.min_words = max(1, min_words)
+    def __init__(self, bus: busmod.Bus, conv: str, session_id: str, req: schemas.SttOpen, min_confidence: float):
+        self.bus, self.conv, self.session_id = bus, conv, session_id
+        self.min_ms = req.barge_in_ms
+        self.min_words = req.barge_in_words
+        """0: partials never barge in."""
+        self.min_confidence = min_confidence
         self._said: dict[int, bool] = {}
         """Per utterance over a reply: whether its barge-in has been said."""
 
     def mark(self, seq: int) -> None:
         self._said.setdefault(seq, False)
 
-    def by_speech(self, seq: int, voiced_ms: float) -> bool:
-        """True once, when an utterance over a reply has been voiced long enough."""
-        return voiced_ms >= self.min_ms and self._say(seq)
+    async def voiced(self, seq: int, voiced_ms: float) -> None:
+        """The utterance in progress so far: a barge-in once it is voiced long enough."""
+        if voiced_ms >= self.min_ms and self._say(seq):
+            await self._barge_in(seq, "speech")
 
-    def by_words(self, seq: int, text: str, language: str | None) -> bool:
-        """True once, when a partial of it holds enough words that are not backchannels."""
-        return backchannel.counted(text, language) >= self.min_words and self._say(seq)
+    async def partial(self, seq: int, text: str, language: str | None) -> None:
+        """A partial of it: a barge-in once it holds enough words that are not backchannels."""
+        if self.min_words and backchannel.counted(text, language) >= self.min_words and self._say(seq):
+            await self._barge_in(seq, "words")
 
-    def ended(self, seq: int) -> bool:
-        """The utterance is being read: True if it was said over a reply."""
-        return self._said.pop(seq, None) is not None
+    async def no_turn(self, seq: int, result: Transcript, language: str | None, message_id: str) -> bool:
+        """The utterance is read: over a reply, only a backchannel or words Whisper was unsure
+        of (a sound that was not speech) make no turn, and are said so. False: a turn."""
+        if self._said.pop(seq, None) is None:
+            return False
+        if backchannel.only_backchannel(result.text, result.language or language):
+            metrics.EVENTS.labels("stt", "backchannel").inc()
+            said = schemas.Backchannel(
+                conversation_id=self.conv, session_id=self.session_id, utterance_seq=seq, text=result.text
+            )
+            await self.bus.publish_event(said, msg_id=f"backchannel.{message_id}")
+            return True
+        if not result.text or result.confidence >= self.min_confidence:
+            return False
+        metrics.EVENTS.labels("stt", "over_reply_not_speech").inc()
+        await self.bus.publish_event(
+            schemas.ErrorEvent(
+                conversation_id=self.conv,
+                code="no_speech_recognized",
+                message=f"the sound over the reply held no words (read as {result.text!r}, unsure)",
+                message_id=message_id,
+            ),
+            msg_id=f"stt-empty.{message_id}",
+        )
+        return True
+
+    def forget(self, seq: int) -> None:
+        self._said.pop(seq, None)
 
     def _say(self, seq: int) -> bool:
         if self._said.get(seq, True):
             return False
         self._said[seq] = True
         return True
+
+    async def _barge_in(self, seq: int, reason: str) -> None:
+        metrics.EVENTS.labels("stt", f"barge_in_{reason}").inc()
+        await self.bus.publish_live(
+            schemas.BargeIn(conversation_id=self.conv, session_id=self.session_id, utterance_seq=seq, reason=reason)
+        )

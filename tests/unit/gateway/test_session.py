@@ -5,6 +5,7 @@ tests/e2e runs the same paths through real processes."""
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import msgspec
@@ -254,7 +255,7 @@ async def test_a_barge_in_that_yields_no_words_resumes_the_reply_where_it_paused
     # The audio from the pause on goes out again (the rest of chunk 0, then chunk 1), once.
     assert live.wire.audio[1:] == ([(reply, 0, 0)] if pause.offset_ms < 100 else []) + [(reply, 0, 1)]
     assert _cut(live) == [] and live.bus.on(subjects.interrupt(conv)) == []
-    assert live.session.playing() == [reply]
+    assert [m for m, _ in live.session.relay.playing(time.monotonic())] == [reply]
 
 
 async def test_a_paused_reply_stops_for_good_once_the_speech_becomes_a_turn(live):
@@ -272,11 +273,14 @@ async def test_a_paused_reply_stops_for_good_once_the_speech_becomes_a_turn(live
     assert _cut(live) == [(reply, "barge-in")]
 
 
-async def test_a_pause_with_no_words_in_time_resumes(live):
+async def test_a_pause_with_no_words_in_time_after_the_speech_stopped_resumes(live):
     live.session.opening.resume_ms = 50
     conv, reply, _ = await _playing(live)
     await _said(live, _speech(live, schemas.SpeechStarted, start_s=1.0))
     await _said(live, _speech(live, schemas.BargeIn, reason="speech"))
+    await asyncio.sleep(0.2)
+    assert "playback.resume" not in live.wire.kinds()  # never while the person is still speaking
+    await _said(live, _speech(live, schemas.SpeechStopped, end_s=2.0))
     await _until(lambda: "playback.resume" in live.wire.kinds())
     assert _cut(live) == []
     # Words that come after all still stop it.
