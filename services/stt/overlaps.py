@@ -27,6 +27,8 @@ class Overlaps:
 
     def mark(self, seq: int) -> None:
         self._said.setdefault(seq, False)
+        for old in [s for s in self._said if s < seq - 16]:
+            del self._said[old]  # named after it was read (a late control): never read now
 
     async def voiced(self, seq: int, voiced_ms: float) -> None:
         """The utterance in progress so far: a barge-in once it is voiced long enough."""

@@ -51,6 +51,9 @@ async def test_first_message_must_be_session_start(stack):
         ({"end_of_turn_ms": 20}, "end_of_turn_ms"),
         ({"turn": {"policy": "eager"}}, "turn.policy"),
         ({"turn": {"short_ms": 900, "long_ms": 800}}, "short_ms must be shorter"),
+        ({"interruption": {"min_ms": 20}}, "interruption.min_ms"),
+        ({"interruption": {"resume_ms": -1}}, "interruption.resume_ms"),
+        ({"interruption": {"min_words": 1, "backchannels": False}}, "backchannels"),
     ],
 )
 async def test_a_start_the_gateway_cannot_honour_is_refused(stack, start, reason):

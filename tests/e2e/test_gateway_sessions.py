@@ -331,20 +331,24 @@ async def test_a_client_resumes_after_its_gateway_is_killed(stack, tmp_path):
 # --- barge-in ------------------------------------------------------------------------------
 
 
-async def test_speaking_over_a_playing_reply_stops_it_where_playback_stood(stack, speech_wav):
+async def _a_playing_reply(stack, user: str) -> tuple[Client, str, asyncio.Task]:
+    """A client whose playback of a long reply stalls half a second in (it keeps reporting
+    500 ms played): the reply plays while the test speaks over it, and that is what was heard."""
     client = Client(stack["ws_url"])
-    await client.connect(user="barge-bo")
+    await client.connect(user=user)
     await client.send_json({"type": "text", "text": "Tell me a long story?"})
-    first_audio = await client.wait_for(lambda r: r.audio(), 120)
-    reply = first_audio[0].message_id
+    reply = (await client.wait_for(lambda r: r.audio(), 120))[0].message_id
 
     async def report_playing() -> None:
-        # A client whose playback stalls half a second in: that is what the person heard.
         while True:
             await client.send_json({"type": "playback", "message_id": reply, "played_ms": 500})
             await asyncio.sleep(0.1)
 
-    reporter = asyncio.create_task(report_playing())
+    return client, reply, asyncio.create_task(report_playing())
+
+
+async def test_speaking_over_a_playing_reply_stops_it_where_playback_stood(stack, speech_wav):
+    client, reply, reporter = await _a_playing_reply(stack, "barge-bo")
     try:
         await client.stream_wav(speech_wav)
         stop = await client.wait_for(lambda r: r.events("playback.stop"), 60)
@@ -372,17 +376,7 @@ async def test_speaking_over_a_playing_reply_stops_it_where_playback_stood(stack
 
 async def test_a_backchannel_over_a_playing_reply_leaves_it_playing_and_makes_no_turn(stack, tmp_path):
     yeah = make_speech("Yeah.", tmp_path / "yeah.wav")
-    client = Client(stack["ws_url"])
-    await client.connect(user="nodding-nell")
-    await client.send_json({"type": "text", "text": "Tell me a long story?"})
-    reply = (await client.wait_for(lambda r: r.audio(), 120))[0].message_id
-
-    async def report_playing() -> None:
-        while True:
-            await client.send_json({"type": "playback", "message_id": reply, "played_ms": 500})
-            await asyncio.sleep(0.1)
-
-    reporter = asyncio.create_task(report_playing())
+    client, reply, reporter = await _a_playing_reply(stack, "nodding-nell")
     try:
         await client.stream_wav(yeah)
         (said,) = await client.wait_for(lambda r: r.events("speech.backchannel"), 60)
@@ -401,17 +395,7 @@ async def test_a_sound_with_no_words_over_a_playing_reply_pauses_it_and_resumes_
     # espeak-ng's "Hmph.": voiced long enough to pause the reply; Whisper reads it unsure
     # ("A campaign.", confidence about 0.3), so no words came of it: a false interruption.
     grunt = make_speech("Hmph.", tmp_path / "hmph.wav")
-    client = Client(stack["ws_url"])
-    await client.connect(user="grunting-gus")
-    await client.send_json({"type": "text", "text": "Tell me a long story?"})
-    reply = (await client.wait_for(lambda r: r.audio(), 120))[0].message_id
-
-    async def report_playing() -> None:
-        while True:
-            await client.send_json({"type": "playback", "message_id": reply, "played_ms": 500})
-            await asyncio.sleep(0.1)
-
-    reporter = asyncio.create_task(report_playing())
+    client, reply, reporter = await _a_playing_reply(stack, "grunting-gus")
     try:
         await client.stream_wav(grunt)
         (pause,) = await client.wait_for(lambda r: r.events("playback.pause"), 60)
