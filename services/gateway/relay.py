@@ -203,6 +203,12 @@ class ReplyRelay:
         self.wire.send(events.PlaybackPause(conversation_id=self.conv, message_id=message_id, **_at(position)))
         return position
 
+    def stop_playback(self, message_id: str) -> tuple[int, float]:
+        """Tell the client to stop playing a reply for good; where it was heard (or paused)."""
+        position = self.replies[message_id].heard(time.monotonic())
+        self.wire.send(events.PlaybackStop(conversation_id=self.conv, message_id=message_id, **_at(position)))
+        return position
+
     def resume(self, message_id: str) -> None:
         """Play a paused reply on from where it stopped: its kept audio again, then what comes."""
         reply = self.replies.get(message_id)

@@ -316,16 +316,7 @@ class Session:
 
     async def cut(self, message_id: str) -> None:
         """The person cut the reply off: it stops where playback stood (or was paused)."""
-        reply = self.relay.replies[message_id]
-        position = reply.heard(time.monotonic())
-        self.wire.send(
-            events.PlaybackStop(
-                conversation_id=self.conv,
-                message_id=message_id,
-                sentence_index=position[0],
-                offset_ms=round(position[1] * 1000),
-            )
-        )
+        position = self.relay.stop_playback(message_id)
         await self.interrupt(message_id, position)
         metrics.EVENTS.labels("gateway", "barge_in").inc()
         await self.cancel(message_id, "barge-in")

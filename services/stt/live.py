@@ -304,17 +304,6 @@ class LiveSession:
         message_id = ids.user_message_id(self.conv, self.session_id, "voice", ev.utterance_seq)
         if await self.overlaps.no_turn(ev.utterance_seq, result, self.language, message_id):
             return
-        if not result.text:
-            await self.bus.publish_event(
-                schemas.ErrorEvent(
-                    conversation_id=self.conv,
-                    code="no_speech_recognized",
-                    message="speech was detected but nothing was recognised",
-                    message_id=message_id,
-                ),
-                msg_id=f"stt-empty.{message_id}",
-            )
-            return
         await self.bus.publish_event(
             schemas.TranscriptFinal(
                 conversation_id=self.conv,

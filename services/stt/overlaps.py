@@ -1,5 +1,6 @@
 """Utterances said over a playing reply: when each becomes a barge-in, and which make no turn
-because they were only a backchannel ("mhm", "yeah") or held no words Whisper was sure of.
+because they were only a backchannel ("mhm", "yeah") or held no words Whisper was sure of
+(and, over a reply or not, an utterance with no words at all).
 
 The gateway knows what is playing and names such an utterance (`schemas.OverReply`); the
 worker knows how long it has been voiced and what its words are, so it is the one to say.
@@ -41,9 +42,13 @@ class Overlaps:
             await self._barge_in(seq, "words")
 
     async def no_turn(self, seq: int, result: Transcript, language: str | None, message_id: str) -> bool:
-        """The utterance is read: over a reply, only a backchannel or words Whisper was unsure
-        of (a sound that was not speech) make no turn, and are said so. False: a turn."""
-        if self._said.pop(seq, None) is None:
+        """The utterance is read: no words, or, over a reply, only a backchannel or words Whisper
+        was unsure of (a sound that was not speech) make no turn, and are said so. False: a turn."""
+        over_reply = self._said.pop(seq, None) is not None
+        if not result.text:
+            await self._nothing(message_id, "speech was detected but nothing was recognised")
+            return True
+        if not over_reply:
             return False
         if backchannel.only_backchannel(result.text, result.language or language):
             metrics.EVENTS.labels("stt", "backchannel").inc()
@@ -52,19 +57,17 @@ class Overlaps:
             )
             await self.bus.publish_event(said, msg_id=f"backchannel.{message_id}")
             return True
-        if not result.text or result.confidence >= self.min_confidence:
+        if result.confidence >= self.min_confidence:
             return False
         metrics.EVENTS.labels("stt", "over_reply_not_speech").inc()
-        await self.bus.publish_event(
-            schemas.ErrorEvent(
-                conversation_id=self.conv,
-                code="no_speech_recognized",
-                message=f"the sound over the reply held no words (read as {result.text!r}, unsure)",
-                message_id=message_id,
-            ),
-            msg_id=f"stt-empty.{message_id}",
-        )
+        await self._nothing(message_id, f"the sound over the reply held no words (read as {result.text!r}, unsure)")
         return True
+
+    async def _nothing(self, message_id: str, message: str) -> None:
+        error = schemas.ErrorEvent(
+            conversation_id=self.conv, code="no_speech_recognized", message=message, message_id=message_id
+        )
+        await self.bus.publish_event(error, msg_id=f"stt-empty.{message_id}")
 
     def forget(self, seq: int) -> None:
         self._said.pop(seq, None)
