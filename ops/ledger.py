@@ -6,7 +6,9 @@ After any fault, within a deadline:
 - every finished reply with spoken text has its audio object, or a failure event for it;
 - every audio key on a message names an object that exists, and every reply object under
   `tts/` belongs to a message (no orphans);
-- every closed utterance a client saw has exactly one user message, or a failure event.
+- every closed utterance a client saw has exactly one user message, or a failure event;
+- every tool call has exactly one outcome, a result or an error (none still `running`), under
+  its derived id, and every `tool.call` event has its `tool.done`.
 
 `parley ledger [CONVERSATION_ID ...]` prints each problem precisely and exits 1 if any.
 Failure events are read back from the PARLEY_EVENTS stream (kept for its retention window).
@@ -42,6 +44,8 @@ class Evidence:
     sentence_failures: set[str] = field(default_factory=set)
     closed_utterances: set[tuple[str, str, int]] = field(default_factory=set)
     backchannels: set[tuple[str, str, int]] = field(default_factory=set)
+    tool_calls: set[str] = field(default_factory=set)
+    tools_done: set[str] = field(default_factory=set)
 
     def add(self, ev: schemas.Event) -> None:
         if isinstance(ev, schemas.ErrorEvent) and ev.message_id:
@@ -52,6 +56,10 @@ class Evidence:
             self.closed_utterances.add((ev.conversation_id, ev.session_id, ev.utterance_seq))
         elif isinstance(ev, schemas.Backchannel):
             self.backchannels.add((ev.conversation_id, ev.session_id, ev.utterance_seq))
+        elif isinstance(ev, schemas.ToolCalled):
+            self.tool_calls.add(ev.call_id)
+        elif isinstance(ev, schemas.ToolDone):
+            self.tools_done.add(ev.call_id)
 
     def add_client_events(self, events: list[dict]) -> None:
         """Events as a client received them (JSON objects); unknown kinds are skipped."""
@@ -140,7 +148,26 @@ async def check(
                 problems.append(f"conversation {conv}: orphan object {key}")
 
     user_ids = {r["id"] for r in rows if r["role"] == "user"}
+    problems += await _tool_calls(database, evidence, conversations)
     return problems + _unheard_utterances(evidence, user_ids, conversations)
+
+
+async def _tool_calls(database: db.Database, evidence: Evidence, conversations: list[str] | None) -> list[str]:
+    problems = []
+    rows = await database.pool.fetch(
+        """SELECT id, conversation_id, reply_id, round, call_index, status FROM tool_calls
+           WHERE $1::uuid[] IS NULL OR conversation_id = ANY($1::uuid[])""",
+        conversations,
+    )
+    for c in rows:
+        where = f"conversation {c['conversation_id']}: tool call {c['id']} of reply {c['reply_id']}"
+        if c["status"] == "running":
+            problems.append(f"{where} has no result and no error")
+        if c["id"] != ids.tool_call_id(c["reply_id"], c["round"], c["call_index"]):
+            problems.append(f"{where} does not carry its derived id")
+    for call_id in sorted(evidence.tool_calls - evidence.tools_done):
+        problems.append(f"tool call {call_id}: a tool.call event and no tool.done")
+    return problems
 
 
 def _unheard_utterances(evidence: Evidence, user_ids: set, conversations: list[str] | None) -> list[str]:

@@ -98,6 +98,8 @@ def base_env(nats_server, database_url, s3, fake_llm):
         "PARLEY_AUTH_JWT_SECRET": TEST_JWT_SECRET,
         # An edited avatar reaches conversations under way within a second (one test waits on it).
         "PARLEY_LLM_AVATAR_CACHE_S": "1",
+        # The tools tests' webhooks listen on loopback (tests/fakes/webhook_server.py).
+        "PARLEY_TOOLS_ALLOW_PRIVATE_URLS": "true",
     }
 
 

@@ -183,6 +183,7 @@ async def ensure_streams(bus: Bus) -> None:
         await bus.js.update_stream(_stream_config(spec))
     await bus.js.create_key_value(bucket=subjects.CANCEL_BUCKET, ttl=3600)
     await bus.js.create_key_value(bucket=subjects.TURNS_BUCKET, ttl=3600, history=1)
+    await bus.js.create_key_value(bucket=subjects.TOOL_RESULTS_BUCKET, ttl=3600, history=1)
     bus.declared = True
 
 

@@ -25,6 +25,13 @@ def reply_id(user_message_id: str, avatar_id: str) -> str:
     return _derive("reply", user_message_id, avatar_id)
 
 
+def tool_call_id(reply_message_id: str, round_: int, index: int) -> str:
+    """A reply's tool call: its place in the reply (the LLM round, the call's index in it).
+    A redelivered turn finds its stored result by this id; a webhook sees it as the
+    idempotency key."""
+    return _derive("tool-call", reply_message_id, round_, index)
+
+
 def tts_job_id(reply_message_id: str, sentence_index: int) -> str:
     return f"{reply_message_id}.{sentence_index}"
 

@@ -80,6 +80,12 @@ TURN_MODEL_AVAILABLE = Gauge(
     "parley_stt_turn_model_available",
     "1 when the end-of-turn sound model loaded; 0: the sound signal is off (a policy that needs it runs as vad)",
 )
+TOOL_CALLS = Counter(
+    "parley_tool_calls_total",
+    "Tool calls by kind and outcome (reused: an earlier attempt's result)",
+    ["kind", "outcome"],
+)
+TOOL_SECONDS = Histogram("parley_tool_seconds", "Time a tool call took, by kind", ["kind"], buckets=LATENCY_BUCKETS)
 HANDLER_ERRORS = Counter("parley_handler_errors_total", "Work-queue handler failures", ["service", "queue"])
 EVENTS = Counter("parley_events_total", "Things that happened", ["service", "event"])
 ACTIVE_SESSIONS = Gauge("parley_active_sessions", "Live sessions held by this process", ["service"])

@@ -47,6 +47,9 @@ class SttOpen(Msg):
     """Audio kept before speech start and after its end; the worker's own setting when unset."""
     instructions: str | None = None
     """Carried onto every `UserTurn` of the session (see `UserTurn.instructions`)."""
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    """Carried onto every `UserTurn` of the session (see `UserTurn.tools`)."""
     partials: bool = True
     """Partial transcripts at the worker's cadence; False: none for this session."""
     turn_policy: str | None = None
@@ -199,6 +202,12 @@ class UserTurn(Msg):
     instructions: str | None = None
     """The session's own system prompt (an OpenAI Realtime client's `instructions`): it stands
     in for the answering avatar's persona."""
+    tools: list[dict] | None = None
+    """The session's own tools (a Realtime client's function tools, `services.common.tools.Tool`
+    of kind `client`), offered beside the avatar's."""
+    tool_choice: str | dict | None = None
+    """How the first round may use the tools: `auto` (unset), `none`, `required`, or
+    `{"type": "function", "name": ...}`."""
 
 
 class TtsJob(Msg):
@@ -354,6 +363,34 @@ class AudioStored(Event, tag="audio.stored"):
     duration_s: float
 
 
+class ToolCalled(Event, tag="tool.call"):
+    """An avatar calls a tool. For a `client` tool the client runs it and answers with a
+    `tool.result` message; the others are run by Parley and said here for the client to show."""
+
+    message_id: str
+    """The reply that calls it."""
+    call_id: str
+    name: str
+    arguments: str
+    kind: str
+    round: int = 0
+    index: int = 0
+    round_calls: int = 1
+    """How many calls the LLM asked for in this round (a client may wait for all of them)."""
+    sentences_before: int = 0
+    """Sentences of the reply sent to speech before the call (what the avatar said first)."""
+
+
+class ToolDone(Event, tag="tool.done"):
+    """A tool call's outcome, as the LLM reads it: `ok`, or `error` with why."""
+
+    message_id: str
+    call_id: str
+    name: str
+    status: Literal["ok", "error"]
+    error: str | None = None
+
+
 class ErrorEvent(Event, tag="error"):
     code: str
     message: str
@@ -376,6 +413,8 @@ ClientEvent = (
     | ReplyInterrupted
     | SentenceFailed
     | AudioStored
+    | ToolCalled
+    | ToolDone
     | ErrorEvent
 )
 

@@ -25,6 +25,9 @@ class ServiceSettings(BaseSettings):
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """Names this process on the bus (heartbeats, connection names): unique per process, so
     several replicas on one host are told apart."""
+    tools_allow_private_urls: bool = False
+    """Let tool URLs (webhooks, MCP servers) reach loopback, private and link-local addresses
+    and plain http: tools inside the deployment, and tests. Off: https to public addresses."""
     drain_timeout_s: float = 20.0
     gc_young_threshold: int = 100_000
     """Allocations between young-generation collections once started (CPython's default: 700).

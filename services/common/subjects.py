@@ -85,6 +85,13 @@ STORAGE_VOICE_PUT = "parley.storage.voice.put"
 """Gateway asks storage to keep an avatar's reference voice (request/reply, queue group "storage")."""
 CANCEL_BUCKET = "parley_cancelled"
 TURNS_BUCKET = "parley_turns"
+TOOL_RESULTS_BUCKET = "parley_tool_results"
+"""A client tool's answer, put by the gateway under `tool_result_key`, read by the orchestrator."""
+
+
+def tool_result_key(conv: str, call_id: str) -> str:
+    return f"{conv}.{call_id}"
+
 
 # Streams, and the filter of each stream's subjects (a work queue's consumer reads all of them).
 AUDIO_IN_STREAM, AUDIO_IN_ALL = "PARLEY_AUDIO_IN", "parley.audio.*"

@@ -37,6 +37,8 @@ class GatewaySettings(ServiceSettings):
     audio_burst_s: float = 5.0
     """Jitter allowance: frames bunched by the network (or a stalled client) up to this much audio pass."""
     max_text_chars: int = 4000
+    max_tool_result_bytes: int = 65536
+    """The most a client tool's answer may hold (the orchestrator's own limit is the same)."""
     start_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
     """A session whose client sends nothing (no audio, no message) this long is closed."""

@@ -160,6 +160,28 @@ class AudioStored(ClientEvent, tag="audio.stored"):
     duration_s: float
 
 
+class ToolCall(ClientEvent, tag="tool.call"):
+    """An avatar calls a tool; for `kind` "client" the client runs it and answers `tool.result`."""
+
+    message_id: str
+    call_id: str
+    name: str
+    arguments: str
+    kind: str
+    round: int = 0
+    index: int = 0
+    round_calls: int = 1
+    sentences_before: int = 0
+
+
+class ToolDone(ClientEvent, tag="tool.done"):
+    message_id: str
+    call_id: str
+    name: str
+    status: Literal["ok", "error"]
+    error: str | None = None
+
+
 class Error(ClientEvent, tag="error"):
     code: str
     message: str
@@ -182,6 +204,8 @@ FromBus = (
     | ReplyInterrupted
     | SentenceFailed
     | AudioStored
+    | ToolCall
+    | ToolDone
     | Error
 )
 """The client events a bus event becomes (the same `type` tag on both sides)."""

@@ -25,6 +25,7 @@ from .config import GatewaySettings
 from .native import NativeWire
 from .realtime import RealtimeWire
 from .session import Session
+from .tool_answers import ToolAnswers
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Gateway(Service):
         self.db = db.Database(await self.open_db())
         self.auth = Authenticator(s, self.db)
         self.bus = await self.open_bus()
+        self.tool_answers = ToolAnswers(self.bus, self.db, self.settings.max_tool_result_bytes)
         renewer = asyncio.create_task(self._renew_forever())
         self.on_close(lambda: _cancel(renewer))
 

@@ -129,6 +129,10 @@ class NativeWire:
         elif isinstance(msg, protocol.Latency):
             if not session.latency(msg.message_id, msg.voice_to_voice_ms):
                 self.error("unknown_reply", "latency is reported once per spoken reply of this session")
+        elif isinstance(msg, protocol.ToolResult):
+            refused = await session.tool_result(msg.call_id, msg.output, msg.error)
+            if refused is not None:
+                self.error(*refused)
         else:
             self.error("unexpected_message", "session.start was already received")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -112,7 +112,16 @@ class Latency(ClientMessage, tag="latency"):
     voice_to_voice_ms: Annotated[float, msgspec.Meta(gt=0, lt=120_000)]
 
 
-Incoming = Start | Text | Interrupt | Playback | End | Latency
+class ToolResult(ClientMessage, tag="tool.result"):
+    """The answer to a client tool's `tool.call`: its `output` (any JSON), or an `error` the
+    avatar is told about. One answer per call; the call's own timeout bounds the wait."""
+
+    call_id: str
+    output: Any = None
+    error: str | None = None
+
+
+Incoming = Start | Text | Interrupt | Playback | End | Latency | ToolResult
 decoder = msgspec.json.Decoder(Incoming)
 
 # Server -> client audio: a 28-byte little-endian header, then PCM16 mono samples.

@@ -31,6 +31,7 @@ from .feed import Feed, replay_from
 from .mic import MicInput
 from .relay import Reply, ReplyRelay
 from .stt_link import SttLink
+from .tool_answers import AnswerRefused, ToolAnswers
 from .wire import Opening, Wire
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Host(Protocol):
     auth: Authenticator
     settings: GatewaySettings
     sessions: set
+    tool_answers: ToolAnswers
 
 
 class Session:
@@ -267,7 +269,15 @@ class Session:
             self.text_seq += 1
         return seq, ids.user_message_id(self.conv, namespace, "text", seq)
 
-    async def submit_text(self, message_id: str, seq: int, text: str, instructions: str | None = None) -> None:
+    async def submit_text(
+        self,
+        message_id: str,
+        seq: int,
+        text: str,
+        instructions: str | None = None,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+    ) -> None:
         """A typed user turn onto the bus (de-duplicated by its message id)."""
         turn = schemas.UserTurn(
             conversation_id=self.conv,
@@ -278,8 +288,17 @@ class Session:
             text=text,
             marks={"received": time.time()},
             instructions=instructions,
+            tools=tools,
+            tool_choice=tool_choice,
         )
         await self.bus.publish_fact(subjects.turn(self.conv), turn, msg_id=message_id)
+
+    async def tool_result(self, call_id: str, output: object, error: str | None) -> tuple[str, str] | None:
+        try:
+            await self.gw.tool_answers.put(self.conv, call_id, output, error)
+        except AnswerRefused as exc:
+            return exc.code, str(exc)
+        return None
 
     async def interrupt(self, message_id: str, position: tuple[int, float] | None, fact_id: str | None = None) -> None:
         """Stop forwarding the reply's audio and have it stored as heard up to `position`.

@@ -124,6 +124,8 @@ class SttLink:
             vad_threshold=o.vad_threshold,
             pad_ms=o.pad_ms,
             instructions=o.instructions,
+            tools=o.tools,
+            tool_choice=o.tool_choice,
             turn_policy=o.turn_policy,
             turn_short_ms=o.turn_short_ms,
             turn_long_ms=o.turn_long_ms,

@@ -28,6 +28,9 @@ class SttOptions:
     pad_ms: int | None = None
     instructions: str | None = None
     """Carried onto every spoken turn (the Realtime API's session `instructions`)."""
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    """The session's own tools, carried onto every spoken turn (the Realtime API's `tools`)."""
     prompt: str | None = None
     """Words to bias recognition towards, besides the avatars' names."""
     turn_policy: str | None = None
@@ -90,7 +93,18 @@ class SessionApi(Protocol):
 
     def text_turn_id(self, client_seq: int | None = None) -> tuple[int, str]: ...
 
-    async def submit_text(self, message_id: str, seq: int, text: str, instructions: str | None = None) -> None: ...
+    async def submit_text(
+        self,
+        message_id: str,
+        seq: int,
+        text: str,
+        instructions: str | None = None,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+    ) -> None: ...
+
+    async def tool_result(self, call_id: str, output: object, error: str | None) -> tuple[str, str] | None:
+        """A client tool's answer; (code, message) when it is refused."""
 
     async def interrupt(
         self, message_id: str, position: tuple[int, float] | None, fact_id: str | None = None

@@ -1,4 +1,5 @@
-"""The LLM client: a streaming OpenAI-compatible chat completion, its text deltas as they come.
+"""The LLM client: a streaming OpenAI-compatible chat completion, its deltas as they come:
+text as `str`, and the pieces of the tool calls it asks for as `ToolCallPart`.
 
 Errors are a small written-out hierarchy (after httpx's) so the handler can tell the client
 what went wrong and store the turn as failed instead of hanging.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
@@ -45,6 +48,20 @@ class LLMServerError(LLMError):
 
 class LLMBadResponse(LLMError):
     code = "llm_bad_response"
+
+
+@dataclass(frozen=True)
+class ToolCallPart:
+    """One streamed piece of a tool call: the first of a call carries its id and name, every
+    piece a run of its JSON arguments (OpenAI's `delta.tool_calls[]`)."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+Delta = str | ToolCallPart
 
 
 def _status_error(status: int, body: str) -> LLMError:
@@ -91,12 +108,14 @@ class ChatClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[dict], tools: list[dict] | None = None, tool_choice: Any = None
+    ) -> AsyncIterator[Delta]:
         attempt = 0
         while True:
             got_token = False
             try:
-                async for delta in self._stream_once(messages):
+                async for delta in self._stream_once(messages, tools, tool_choice):
                     got_token = True
                     yield delta
                 return
@@ -106,14 +125,19 @@ class ChatClient:
                 attempt += 1
                 await asyncio.sleep(0.2 * 2**attempt)
 
-    async def _stream_once(self, messages: list[dict]) -> AsyncIterator[str]:
-        body = {
+    async def _stream_once(
+        self, messages: list[dict], tools: list[dict] | None, tool_choice: Any
+    ) -> AsyncIterator[Delta]:
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "stream": True,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
+        if tools:
+            body["tools"] = tools
+            body["tool_choice"] = tool_choice or "auto"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.total_timeout_s
         try:
@@ -135,8 +159,7 @@ class ChatClient:
                         raise LLMTimeout("no token in time" if first else "reply took too long") from exc
                     if sse.data.strip() == "[DONE]":
                         return
-                    delta = _delta(sse.data)
-                    if delta:
+                    for delta in _deltas(sse.data):
                         first = False
                         yield delta
         except httpx.ConnectError as exc:
@@ -147,7 +170,7 @@ class ChatClient:
             raise LLMBadResponse(f"malformed or broken stream: {exc}") from exc
 
 
-def _delta(data: str) -> str:
+def _deltas(data: str) -> list[Delta]:
     try:
         chunk = json.loads(data)
     except json.JSONDecodeError as exc:
@@ -157,7 +180,14 @@ def _delta(data: str) -> str:
     try:
         choices = chunk.get("choices") or []
         if not choices:
-            return ""
-        return (choices[0].get("delta") or {}).get("content") or ""
-    except (AttributeError, TypeError) as exc:
+            return []
+        delta = choices[0].get("delta") or {}
+        out: list[Delta] = [delta["content"]] if delta.get("content") else []
+        for call in delta.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            out.append(
+                ToolCallPart(int(call.get("index", 0)), call.get("id"), fn.get("name"), fn.get("arguments") or "")
+            )
+        return out
+    except (AttributeError, TypeError, ValueError) as exc:
         raise LLMBadResponse(f"unexpected chunk shape: {data[:80]!r}") from exc

@@ -25,3 +25,11 @@ class LlmSettings(ServiceSettings):
     llm_concurrency: int = 64
     # How long a newer turn waits for the reply it interrupted to stop before taking over.
     llm_turn_wait_s: float = 10.0
+    # Tools (docs/rest.md, "Tools"): rounds of calls in one reply before it must answer in words,
+    # the most one result may hold, and the filler said while a slow call runs.
+    llm_tool_max_rounds: int = 4
+    llm_tool_max_result_bytes: int = 65536
+    llm_tool_retries: int = 2
+    """Webhook attempts after the first, on a 5xx, a timeout or no connection (same idempotency key)."""
+    llm_tool_filler_after_s: float = 1.0
+    """A round of calls still running this long has the avatar say a short filler (0: never)."""

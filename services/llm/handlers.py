@@ -26,10 +26,13 @@ from services.common.runtime import Service
 from .client import ChatClient
 from .config import LlmSettings
 from .interruptions import Interruptions
+from .mcp_tools import McpServers
 from .memory import Memory
 from .ordering import TurnGate
 from .record import Records
+from .tools import ToolDeps
 from .turn import ActiveTurn, Answering, Turn
+from .webhook import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,11 @@ class Orchestrator(Service):
         self.cancels = await Cancels.watch(self.bus.js)
         self.on_close(self.cancels.close)
         self.gate = TurnGate(await self.bus.js.key_value(subjects.TURNS_BUCKET), self.bus, s.llm_turn_wait_s)
-        self.answering = Answering(self.bus, self.llm, s, self.records, self.memory, self.cancels)
+        webhooks = Webhooks(s)
+        self.on_close(webhooks.aclose)
+        results = await self.bus.js.key_value(subjects.TOOL_RESULTS_BUCKET)
+        tools = ToolDeps(self.bus, s, self.records.tool_calls, webhooks, results, McpServers(s))
+        self.answering = Answering(self.bus, self.llm, s, self.records, self.memory, self.cancels, tools)
         self._ctl_sub = await self.bus.on_control("*", schemas.ReplyCancel, self._on_cancel)
         await self._work(
             # A turn killed mid-reply is redelivered within seconds (see _TURN_ACK_WAIT_S).
@@ -166,4 +173,13 @@ class Orchestrator(Service):
             ),
             msg_id=f"turn-fail.{turn.message_id}",
         )
-        await self.records.fail_streaming(turn.message_id, f"turn_failed: {exc}")
+        for call in await self.records.fail_streaming(turn.message_id, f"turn_failed: {exc}"):
+            done = schemas.ToolDone(
+                conversation_id=turn.conversation_id,
+                message_id=call.reply_id,
+                call_id=call.id,
+                name=call.name,
+                status="error",
+                error=call.error,
+            )
+            await self.bus.publish_event(done, msg_id=f"tool-done.{call.id}")

@@ -82,6 +82,7 @@ class Records:
     def __init__(self, database: db.Database):
         self.messages = database.messages
         self._avatars = database.avatars
+        self.tool_calls = database.tool_calls
 
     def turn(self, turn: schemas.UserTurn, first_out: asyncio.Event | None = None) -> TurnRecord:
         return TurnRecord(self.messages, turn, first_out)
@@ -96,9 +97,11 @@ class Records:
         """Avatars whose reply to the turn is already finished (a redelivered or repeated turn)."""
         return await self.messages.finished_replies(turn_message_id)
 
-    async def fail_streaming(self, turn_message_id: str, error: str) -> None:
-        """A turn given up: a reply its last attempt had begun must not stay `streaming`."""
+    async def fail_streaming(self, turn_message_id: str, error: str) -> list[db.ToolCall]:
+        """A turn given up: a reply its last attempt had begun must not stay `streaming`, nor a
+        call it made stay `running` (those calls are returned, to be told as failed)."""
         await self.messages.fail_streaming_replies(turn_message_id, error)
+        return await self.tool_calls.fail_running(turn_message_id, error)
 
     async def interrupt(self, reply_id: str, heard: str | None) -> db.Interruption:
         """Cut a reply to what was heard, decided on one snapshot (see `Messages.interrupt_reply`)."""

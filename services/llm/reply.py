@@ -1,5 +1,7 @@
 """One avatar's reply to one turn, as it streams: tokens from the LLM, cut into sentences,
-each sent to TTS the moment it is complete, the text relayed live as it grows.
+each sent to TTS the moment it is complete, the text relayed live as it grows. When the LLM
+asks for tools, what it said so far is spoken, the round of calls runs (tools.py), and the
+LLM goes on from their results; after `llm_tool_max_rounds` rounds it must answer in words.
 
 Nothing here touches the database: the turn (handlers.py) writes the reply's row beside the
 stream and finishes it with what `ReplyStream.run` returns.
@@ -17,9 +19,21 @@ from services.common import ids, metrics, schemas, subjects
 from services.common.db import Avatar
 from services.common.logs import ctx
 
-from .client import ChatClient, LLMError
+from .client import ChatClient, LLMError, ToolCallPart
 from .config import LlmSettings
 from .sentences import SentenceCutter, speakable
+from .tools import ToolBox, assemble
+
+FILLERS = {
+    "en": "One moment.",
+    "de": "Einen Moment.",
+    "fr": "Un instant.",
+    "es": "Un momento.",
+    "it": "Un momento.",
+    "pt": "Um momento.",
+    "nl": "Een moment.",
+}
+"""Said while a round of tool calls is still running after `llm_tool_filler_after_s`."""
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +45,8 @@ class Streamed:
     error: str | None = None
     sentences: int = 0
     tokens: int = 0
+    calls: list[dict] = field(default_factory=list)
+    """The reply's finished tool calls (`ToolCall.prompt_item`), for the next turn's prompt."""
     timings: dict[str, float] = field(default_factory=dict)
     """Wall-clock marks of the turn's stages (seconds since the epoch), stored on the reply."""
 
@@ -47,6 +63,7 @@ class ReplyStream:
     ):
         self.bus = bus
         self.llm = llm
+        self.settings = settings
         self.turn = turn
         self.avatar = avatar
         self.conv = turn.conversation_id
@@ -57,7 +74,14 @@ class ReplyStream:
         self._t0 = time.perf_counter()
         self._first_token_s = 0.0
 
-    async def run(self, prompt: list[dict], cancel: asyncio.Event, first_out: asyncio.Event) -> Streamed:
+    async def run(
+        self,
+        prompt: list[dict],
+        cancel: asyncio.Event,
+        first_out: asyncio.Event,
+        tools: ToolBox | None = None,
+        first_choice: str | dict | None = None,
+    ) -> Streamed:
         """Stream until the LLM ends, fails or `cancel` is set; `first_out` is set once a sentence is out."""
         out = self.out
         await self.bus.publish_live(
@@ -69,14 +93,25 @@ class ReplyStream:
                 avatar_name=self.avatar.name,
             )
         )
+        messages = list(prompt)
+        offered = tools.functions() if tools is not None else []
         try:
-            async for delta in self.llm.stream(prompt):
-                await self._token(delta)
+            for round_ in range(self.settings.llm_tool_max_rounds + 1):
+                last = round_ == self.settings.llm_tool_max_rounds
+                text_before = len(out.text)
+                choice = "none" if last else (first_choice or "auto") if round_ == 0 else "auto"
+                parts = await self._generate(messages, cancel, first_out, offered, choice)
+                if out.status != "complete" or not parts or last or tools is None:
+                    break
+                for sentence in self.cutter.flush():  # what it said before the call is spoken first
+                    await self._dispatch(sentence, first_out)
+                asked = assemble(parts)
+                calls = await tools.run_round(round_, asked, lambda: self._filler(first_out), out.sentences)
+                out.calls += [c.prompt_item() for c in calls]
+                messages += _round_messages(out.text[text_before:], asked, calls)
                 if cancel.is_set():
                     out.status = "interrupted"
                     break
-                for sentence in self.cutter.push(delta):
-                    await self._dispatch(sentence, first_out)
             if out.status == "complete":
                 for sentence in self.cutter.flush():
                     await self._dispatch(sentence, first_out)
@@ -88,6 +123,37 @@ class ReplyStream:
             if streaming_s > 0:
                 metrics.LLM_TOKENS_PER_SECOND.observe((out.tokens - 1) / streaming_s)
         return out
+
+    async def _generate(
+        self,
+        messages: list[dict],
+        cancel: asyncio.Event,
+        first_out: asyncio.Event,
+        tools: list[dict],
+        choice: str | dict,
+    ) -> list[ToolCallPart]:
+        """One completion: its text spoken as it comes; the tool calls it asks for, returned."""
+        parts: list[ToolCallPart] = []
+        if self.out.text and not self.out.text[-1].isspace():
+            await self._token(" ")
+        async for delta in self.llm.stream(messages, tools or None, choice if tools else None):
+            if isinstance(delta, ToolCallPart):
+                parts.append(delta)
+                continue
+            await self._token(delta)
+            if cancel.is_set():
+                self.out.status = "interrupted"
+                break
+            for sentence in self.cutter.push(delta):
+                await self._dispatch(sentence, first_out)
+        return parts
+
+    async def _filler(self, first_out: asyncio.Event) -> None:
+        text = FILLERS.get(self.avatar.language.split("-")[0].lower())
+        if text:
+            space = " " if self.out.text and not self.out.text[-1].isspace() else ""
+            await self._token(f"{space}{text} ")
+            await self._dispatch(text, first_out)
 
     async def _token(self, delta: str) -> None:
         out = self.out
@@ -144,3 +210,13 @@ class ReplyStream:
             ),
             msg_id=f"llm-fail.{self.reply_id}",
         )
+
+
+def _round_messages(text: str, asked, calls) -> list[dict]:
+    """The round as the LLM's next prompt holds it: its words and calls, then each result."""
+    request = [
+        {"id": c.id, "type": "function", "function": {"name": a.name, "arguments": a.arguments}}
+        for a, c in zip(asked, calls)
+    ]
+    results = [{"role": "tool", "tool_call_id": c.id, "content": c.output} for c in calls]
+    return [{"role": "assistant", "content": text.strip() or None, "tool_calls": request}, *results]

@@ -19,6 +19,7 @@ from .memory import Memory
 from .prompt import answering, build_prompt
 from .record import Outcome, Records
 from .reply import ReplyStream
+from .tools import ToolBox, ToolDeps
 
 SUPERSEDED = "superseded by a newer turn"
 CANCELLED_BEFORE = "cancelled before it began"
@@ -44,6 +45,7 @@ class Answering:
     records: Records
     memory: Memory
     cancels: Cancels
+    tools: ToolDeps | None = None
 
 
 class Turn:
@@ -93,15 +95,24 @@ class Turn:
         d = self.deps
         reply_id = self.active.reply_id = ids.reply_id(self.turn.message_id, avatar.id)
         begun = record.begin_reply(reply_id, avatar.id)
+        tools = None
+        if d.tools is not None and (avatar.tools or self.turn.tools) and self.turn.tool_choice != "none":
+
+            async def ready() -> None:
+                first_out.set()  # the user message goes in first: the reply's row refers to it
+                await asyncio.shield(begun)
+
+            tools = ToolBox(d.tools, self.conv, reply_id, avatar, ready, self.turn.tools)
+            await tools.prepare()
         stream = ReplyStream(d.bus, d.llm, d.settings, self.turn, avatar, reply_id)
-        out = await stream.run(
-            build_prompt(avatar, avatars, history, self.turn.instructions), self.active.cancel, first_out
-        )
+        prompt = build_prompt(avatar, avatars, history, self.turn.instructions, tools=tools is not None)
+        out = await stream.run(prompt, self.active.cancel, first_out, tools, self.turn.tool_choice)
         first_out.set()
         # An interruption with the playback position may have stored the heard text already.
         stored = await record.finish_reply(reply_id, begun, out)
         await self._announce(avatar, reply_id, stored)
-        return HistoryItem("avatar", avatar.id, stored.text) if stored.text and stored.status != "failed" else None
+        text = stored.text if stored.status != "failed" else ""
+        return HistoryItem("avatar", avatar.id, text, tuple(out.calls)) if text or out.calls else None
 
     async def _close_unanswered(self, record, avatar: Avatar, reply_id: str, why: str) -> None:
         """A reply that was interrupted before it began: stored empty, announced, no audio."""

@@ -69,6 +69,7 @@ class LiveSession:
             pad_ms=s.vad_pad_ms if req.pad_ms is None else req.pad_ms,
         )
         self.instructions = req.instructions
+        self.tools, self.tool_choice = req.tools, req.tool_choice
         self.replay_from = None if req.replay_from_s is None else int(req.replay_from_s * cfg.sample_rate)
         self._cfg = cfg
         self.segmenter = self._segmenter(req.first_utterance_seq, 0)
@@ -334,6 +335,8 @@ class LiveSession:
                 speech_end_s=ev.end_s,
                 marks=marks,
                 instructions=self.instructions,
+                tools=self.tools,
+                tool_choice=self.tool_choice,
             ),
             msg_id=message_id,
         )

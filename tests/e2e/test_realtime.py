@@ -598,6 +598,69 @@ async def test_commit_ends_the_speech_the_vad_hears_and_clear_drops_it(stack, tm
         c.check_typed()
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+async def test_a_function_call_round_trip_as_the_sdk_makes_it(stack, fake_llm):
+    """session.update with a function tool; the response that calls it ends with the
+    `function_call` item after what was said before it; the client's function_call_output and
+    response.create make the next response, which speaks the answer; all of it stored."""
+    fake_llm.tool_arguments = {"weather": {"city": "Paris"}}
+    key = await _api_key(stack, "rt-tool")
+    try:
+        async with _client(stack, key).realtime.connect(model="gpt-realtime") as conn:
+            c = Conversation(conn)
+            conversation_id = (await c.wait_event("session.created")).session.model_extra["parley"]["conversation_id"]
+            await conn.session.update(session={"type": "realtime", "tools": [WEATHER_TOOL], "tool_choice": "auto"})
+            updated = (await c.wait_event("session.updated")).session
+            assert [t.name for t in updated.tools] == ["weather"] and updated.tool_choice == "auto"
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Weather in Paris?"}],
+                }
+            )
+            await conn.response.create()
+            first = (await c.wait_event("response.created")).response
+            args = await c.wait_event("response.function_call_arguments.done", response_id=first.id)
+            assert args.name == "weather" and json.loads(args.arguments) == {"city": "Paris"}
+            done = await _response_done(c, first.id)
+            assert done.status == "completed" and [o.type for o in done.output] == ["message", "function_call"]
+            assert done.output[1].call_id == args.call_id and _audio_ms(c, first.id) > 0
+            said = "".join(d.delta for d in c.of("response.output_audio_transcript.delta", response_id=first.id))
+            assert said == "Let me check."
+
+            await conn.conversation.item.create(
+                item={"type": "function_call_output", "call_id": args.call_id, "output": '{"temperature": "21 C"}'}
+            )
+            await conn.response.create()
+            second = (await c.wait_for(lambda c: c.of("response.created")[1:], 60))[0].response
+            answer = await _response_done(c, second.id)
+            assert answer.status == "completed" and answer.output[0].type == "message"
+            spoken = answer.output[0].content[0].transcript
+            assert "21 C" in spoken and not spoken.startswith("Let me check")
+            assert answer.output[0].id != done.output[0].id and _audio_ms(c, second.id) > 0
+
+            await conn.conversation.item.create(
+                item={"type": "function_call_output", "call_id": args.call_id, "output": "again"}
+            )
+            refused = await c.wait_event("error")
+            assert refused.error.code == "tool_call_finished" and refused.error.param == "item.call_id"
+            assert not c.of("error")[1:]
+            c.check_typed()
+        reply_id = done.output[0].id
+        row = await _stored(stack, "rt-tool", conversation_id, reply_id, "complete")
+        assert row["text"].startswith("Let me check.") and "21 C" in row["text"]
+    finally:
+        fake_llm.tool_arguments = {}
+
+
 async def test_every_realtime_conversation_balances(stack):
     """The ledger's invariant holds over the conversations this module's sessions held."""
     assert CONVERSATIONS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 from nats.js.errors import KeyNotFoundError
 
@@ -16,11 +17,26 @@ class ScriptedLLM:
         self.deltas, self.fail_after, self.error = deltas, fail_after, error
         self.prompts: list[list[dict]] = []
 
-    async def stream(self, messages):
+    async def stream(self, messages, tools=None, tool_choice=None):
         self.prompts.append(messages)
         for n, delta in enumerate(self.deltas):
             if self.fail_after is not None and n == self.fail_after:
                 raise self.error
+            await asyncio.sleep(0)
+            yield delta
+
+
+class RoundsLLM:
+    """Streams `rounds[i]` on its i-th request (the last one again after that); records each
+    request's messages, tools and tool_choice."""
+
+    def __init__(self, rounds: list[list]):
+        self.rounds = rounds
+        self.requests: list[dict] = []
+
+    async def stream(self, messages, tools=None, tool_choice=None):
+        self.requests.append({"messages": [dict(m) for m in messages], "tools": tools, "tool_choice": tool_choice})
+        for delta in self.rounds[min(len(self.requests), len(self.rounds)) - 1]:
             await asyncio.sleep(0)
             yield delta
 
@@ -38,7 +54,7 @@ class MemoryKv:
     async def get(self, key: str):
         if key not in self.values:
             raise KeyNotFoundError
-        return self.values[key]
+        return SimpleNamespace(key=key, value=self.values[key])
 
 
 def memory_cancels() -> Cancels:

@@ -2,21 +2,25 @@
 
 It streams a deterministic reply word by word as server-sent events, records every request
 (so tests can check the prompt), and can be switched to fail the way real providers do.
+
+Tools, as OpenAI streams them: offered tools whose names the user's last message mentions are
+called (several at once, each call's id and name first, its JSON arguments in three pieces,
+`finish_reason` "tool_calls"), after a spoken "Let me check." when `say_before_tools`; the
+arguments are `tool_arguments[name]` (default `{}`), or `bad_arguments` verbatim. Once the last
+message is a tool result, the reply says what each tool answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from ops.devstack import free_port, wait_for_port
+from tests.fakes.threaded import ThreadedServer
 
 
 def reply_for(user_text: str) -> str:
@@ -27,28 +31,22 @@ def reply_for(user_text: str) -> str:
     )
 
 
-class FakeLLM:
+class FakeLLM(ThreadedServer):
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.requests: list[dict] = []
         self.mode = "ok"  # ok | http_500 | http_401 | http_429 | malformed | silent | endless
         self.token_delay_s = 0.005
-        app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self.tool_arguments: dict[str, dict] = {}
+        self.bad_arguments: str | None = None
+        self.say_before_tools = True
+        self.after_tool_delay_s = 0.0
+        """How long an answer to a tool result waits before its first token (a test's window)."""
+        self.serve(Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])]))
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> FakeLLM:
-        self._thread.start()
-        wait_for_port(self.port)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(5)
 
     async def _completions(self, request: Request):
         body = await request.json()
@@ -59,12 +57,21 @@ class FakeLLM:
             return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
         if self.mode == "http_429":
             return JSONResponse({"error": {"message": "slow down"}}, status_code=429)
-        user_text = body["messages"][-1]["content"]
-        words = reply_for(user_text).split(" ")
+        calls = self._calls(body)
+        last = body["messages"][-1]
+        if calls:
+            return StreamingResponse(self._stream_calls(calls), media_type="text/event-stream")
+        if last["role"] == "tool":
+            results = [m["content"] for m in body["messages"] if m["role"] == "tool"][-4:]
+            words = ("The tool answered: " + " and ".join(results) + ".").split(" ")
+        else:
+            words = reply_for(last["content"]).split(" ")
 
         async def stream():
             if self.mode == "silent":
                 await asyncio.sleep(5)
+            if last["role"] == "tool":
+                await asyncio.sleep(self.after_tool_delay_s)
             while self.mode == "endless":
                 yield 'data: {"choices": [{"index": 0, "delta": {"content": " more"}}]}\n\n'
                 await asyncio.sleep(0.01)
@@ -83,6 +90,40 @@ class FakeLLM:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+    def _calls(self, body: dict) -> list[str]:
+        last = body["messages"][-1]
+        offered = [t["function"]["name"] for t in body.get("tools") or []]
+        if last["role"] != "user" or body.get("tool_choice") == "none":
+            return []
+        return [name for name in offered if name.lower() in last["content"].lower()]
+
+    async def _stream_calls(self, names: list[str]):
+        def chunk(delta: dict, finish: str | None = None) -> str:
+            return f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]})}\n\n"
+
+        if self.say_before_tools:
+            for piece in ("Let", " me", " check."):
+                yield chunk({"content": piece})
+                await asyncio.sleep(self.token_delay_s)
+        for index, name in enumerate(names):
+            args = (
+                self.bad_arguments if self.bad_arguments is not None else json.dumps(self.tool_arguments.get(name, {}))
+            )
+            third = max(1, len(args) // 3)
+            pieces = [args[:third], args[third : 2 * third], args[2 * third :]]
+            head = {
+                "index": index,
+                "id": f"call_{index}",
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
+            yield chunk({"tool_calls": [head]})
+            for piece in pieces:
+                yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                await asyncio.sleep(self.token_delay_s)
+        yield chunk({}, "tool_calls")
+        yield "data: [DONE]\n\n"
 
 
 def main() -> None:

@@ -6,9 +6,10 @@ end-to-end test."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from services.common.db import Avatar, HistoryItem, Interruption
+from services.common.db import Avatar, HistoryItem, Interruption, ToolCall
 
 
 @dataclass
@@ -91,7 +92,35 @@ class MemoryMessages:
         return Interruption("cut", row.text or "")
 
 
+@dataclass
+class MemoryToolCalls:
+    """`db.ToolCalls.begin` and `finish` with their SQL's rules: the first stored call and its
+    first outcome win."""
+
+    calls: dict[str, ToolCall] = field(default_factory=dict)
+
+    async def begin(self, conv: str, call: ToolCall, avatar_version: int) -> ToolCall:
+        return self.calls.setdefault(call.id, dataclasses.replace(call, status="running", conversation_id=conv))
+
+    async def finish(self, call_id: str, result: str | None, error: str | None) -> ToolCall:
+        call = self.calls[call_id]
+        if not call.finished:
+            status = "error" if error is not None else "ok"
+            call = self.calls[call_id] = dataclasses.replace(call, status=status, result=result, error=error)
+        return call
+
+
+    async def fail_running(self, user_message_id: str, error: str) -> list[ToolCall]:
+        """Every running call fails (the fake does not relate calls to user messages)."""
+        failed = []
+        for cid, call in list(self.calls.items()):
+            if not call.finished:
+                failed.append(await self.finish(cid, None, error))
+        return failed
+
+
 class MemoryDatabase:
     def __init__(self, casts: dict[str, list[Avatar]]):
         self.avatars = MemoryAvatars(casts)
         self.messages = MemoryMessages()
+        self.tool_calls = MemoryToolCalls()

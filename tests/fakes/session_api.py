@@ -70,6 +70,10 @@ class FakeSession:
         self.replies: dict[str, Reply] = {}
         self.calls: list[tuple] = []
         self.text_seq = 0
+        self.turn_tools: list[tuple] = []
+        """The tools and tool_choice each `submit_text` carried."""
+        self.tool_refusals: list[tuple[str, str]] = []
+        """What the next `tool_result` calls answer (none: taken)."""
         self.over_reply: set[int] = set()
         """Utterances the test says began over a playing reply and have not yet counted."""
 
@@ -110,8 +114,15 @@ class FakeSession:
             self.text_seq += 1
         return seq, ids.user_message_id(self.conv, self.audio_session_id, "text", seq)
 
-    async def submit_text(self, message_id: str, seq: int, text: str, instructions: str | None = None) -> None:
+    async def submit_text(
+        self, message_id: str, seq: int, text: str, instructions: str | None = None, tools=None, tool_choice=None
+    ) -> None:
         self.calls.append(("submit_text", message_id, seq, text, instructions))
+        self.turn_tools.append((tools, tool_choice))
+
+    async def tool_result(self, call_id: str, output, error: str | None) -> tuple[str, str] | None:
+        self.calls.append(("tool_result", call_id, output, error))
+        return self.tool_refusals.pop(0) if self.tool_refusals else None
 
     async def interrupt(self, message_id: str, position, fact_id: str | None = None) -> None:
         self.calls.append(("interrupt", message_id, position, fact_id))

@@ -12,6 +12,7 @@ from .conversations import Conversation, Conversations, LastMessage
 from .messages import ExpiringBatch, HistoryItem, Interruption, Message, Messages
 from .pool import create_pool, migrate
 from .sessions import ClientSession, ClientSessions
+from .tool_calls import ToolCall, ToolCalls
 from .users import User, Users
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "LastMessage",
     "Message",
     "Messages",
+    "ToolCall",
+    "ToolCalls",
     "User",
     "Users",
     "create_pool",
@@ -48,3 +51,4 @@ class Database:
         self.messages = Messages(pool)
         self.keys = ApiKeys(pool)
         self.sessions = ClientSessions(pool)
+        self.tool_calls = ToolCalls(pool)

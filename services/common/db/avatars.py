@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
+from ..tools import decode_tools
+
 WRITTEN = ("id", "name", "role_title", "persona_prompt", "language", "voice_key", "owner_id")
-COLUMNS = (*WRITTEN, "created_at", "updated_at")
+COLUMNS = (*WRITTEN, "tools", "version", "created_at", "updated_at")
 SELECT = ", ".join(COLUMNS)
 EDITABLE = ("name", "role_title", "persona_prompt", "language")
 
@@ -25,6 +27,10 @@ class Avatar:
     language: str
     voice_key: str | None
     owner_id: str | None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    """As `services.common.tools.Tool` structs, secrets included (never shown: `public`)."""
+    version: int = 1
+    """Counts the avatar's changes; a reply records the version it ran with."""
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
 
@@ -38,6 +44,8 @@ class Avatar:
             "language": self.language,
             "has_voice": bool(self.voice_key),
             "public": self.owner_id is None,
+            "tools": [t.public() for t in decode_tools(self.tools)],
+            "version": self.version,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -111,7 +119,7 @@ class Avatars:
         columns = [c for c in EDITABLE if c in changes]
         sets = "".join(f"{c}=${n}, " for n, c in enumerate(columns, start=3))
         row = await self.pool.fetchrow(
-            f"""UPDATE avatars SET {sets}updated_at=now()
+            f"""UPDATE avatars SET {sets}version=version + 1, updated_at=now()
                 WHERE id=$1 AND owner_id=$2 AND deleted_at IS NULL RETURNING {SELECT}""",
             avatar_id,
             owner_id,
@@ -121,11 +129,22 @@ class Avatars:
 
     async def set_voice(self, avatar_id: str, owner_id: str, voice_key: str) -> Avatar | None:
         row = await self.pool.fetchrow(
-            f"""UPDATE avatars SET voice_key=$3, updated_at=now()
+            f"""UPDATE avatars SET voice_key=$3, version=version + 1, updated_at=now()
                 WHERE id=$1 AND owner_id=$2 AND deleted_at IS NULL RETURNING {SELECT}""",
             avatar_id,
             owner_id,
             voice_key,
+        )
+        return _avatar(row)
+
+    async def set_tools(self, avatar_id: str, owner_id: str, tools: list[dict[str, Any]]) -> Avatar | None:
+        """Replace an owned, live avatar's tools (checked by the caller)."""
+        row = await self.pool.fetchrow(
+            f"""UPDATE avatars SET tools=$3, version=version + 1, updated_at=now()
+                WHERE id=$1 AND owner_id=$2 AND deleted_at IS NULL RETURNING {SELECT}""",
+            avatar_id,
+            owner_id,
+            tools,
         )
         return _avatar(row)
 

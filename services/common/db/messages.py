@@ -14,6 +14,8 @@ from typing import Any
 
 import asyncpg
 
+from .tool_calls import ToolCall
+
 SELECT = """id, role, avatar_id, reply_to, source, text, status, error, audio_key, audio_duration_s,
     audio_expired_at IS NOT NULL AS audio_expired, timings, created_at, sentence_count"""
 
@@ -64,6 +66,9 @@ class HistoryItem:
     role: str
     avatar_id: str | None
     text: str
+    calls: tuple[dict, ...] = ()
+    """An avatar's finished tool calls in the reply, in order (`ToolCall.prompt_item`): kept
+    even when the reply was cut off before a word of it was heard."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,10 @@ class ExpiringBatch(list):
                WHERE id = ANY($1::uuid[])""",
             [mid for mid, _ in self],
         )
+
+
+def _calls(raw: list[dict] | None) -> tuple[dict, ...]:
+    return tuple(ToolCall(reply_id="", round=0, call_index=0, kind="", **c).prompt_item() for c in raw or ())
 
 
 class Messages:
@@ -143,15 +152,23 @@ class Messages:
 
     async def history(self, conv_id: str, limit: int) -> list[HistoryItem]:
         rows = await self.pool.fetch(
-            """SELECT role, avatar_id, text FROM (
-                   SELECT role, avatar_id, text, created_at FROM messages
-                   WHERE conversation_id=$1 AND status IN ('complete', 'interrupted') AND text <> ''
-                   ORDER BY created_at DESC LIMIT $2) t
+            """SELECT role, avatar_id, text, calls FROM (
+                   SELECT m.role, m.avatar_id, CASE WHEN m.status = 'failed' THEN '' ELSE m.text END AS text,
+                          m.created_at, c.calls
+                   FROM messages m LEFT JOIN LATERAL (
+                       SELECT jsonb_agg(jsonb_build_object('id', id, 'name', name, 'arguments', arguments,
+                                                           'status', status, 'result', result, 'error', error)
+                                        ORDER BY round, call_index) AS calls
+                       FROM tool_calls WHERE reply_id = m.id AND status <> 'running') c ON true
+                   WHERE m.conversation_id=$1 AND (
+                       (m.status IN ('complete', 'interrupted') AND m.text <> '')
+                       OR (m.status <> 'streaming' AND c.calls IS NOT NULL))
+                   ORDER BY m.created_at DESC LIMIT $2) t
                ORDER BY created_at""",
             conv_id,
             limit,
         )
-        return [HistoryItem(**r) for r in rows]
+        return [HistoryItem(r["role"], r["avatar_id"], r["text"], _calls(r["calls"])) for r in rows]
 
     # --- replies ----------------------------------------------------------------------------
 

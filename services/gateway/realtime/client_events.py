@@ -97,10 +97,14 @@ class ClientEvents:
     async def _session_update(self, ev: rt.SessionUpdate) -> None:
         """Validate everything first, then apply: a refused update changes nothing."""
         conn, session = self.conn, self.conn.session
-        cfg, voice = updated(conn.cfg, ev.session)
         current = avatar = conn.avatar
+        voice = _voice_of(ev.session)
+        named = None
         if voice not in (msgspec.UNSET, None):
-            avatar, cfg.voice = await self._resolve_voice(voice)
+            avatar, named = await self._resolve_voice(voice)
+        cfg, _ = updated(conn.cfg, ev.session, {t["name"] for t in avatar.tools})
+        if named is not None:
+            cfg.voice = named
         if avatar.id != current.id:
             if self.conversation.begun:
                 message = "the voice cannot change once the conversation has begun"
@@ -145,3 +149,11 @@ class ClientEvents:
             await self.conn.session.clear_utterance()
         self.conn.buffer.clear()
         self.conn.emit(rt.Cleared())
+
+
+def _voice_of(s: rt.SessionIn) -> str | rt.VoiceRef | None | msgspec.UnsetType:
+    """The voice `session.update` names, read before the rest (a tool may not take an avatar
+    tool's name, and the voice says which avatar)."""
+    audio = s.audio or rt.AudioIn()
+    out = audio.output or rt.AudioOutputIn()
+    return out.voice if out.voice is not msgspec.UNSET else s.voice

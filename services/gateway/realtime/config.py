@@ -51,10 +51,19 @@ class Config:
     turn_type: str = "server_vad"
     """`server_vad` (silence alone) or `semantic_vad` (Parley's smart policy)."""
     eagerness: str = "auto"
+    tools: list[dict] = field(default_factory=list)
+    """The session's function tools as client tools (`Tool` builtins, realtime/tools.py)."""
+    tool_choice: str | dict = "auto"
+    """As the LLM takes it (a named function: `{"type": "function", "function": {"name": ...}}`)."""
 
 
-def updated(current: Config, s: rt.SessionIn) -> tuple[Config, str | rt.VoiceRef | None | msgspec.UnsetType]:
-    """The configuration `session.update` asks for, and the voice it names (resolved by the caller)."""
+def updated(
+    current: Config, s: rt.SessionIn, taken: set[str]
+) -> tuple[Config, str | rt.VoiceRef | None | msgspec.UnsetType]:
+    """The configuration `session.update` asks for, and the voice it names (resolved by the
+    caller); `taken`: the names of the avatar's own tools."""
+    from .tools import choice, function_tools
+
     if s.type not in (msgspec.UNSET, "realtime"):
         raise Refused("unsupported", "only realtime sessions are supported (no transcription sessions)", "type")
     cfg = dataclasses.replace(current)
@@ -68,8 +77,10 @@ def updated(current: Config, s: rt.SessionIn) -> tuple[Config, str | rt.VoiceRef
     given = s.output_modalities if s.output_modalities is not msgspec.UNSET else s.modalities
     if given is not msgspec.UNSET:
         cfg.modalities = modalities(given, "session.output_modalities")
-    if s.tools:
-        raise Refused("unsupported", "Parley's avatars call no tools: session.tools must be empty", "session.tools")
+    if s.tools is not msgspec.UNSET:
+        cfg.tools = function_tools(s.tools or [], "session.tools", taken)
+    if s.tool_choice is not msgspec.UNSET:
+        cfg.tool_choice = choice(s.tool_choice, cfg.tools, "session.tool_choice")
     check_format(a_in.format, s.input_audio_format, "session.audio.input.format")
     check_format(a_out.format, s.output_audio_format, "session.audio.output.format")
     transcription = a_in.transcription
@@ -104,8 +115,12 @@ def describe(cfg: Config, avatar: db.Avatar, session_id: str, conversation_id: s
             silence_duration_ms=cfg.silence_duration_ms,
             interrupt_response=cfg.interrupt_response,
         )
+    from .tools import described, described_choice
+
     return rt.Session(
         id=session_id,
+        tools=described(cfg.tools),
+        tool_choice=described_choice(cfg.tool_choice),
         model=cfg.model,
         output_modalities=cfg.modalities,
         instructions=cfg.instructions or "",
@@ -181,6 +196,8 @@ def apply_stt(cfg: Config, opening: Opening) -> None:
     o.vad_threshold = cfg.threshold
     o.pad_ms = cfg.prefix_padding_ms
     o.instructions = cfg.instructions
+    o.tools = cfg.tools or None
+    o.tool_choice = None if cfg.tool_choice == "auto" else cfg.tool_choice
     o.prompt = t.prompt if t else None
 
 
@@ -194,6 +211,7 @@ def stt_view(cfg: Config) -> tuple:
         cfg.prefix_padding_ms,
         cfg.silence_duration_ms,
         cfg.instructions,
+        msgspec.json.encode([cfg.tools, cfg.tool_choice]),
         t.language if t else None,
         t.prompt if t else None,
     )

@@ -18,6 +18,8 @@ from .config import Refused, modalities
 from .connection import Connection
 from .interruptions import Interruptions
 from .output import Response
+from .tools import choice as tool_choice
+from .tools import function_tools
 
 
 @dataclass
@@ -47,19 +49,41 @@ class Conversation:
         return self.conn.out.open(user_message_id, reply_id, modalities, metadata)
 
     async def create_item(self, ev: rt.ItemCreate) -> None:
-        """A typed user message: added to the conversation now, answered at `response.create`."""
+        """A typed user message: added to the conversation now, answered at `response.create`;
+        or the answer to a function call, passed to the reply waiting for it."""
         item = ev.item
-        text = _text_of(item, self.conn.settings.max_text_chars)
         if item.id is not None and item.id in self.conn.out.item_ids:
             raise Refused("invalid_value", f"an item with id '{item.id}' already exists", "item.id")
+        if item.type == "function_call_output":
+            await self._call_output(item)
+            return
+        text = _text_of(item, self.conn.settings.max_text_chars)
         seq, message_id = self.conn.session.text_turn_id()
         item_id = item.id or message_id
         self.pending.append(TypedItem(item_id, message_id, seq, text))
         self.conn.out.text_item(item_id, text)
 
+    async def _call_output(self, item: rt.ItemIn) -> None:
+        if not item.call_id:
+            raise Refused("missing_required_parameter", "a function_call_output needs its call_id", "item.call_id")
+        refused = await self.conn.session.tool_result(item.call_id, item.output or "", None)
+        if refused is not None:
+            raise Refused(refused[0], refused[1], "item.call_id")
+        self.conn.out.call_output(item.id or rt.new_id("item"), item.call_id, item.output or "")
+
     async def create_response(self, ev: rt.ResponseCreate) -> None:
-        """Answer the typed user items added since the last response, as one user turn."""
-        active = self.conn.out.active()
+        """Answer the typed user items added since the last response, as one user turn; or, after
+        function calls were answered, go on with the reply that made them."""
+        out = self.conn.out
+        active = out.active()
+        if active is not None and not active.claimed and not self.pending:
+            active.claimed = True  # the reply went on before this response.create asked it to
+            return
+        if active is None and not self.pending and out.continuing:
+            reply_id = next(reversed(out.continuing))
+            reply = self.conn.session.reply(reply_id)
+            out.continuation(reply_id, reply.sent_s * 1000 if reply else 0.0, claimed=True)
+            return
         if active is not None:
             raise Refused(
                 "conversation_already_has_active_response",
@@ -71,6 +95,12 @@ class Conversation:
         cfg = self.conn.cfg
         given = params.output_modalities or params.modalities
         chosen = modalities(given, "response.output_modalities") if given else cfg.modalities
+        tools, choice = cfg.tools, cfg.tool_choice
+        if params.tools is not None:
+            taken = {t["name"] for t in self.conn.avatar.tools}
+            tools = function_tools(params.tools, "response.tools", taken)
+        if params.tool_choice is not None:
+            choice = tool_choice(params.tool_choice, tools, "response.tool_choice")
         if not self.pending:
             raise Refused(
                 "no_user_message",
@@ -81,7 +111,14 @@ class Conversation:
         text = "\n".join(p.text for p in self.pending)
         self.pending.clear()
         self.open_response(first.message_id, chosen, params.metadata)
-        await self.conn.session.submit_text(first.message_id, first.seq, text, params.instructions or cfg.instructions)
+        await self.conn.session.submit_text(
+            first.message_id,
+            first.seq,
+            text,
+            params.instructions or cfg.instructions,
+            tools or None,
+            None if choice == "auto" else choice,
+        )
 
     async def cancel_response(self, ev: rt.ResponseCancel) -> None:
         out = self.conn.out
@@ -114,7 +151,7 @@ class Conversation:
     async def truncate(self, ev: rt.ItemTruncate) -> None:
         """The client played the assistant item up to `audio_end_ms`: that is what was heard."""
         session = self.conn.session
-        rec = self.conn.out.responses.get(ev.item_id)
+        rec = self.conn.out.by_item(ev.item_id)
         if rec is None:
             raise Refused("invalid_value", f"no assistant item '{ev.item_id}' in this session", "item_id")
         if ev.content_index != 0:
@@ -122,21 +159,21 @@ class Conversation:
                 "invalid_value", "assistant items have one content part: content_index must be 0", "content_index"
             )
         reply = session.reply(rec.reply_id)
-        sent_ms = reply.sent_s * 1000 if reply is not None else 0.0
+        sent_ms = reply.sent_s * 1000 - rec.audio_offset_ms if reply is not None else 0.0
         if not 0 <= ev.audio_end_ms <= sent_ms + 1:
             message = f"audio_end_ms must lie between 0 and the {sent_ms:.0f} ms of audio sent for the item"
             raise Refused("invalid_value", message, "audio_end_ms")
         position = (0, 0.0)
         if reply is not None:
             now = time.monotonic()
-            reply.played, reply.playback_ended = (ev.audio_end_ms, now), True
+            reply.played, reply.playback_ended = (ev.audio_end_ms + rec.audio_offset_ms, now), True
             position = reply.heard(now)
         if not rec.done:
             self.conn.out.finish(rec, "cancelled", "client_cancelled")
             rec.cancelled = True
             await session.cancel(rec.reply_id, "truncated")
         self.conn.emit(rt.ItemTruncated(item_id=ev.item_id, content_index=0, audio_end_ms=ev.audio_end_ms))
-        fact_id = f"truncate.{rec.reply_id}.{ev.audio_end_ms}"
+        fact_id = f"truncate.{rec.reply_id}.{ev.audio_end_ms + rec.audio_offset_ms:.0f}"
         await self.interruptions.precise(rec.reply_id, position, fact_id)
 
 
@@ -162,12 +199,10 @@ def _text_of(item: rt.ItemIn, max_chars: int) -> str:
 
 
 def _check_response(params: rt.ResponseParams) -> None:
-    """What a response may ask for: in-band, answering the conversation, without tools."""
+    """What a response may ask for: in-band, answering the conversation."""
     if params.conversation not in (None, "auto"):
         raise Refused("unsupported", "out-of-band responses are not supported", "response.conversation")
     if params.input:
         raise Refused(
             "unsupported", "responses answer the conversation; response.input is not supported", "response.input"
         )
-    if params.tools:
-        raise Refused("unsupported", "Parley's avatars call no tools: response.tools must be empty", "response.tools")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import events
 from . import protocol as rt
@@ -35,6 +35,22 @@ class Response:
     error: tuple[str, str] | None = None
     cancelled: bool = False
     done: bool = False
+    item_id: str = ""
+    """Its assistant message item: the reply's id, or a new one for a reply's continuation."""
+    text_offset: int = 0
+    audio_offset_ms: float = 0.0
+    """A continuation after a function call: how much of the reply's text and audio came before."""
+    claimed: bool = True
+    """False for a continuation the reply began before the client's `response.create` for it."""
+    round_calls: dict[int, list] = field(default_factory=dict)
+    """The tool calls seen of each round (`events.ToolCall`), until the round is whole."""
+    pending_calls: list | None = None
+    call_after: int = 0
+    """The reply's sentences before its function calls: their audio ends this response."""
+    calls_wait_until: float | None = None
+
+    def __post_init__(self) -> None:
+        self.item_id = self.item_id or self.reply_id
 
     @property
     def audio(self) -> bool:
@@ -56,10 +72,16 @@ class Output:
         self.emit = emit
         self.conversation_id = ""
         self.responses: dict[str, Response] = {}
-        """By reply message id (the assistant item id)."""
+        """By reply message id: the reply's newest response (its assistant item id is the reply's,
+        or a new one for a continuation after a function call)."""
+        self._all: list[Response] = []
+        """The newest responses, continuations included (an item is truncated by its own id)."""
         self.voice_items: dict[str, VoiceItem] = {}
         self.item_ids: set[str] = set()
         self.last_item_id: str | None = None
+        self.continuing: dict[str, Response] = {}
+        """Replies whose response ended at a function call, by reply id: the client's
+        `response.create` (or the reply going on) opens the response that continues it."""
 
     def _chain(self, item_id: str) -> str | None:
         """Append an item to the conversation; the id of the one before it."""
@@ -134,32 +156,92 @@ class Output:
     def by_id(self, response_id: str) -> Response | None:
         return next((r for r in self.responses.values() if r.id == response_id), None)
 
+    def by_item(self, item_id: str) -> Response | None:
+        """The response whose assistant message item this is (a reply's continuation included)."""
+        found = self.responses.get(item_id)
+        return found or next((r for r in self._all if r.item_id == item_id), None)
+
     def answering(self, user_message_id: str) -> Response | None:
         return next((r for r in self.responses.values() if r.user_message_id == user_message_id), None)
 
-    def open(self, user_message_id: str, reply_id: str, modalities: list[str], metadata=None) -> Response:
-        rec = Response(rt.new_id("resp"), user_message_id, reply_id, modalities, metadata)
+    def open(self, user_message_id: str, reply_id: str, modalities: list[str], metadata=None, **more) -> Response:
+        rec = Response(rt.new_id("resp"), user_message_id, reply_id, modalities, metadata, **more)
         self.responses[reply_id] = rec
+        self._all.append(rec)
+        del self._all[:-64]
         self.emit(rt.ResponseCreated(response=self._response(rec, "in_progress")))
         return rec
+
+    def continuation(self, reply_id: str, audio_sent_ms: float, claimed: bool) -> Response:
+        """The response that goes on with a reply after its function calls were answered."""
+        prev = self.continuing.pop(reply_id)
+        return self.open(
+            prev.user_message_id,
+            reply_id,
+            prev.modalities,
+            prev.metadata,
+            item_id=rt.new_id("item"),
+            text_offset=prev.text_offset + len(prev.transcript),
+            audio_offset_ms=audio_sent_ms,
+            claimed=claimed,
+        )
+
+    def function_calls(self, rec: Response, calls: list[events.ToolCall]) -> None:
+        """End the response at the avatar's function calls: what it said before them, then one
+        `function_call` item each; the reply goes on in a later response once they are answered."""
+        if rec.done:
+            return
+        rec.done = True
+        output: list[rt.Item | rt.FunctionCallItem] = []
+        if rec.item_added:
+            output.append(self._close_message(rec, "completed", rec.transcript))
+        for n, c in enumerate(calls, start=len(output)):
+            item = rt.FunctionCallItem(id=c.call_id, status="in_progress", name=c.name, call_id=c.call_id, arguments="")
+            previous = self._chain(c.call_id)
+            at = {"response_id": rec.id, "output_index": n}
+            self.emit(rt.OutputItemAdded(**at, item=item))
+            self.emit(rt.ItemAdded(item=item, previous_item_id=previous))
+            self.emit(rt.FunctionCallArgumentsDelta(**at, item_id=c.call_id, call_id=c.call_id, delta=c.arguments))
+            self.emit(
+                rt.FunctionCallArgumentsDone(
+                    **at, item_id=c.call_id, call_id=c.call_id, name=c.name, arguments=c.arguments
+                )
+            )
+            done = rt.FunctionCallItem(
+                id=c.call_id, status="completed", name=c.name, call_id=c.call_id, arguments=c.arguments
+            )
+            self.emit(rt.ItemDone(item=done, previous_item_id=previous))
+            self.emit(rt.OutputItemDone(**at, item=done))
+            output.append(done)
+        response = self._response(rec, "completed")
+        response.output = output
+        self.emit(rt.ResponseDone(response=response))
+        self.continuing[rec.reply_id] = rec
+
+    def call_output(self, item_id: str, call_id: str, output: str) -> None:
+        """The client's `function_call_output` item, added to the conversation."""
+        previous = self._chain(item_id)
+        item = rt.FunctionCallOutputItem(id=item_id, call_id=call_id, output=output)
+        self.emit(rt.ItemAdded(item=item, previous_item_id=previous))
+        self.emit(rt.ItemDone(item=item, previous_item_id=previous))
 
     def start(self, rec: Response) -> None:
         """Its output item and content part, once something of it is to be sent."""
         if rec.item_added:
             return
         rec.item_added = True
-        rec.previous_item_id = self._chain(rec.reply_id)
+        rec.previous_item_id = self._chain(rec.item_id)
         item = self._item(rec, "in_progress")
         self.emit(rt.OutputItemAdded(response_id=rec.id, item=item))
         self.emit(rt.ItemAdded(item=item, previous_item_id=rec.previous_item_id))
-        self.emit(rt.ContentPartAdded(response_id=rec.id, item_id=rec.reply_id, part=self._part(rec, "")))
+        self.emit(rt.ContentPartAdded(response_id=rec.id, item_id=rec.item_id, part=self._part(rec, "")))
 
     def text_delta(self, rec: Response, text: str) -> None:
-        if rec.done:
-            return
+        if rec.done or (not rec.transcript and not text.strip() and rec.text_offset):
+            return  # a continuation does not begin with the space between the reply's rounds
         self.start(rec)
         rec.transcript += text
-        where = {"response_id": rec.id, "item_id": rec.reply_id, "delta": text}
+        where = {"response_id": rec.id, "item_id": rec.item_id, "delta": text}
         self.emit(rt.AudioTranscriptDelta(**where) if rec.audio else rt.TextDelta(**where))
 
     def audio_delta(self, rec: Response, pcm: bytes) -> None:
@@ -167,7 +249,7 @@ class Output:
         if rec.done or not rec.audio:
             return
         self.start(rec)
-        self.emit(rt.AudioDelta(response_id=rec.id, item_id=rec.reply_id, delta=base64.b64encode(pcm).decode()))
+        self.emit(rt.AudioDelta(response_id=rec.id, item_id=rec.item_id, delta=base64.b64encode(pcm).decode()))
 
     def settle(self, rec: Response, audio_pending: bool) -> None:
         """Done once its text is final and, for audio, all its audio has been sent."""
@@ -182,18 +264,9 @@ class Output:
         if rec.done:
             return
         rec.done = True
-        text = self._text(rec)
+        self.continuing.pop(rec.reply_id, None)
         if rec.item_added:
-            where = {"response_id": rec.id, "item_id": rec.reply_id}
-            if rec.audio:
-                self.emit(rt.AudioDone(**where))
-                self.emit(rt.AudioTranscriptDone(**where, transcript=text))
-            else:
-                self.emit(rt.TextDone(**where, text=text))
-            self.emit(rt.ContentPartDone(**where, part=self._part(rec, text)))
-            item = self._item(rec, "completed" if status == "completed" else "incomplete", text)
-            self.emit(rt.ItemDone(item=item, previous_item_id=rec.previous_item_id))
-            self.emit(rt.OutputItemDone(response_id=rec.id, item=item))
+            self._close_message(rec, "completed" if status == "completed" else "incomplete", self._text(rec))
         details = None
         if status == "failed":
             code, message = rec.error or ("reply_failed", "the reply failed")
@@ -203,12 +276,25 @@ class Output:
             details = rt.StatusDetails(type=status, reason=reason)
         self.emit(rt.ResponseDone(response=self._response(rec, status, details)))
 
+    def _close_message(self, rec: Response, status: str, text: str) -> rt.Item:
+        where = {"response_id": rec.id, "item_id": rec.item_id}
+        if rec.audio:
+            self.emit(rt.AudioDone(**where))
+            self.emit(rt.AudioTranscriptDone(**where, transcript=text))
+        else:
+            self.emit(rt.TextDone(**where, text=text))
+        self.emit(rt.ContentPartDone(**where, part=self._part(rec, text)))
+        item = self._item(rec, status, text)
+        self.emit(rt.ItemDone(item=item, previous_item_id=rec.previous_item_id))
+        self.emit(rt.OutputItemDone(response_id=rec.id, item=item))
+        return item
+
     def _item(self, rec: Response, status: str, text: str | None = None) -> rt.Item:
         content = []
         if text is not None:
             part = "output_audio" if rec.audio else "output_text"
             content = [rt.Content(type=part, transcript=text) if rec.audio else rt.Content(type=part, text=text)]
-        return rt.Item(id=rec.reply_id, role="assistant", status=status, content=content)
+        return rt.Item(id=rec.item_id, role="assistant", status=status, content=content)
 
     @staticmethod
     def _part(rec: Response, text: str) -> rt.Part:
@@ -228,4 +314,6 @@ class Output:
 
     @staticmethod
     def _text(rec: Response) -> str:
-        return rec.final_text if rec.final_status == "complete" and rec.final_text is not None else rec.transcript
+        if rec.final_status == "complete" and rec.final_text is not None:
+            return rec.final_text[rec.text_offset :].lstrip()
+        return rec.transcript

@@ -71,6 +71,7 @@ class SessionIn(_In, kw_only=True):
     output_modalities: list[str] | UnsetType = UNSET
     audio: AudioIn | None | UnsetType = UNSET
     tools: list[Any] | None | UnsetType = UNSET
+    tool_choice: str | dict[str, Any] | UnsetType = UNSET
     # the beta API's names
     modalities: list[str] | UnsetType = UNSET
     voice: str | VoiceRef | None | UnsetType = UNSET
@@ -92,6 +93,9 @@ class ItemIn(_In, kw_only=True):
     type: str = "message"
     role: str | None = None
     content: list[ContentIn] = []
+    call_id: str | None = None
+    """A `function_call_output`: the call it answers, and its `output` (a string, often JSON)."""
+    output: str | None = None
 
 
 class ResponseParams(_In, kw_only=True):
@@ -101,6 +105,7 @@ class ResponseParams(_In, kw_only=True):
     conversation: str | None = None
     input: list[Any] | None = None
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
 
 
@@ -249,7 +254,7 @@ class Session(_Out, kw_only=True):
     instructions: str
     audio: Audio
     tools: list[Any] = []
-    tool_choice: str = "auto"
+    tool_choice: str | dict[str, Any] = "auto"
     max_output_tokens: str = "inf"
     tracing: None = None
     truncation: str = "auto"
@@ -273,6 +278,30 @@ class Item(_Out, kw_only=True):
     content: list[Content]
 
 
+class FunctionCallItem(_Out, kw_only=True):
+    """The avatar calls one of the session's function tools; the client runs it."""
+
+    id: str
+    object: str = "realtime.item"
+    type: str = "function_call"
+    status: str
+    name: str
+    call_id: str
+    arguments: str
+
+
+class FunctionCallOutputItem(_Out, kw_only=True):
+    id: str
+    object: str = "realtime.item"
+    type: str = "function_call_output"
+    status: str = "completed"
+    call_id: str
+    output: str
+
+
+AnyItem = Item | FunctionCallItem | FunctionCallOutputItem
+
+
 class StatusError(_Out, kw_only=True):
     type: str
     code: str
@@ -290,7 +319,7 @@ class Response(_Out, kw_only=True):
     object: str = "realtime.response"
     status: str
     status_details: StatusDetails | None = None
-    output: list[Item] = []
+    output: list[Item | FunctionCallItem] = []
     conversation_id: str
     output_modalities: list[str]
     metadata: dict[str, str] | None = None
@@ -341,12 +370,12 @@ class Cleared(ServerEvent, tag="input_audio_buffer.cleared", kw_only=True):
 
 
 class ItemAdded(ServerEvent, tag="conversation.item.added", kw_only=True):
-    item: Item
+    item: AnyItem
     previous_item_id: str | None = None
 
 
 class ItemDone(ServerEvent, tag="conversation.item.done", kw_only=True):
-    item: Item
+    item: AnyItem
     previous_item_id: str | None = None
 
 
@@ -394,11 +423,24 @@ class _InResponse(ServerEvent, kw_only=True):
 
 
 class OutputItemAdded(_InResponse, tag="response.output_item.added", kw_only=True):
-    item: Item
+    item: Item | FunctionCallItem
 
 
 class OutputItemDone(_InResponse, tag="response.output_item.done", kw_only=True):
-    item: Item
+    item: Item | FunctionCallItem
+
+
+class FunctionCallArgumentsDelta(_InResponse, tag="response.function_call_arguments.delta", kw_only=True):
+    item_id: str
+    call_id: str
+    delta: str
+
+
+class FunctionCallArgumentsDone(_InResponse, tag="response.function_call_arguments.done", kw_only=True):
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
 
 
 class _InPart(_InResponse, kw_only=True):

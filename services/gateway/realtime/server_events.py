@@ -1,11 +1,16 @@
 """The session's typed events (events.py) as Realtime server events.
 
 Speech events make the user's audio items (speech started, committed, transcribed); reply
-events and reply audio make the responses; errors become a failed transcription, a failed
-response, or an error event. `Output` (output.py) writes them in the API's order.
+events and reply audio make the responses; a reply's calls of client tools end its response
+with `function_call` items once the audio said before them is sent, and what the reply says
+after the client answered them is a response of its own; errors become a failed
+transcription, a failed response, or an error event. `Output` (output.py) writes them in the
+API's order.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import numpy as np
 import soxr
@@ -20,6 +25,9 @@ from .connection import Connection
 from .conversation import Conversation
 from .output import Response, VoiceItem
 
+CALL_POLL_S = 0.05
+CALL_WAIT_S = 15.0
+"""The longest a response waits for the audio said before its function calls."""
 _SPEECH = events.SpeechStarted | events.SpeechStopped | events.TranscriptPartial | events.BargeIn | events.Backchannel
 
 
@@ -56,7 +64,10 @@ class ServerEvents:
         elif isinstance(ev, events.Error):
             if self.deferred.pop(ev.message_id or "", None) is None:
                 self._on_error(ev)
-        elif (rec := responses.get(getattr(ev, "message_id", ""))) is not None:
+        elif isinstance(ev, events.ToolCall | events.ToolDone):
+            if isinstance(ev, events.ToolCall):
+                self._on_call(ev)
+        elif (rec := self._current(getattr(ev, "message_id", ""), ev)) is not None:
             self._on_reply(rec, ev)
         elif isinstance(ev, events.ReplyStarted):
             # A spoken turn's reply seen before its final transcript.
@@ -64,13 +75,68 @@ class ServerEvents:
 
     def audio(self, message_id: str, frame: Frame) -> None:
         """Reply audio as base64 deltas at the API's rate, for audio responses still open."""
-        rec = self.conn.out.responses.get(message_id)
+        out = self.conn.out
+        rec = out.responses.get(message_id)
+        waiting = out.continuing.get(message_id)
+        if waiting is not None and frame.sentence_index >= waiting.call_after:
+            rec = self._continue(message_id, claimed=False)
         if rec is None or rec.done or not rec.audio:
             return
         pcm = frame.pcm
         if frame.sample_rate != IN_RATE:
             pcm = soxr.resample(np.frombuffer(pcm, "<i2"), frame.sample_rate, IN_RATE).astype("<i2").tobytes()
-        self.conn.out.audio_delta(rec, pcm)
+        out.audio_delta(rec, pcm)
+        self._calls_due(rec)
+
+    def continue_reply(self, reply_id: str) -> None:
+        """The client's `response.create` after answering the reply's function calls."""
+        self._continue(reply_id, claimed=True)
+
+    def _continue(self, reply_id: str, claimed: bool) -> Response:
+        reply = self.conn.session.reply(reply_id)
+        return self.conn.out.continuation(reply_id, reply.sent_s * 1000 if reply else 0.0, claimed)
+
+    def _current(self, message_id: str, ev: events.ClientEvent) -> Response | None:
+        """The response a reply event belongs to: after function calls, the one that goes on."""
+        out = self.conn.out
+        if message_id in out.continuing and isinstance(ev, events.ReplyDelta | events.ReplySentence):
+            return self._continue(message_id, claimed=False)
+        if isinstance(ev, events.ReplyDone):
+            out.continuing.pop(message_id, None)  # nothing more comes of it
+        return out.responses.get(message_id)
+
+    def _on_call(self, ev: events.ToolCall) -> None:
+        """A round's calls, once all have been seen: those of client tools end the response."""
+        rec = self.conn.out.responses.get(ev.message_id)
+        if rec is None or rec.done:
+            return
+        seen = rec.round_calls.setdefault(ev.round, [])
+        if ev.call_id in {c.call_id for c in seen}:
+            return
+        seen.append(ev)
+        if len(seen) < ev.round_calls:
+            return
+        calls = sorted((c for c in seen if c.kind == "client"), key=lambda c: c.index)
+        if calls:
+            rec.pending_calls, rec.call_after = calls, calls[0].sentences_before
+            self._calls_due(rec)
+
+    def _calls_due(self, rec: Response) -> None:
+        """The function calls are written once the audio of what was said before them is sent
+        (looked at again every CALL_POLL_S: a sentence's end is a marker, not a frame), or
+        after CALL_WAIT_S whatever came."""
+        if not rec.pending_calls or rec.done:
+            return
+        loop = asyncio.get_running_loop()
+        if rec.calls_wait_until is None:
+            rec.calls_wait_until = loop.time() + CALL_WAIT_S
+        reply = self.conn.session.reply(rec.reply_id)
+        behind = rec.audio and reply is not None and reply.playout.next_sentence < rec.call_after
+        if behind and loop.time() < rec.calls_wait_until:
+            loop.call_later(CALL_POLL_S, self._calls_due, rec)
+            return
+        calls, rec.pending_calls = rec.pending_calls, None
+        self.conn.out.function_calls(rec, calls)
 
     def _on_speech(self, ev: _SPEECH) -> None:
         session = self.conn.session
@@ -130,6 +196,7 @@ class ServerEvents:
                 self.conn.out.start(rec)
         elif isinstance(ev, events.ReplyDelta):
             self.conn.out.text_delta(rec, ev.text)
+
         elif isinstance(ev, events.ReplyDone):
             rec.final_text, rec.final_status = ev.text, ev.status
             self._settle(rec)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..handlers import Gateway
-from . import api_keys, avatars, conversations
+from . import api_keys, avatars, conversations, tools
 from .base import CurrentUser
 from .shapes import ROUTER_RESPONSES
 
@@ -21,6 +21,6 @@ from .shapes import ROUTER_RESPONSES
 def build_router(gateway: Gateway, current_user: CurrentUser) -> APIRouter:
     """Every resource's routes under /v1, in the order the OpenAPI schema lists them."""
     router = APIRouter(prefix="/v1", responses=ROUTER_RESPONSES)
-    for resource in (avatars, conversations, api_keys):
+    for resource in (avatars, tools, conversations, api_keys):
         router.include_router(resource.router(gateway, current_user))
     return router

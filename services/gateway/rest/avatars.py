@@ -30,7 +30,7 @@ def router(gateway: Gateway, current_user: CurrentUser) -> APIRouter:
     return router
 
 
-async def _avatar(gateway: Gateway, avatar_id: str, user_id: str, change: bool = False) -> db.Avatar:
+async def load_avatar(gateway: Gateway, avatar_id: str, user_id: str, change: bool = False) -> db.Avatar:
     """The avatar the caller may see (or, with `change`, change); refusals as HTTP errors."""
     rule = access.changeable_avatar if change else access.visible_avatar
     try:
@@ -113,13 +113,13 @@ def _add_reads(router: APIRouter, gateway: Gateway, current_user: CurrentUser) -
         "/avatars/{avatar_id}", response_model=AvatarOut, tags=["avatars"], responses=problems(s404="no such avatar")
     )
     async def get_avatar(avatar_id: str, user_id: str = Depends(current_user)):
-        return AvatarOut(**(await _avatar(gateway, avatar_id, user_id)).public())
+        return AvatarOut(**(await load_avatar(gateway, avatar_id, user_id)).public())
 
 
 def _add_patch(router: APIRouter, gateway: Gateway, current_user: CurrentUser) -> None:
     @router.patch("/avatars/{avatar_id}", response_model=AvatarOut, tags=["avatars"], responses=CHANGES)
     async def patch_avatar(avatar_id: str, body: AvatarPatch, user_id: str = Depends(current_user)):
-        avatar = await _avatar(gateway, avatar_id, user_id, change=True)
+        avatar = await load_avatar(gateway, avatar_id, user_id, change=True)
         changes = body.model_dump(exclude_unset=True)
         if "role_title" in changes:
             changes["role_title"] = changes["role_title"] or None
@@ -144,7 +144,7 @@ def _add_replace_voice(router: APIRouter, gateway: Gateway, current_user: Curren
         user_id: str = Depends(current_user),
     ):
         """A new reference voice; it is kept under a new key, so every TTS worker clones it afresh."""
-        avatar = await _avatar(gateway, avatar_id, user_id, change=True)
+        avatar = await load_avatar(gateway, avatar_id, user_id, change=True)
         key = await _store_voice(gateway, avatar.id, voice)
         avatar = await gateway.db.avatars.set_voice(avatar.id, user_id, key)
         if avatar is None:
@@ -156,7 +156,7 @@ def _add_delete(router: APIRouter, gateway: Gateway, current_user: CurrentUser) 
     @router.delete("/avatars/{avatar_id}", status_code=204, tags=["avatars"], responses=CHANGES)
     async def delete_avatar(avatar_id: str, user_id: str = Depends(current_user)):
         """Gone from lists and new conversations; conversations that had it stay readable."""
-        avatar = await _avatar(gateway, avatar_id, user_id, change=True)
+        avatar = await load_avatar(gateway, avatar_id, user_id, change=True)
         if not await gateway.db.avatars.delete(avatar.id, user_id):
             raise HTTPException(404, "no such avatar")
         return Response(status_code=204)

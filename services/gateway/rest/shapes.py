@@ -4,7 +4,7 @@ every route may answer, so the OpenAPI schema (and clients generated from it) sa
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -52,6 +52,41 @@ allowlist, the body limit and the readiness check run before every route, so the
 VOICE_UPLOAD = problems(s413="the voice file is too large", s415="the voice file is not decodable audio")
 
 
+ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ToolIn(BaseModel):
+    """One tool (docs/rest.md, "Tools")."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["client", "webhook", "mcp"]
+    name: ToolName = Field(description="the function's name; for `mcp`, the server's label")
+    description: str = Field("", max_length=2000)
+    parameters: dict[str, Any] | None = Field(None, description="JSON Schema of the arguments, an object")
+    url: str | None = Field(None, max_length=2000, description="`webhook`: where calls are POSTed; `mcp`: the server")
+    secret: str | None = Field(
+        None, min_length=16, max_length=512, description="`webhook`: the HMAC-SHA256 key; never shown again"
+    )
+    timeout_s: float = Field(10.0, ge=0.1, le=120)
+    allowed_tools: list[ToolName] | None = Field(None, max_length=128, description="`mcp`: offer only these")
+
+
+class ToolsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tools: list[ToolIn] = Field(max_length=32)
+
+
+class ToolOut(BaseModel):
+    kind: str
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    url: str | None
+    has_secret: bool
+    timeout_s: float
+    allowed_tools: list[str] | None
+
+
 class AvatarOut(BaseModel):
     id: str
     name: str
@@ -60,6 +95,8 @@ class AvatarOut(BaseModel):
     language: str
     has_voice: bool
     public: bool = Field(description="a public avatar has no owner: everyone may use it, nobody may change it")
+    tools: list[ToolOut] = Field(default_factory=list)
+    version: int = Field(1, description="counts the avatar's changes, its tools included")
     created_at: dt.datetime
     updated_at: dt.datetime
 

@@ -564,6 +564,14 @@ function onEvent(ev) {
     case "audio.sentence_failed":
       line("meta", `a sentence of the reply could not be spoken (${ev.error})`);
       break;
+    case "tool.call":
+      line("meta", `${ev.name}…`);
+      // This page runs no client tools: say so at once rather than leave the avatar waiting.
+      if (ev.kind === "client") send({ type: "tool.result", call_id: ev.call_id, error: "this client runs no tools" });
+      break;
+    case "tool.done":
+      if (ev.status === "error") line("meta", `${ev.name} failed: ${ev.error}`);
+      break;
     case "error": {
       const p = line("err", `error ${ev.code}: ${ev.message}`);
       p.dataset.code = ev.code;

@@ -87,3 +87,42 @@ async def test_text_holding_nul_is_stored_not_refused(database):
     assert row.text == "a\ufffdb" and row.timings == {"note\ufffd": ["c\ufffd"]}
     await database.keys.create(ids.new_id(), user, "key\x00", b"digest-of-a-nul-key")
     assert [k.name for k in await database.keys.live(user)] == ["key\ufffd"]
+
+
+async def test_tools_are_versioned_with_the_avatar_and_calls_stored_once(database):
+    """A tool list bumps the avatar's version; a call is stored once under its derived id and
+    keeps its first outcome; a reply cut off before a word was heard still gives the next
+    prompt its finished calls, never one still running."""
+    user = ids.user_id_for("tools-user")
+    await database.users.ensure(user, "tools-user")
+    avatar = await database.avatars.create(db.Avatar(ids.new_id(), "Tess", None, "p", "en", "voices/t.wav", user))
+    tool = {"kind": "webhook", "name": "order", "url": "https://shop.example.com/o", "secret": "k" * 16}
+    tooled = await database.avatars.set_tools(avatar.id, user, [tool])
+    assert tooled.version == avatar.version + 1 and tooled.tools == [tool]
+    assert tooled.public()["tools"][0]["has_secret"] and "secret" not in tooled.public()["tools"][0]
+    conv = ids.new_id()
+    await database.conversations.create(conv, user, [avatar.id])
+    msg = ids.user_message_id(conv, "s", "text", 0)
+    await database.messages.add_user(msg, conv, "text", ids.new_id(), 0, "order a pizza", {})
+    reply = ids.reply_id(msg, avatar.id)
+    await database.messages.start_reply(reply, conv, msg, avatar.id)
+
+    def call(index: int) -> db.ToolCall:
+        cid = ids.tool_call_id(reply, 0, index)
+        return db.ToolCall(cid, reply, 0, index, "order", "webhook", '{"item": "pizza"}', "running")
+
+    first = await database.tool_calls.begin(conv, call(0), tooled.version)
+    again = await database.tool_calls.begin(conv, call(0), tooled.version)
+    assert first == again and first.status == "running" and first.conversation_id == conv
+    done = await database.tool_calls.finish(first.id, '{"order": 7}', None)
+    late = await database.tool_calls.finish(first.id, None, "too late")
+    assert (done.status, done.result) == (late.status, late.result) == ("ok", '{"order": 7}')
+    assert (await database.tool_calls.begin(conv, call(0), tooled.version)).finished
+    await database.tool_calls.begin(conv, call(1), tooled.version)  # still running: not history
+    await database.messages.finish_reply(reply, "", "interrupted", None, {})
+    (_, item) = await database.messages.history(conv, 10)
+    assert (item.role, item.text) == ("avatar", "")
+    assert item.calls == (
+        {"id": first.id, "name": "order", "arguments": '{"item": "pizza"}', "output": '{"order": 7}'},
+    )
+    assert [c.id for c in await database.tool_calls.of_reply(reply)] == [first.id, call(1).id]

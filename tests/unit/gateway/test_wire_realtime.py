@@ -372,7 +372,7 @@ async def test_items_and_responses_parley_cannot_answer_are_refused():
         ("string_above_max_length", "item.content"),
         ("no_user_message", None),
         ("unsupported", "response.conversation"),
-        ("unsupported", "response.tools"),
+        ("missing_required_parameter", "response.tools[0].name"),
         ("invalid_value", "response.output_modalities"),
     ]
     assert session.calls == []
@@ -606,3 +606,136 @@ async def test_the_sessions_errors_become_transcription_failures_failed_response
         ("server_error", "llm_timeout"),
         ("invalid_request_error", "text_too_long"),
     ]
+
+
+# --- tools ----------------------------------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "name": "weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+async def test_function_tools_are_kept_reported_and_carried_on_every_turn():
+    wire, socket, session = _wire()
+    await _client(wire, {"type": "session.update", "session": {"tools": [WEATHER], "tool_choice": "required"}})
+    (updated,) = socket.texts
+    assert updated["session"]["tools"] == [WEATHER] and updated["session"]["tool_choice"] == "required"
+    assert session.opening.stt.tools[0]["name"] == "weather" and session.opening.stt.tool_choice == "required"
+    assert session.named("reopen_stt") == [()]
+    _, reply_id = await _typed_turn(wire, session, "the weather?")
+    wire.send(_reply_done(reply_id, "Sunny."))
+    ((tools, choice),) = session.turn_tools
+    assert [t["kind"] for t in tools] == ["client"] and choice == "required"
+    await _client(wire, _item("again"))
+    pick = {"type": "function", "name": "weather"}
+    await _client(wire, {"type": "response.create", "response": {"tools": [], "tool_choice": "none"}})
+    assert session.turn_tools[-1] == (None, "none")
+    await _client(wire, {"type": "session.update", "session": {"tool_choice": pick}})
+    assert socket.texts[-1]["session"]["tool_choice"] == pick
+    assert session.opening.stt.tool_choice == {"type": "function", "function": {"name": "weather"}}
+
+
+async def test_tools_parley_cannot_offer_are_refused_and_change_nothing():
+    wire, socket, session = _wire()
+    own = db.Avatar(AVATAR.id, "Ada", None, "p", "en", None, None, tools=[{"kind": "client", "name": "clock"}])
+    session.avatars = [own]
+    wire.conn.session = session
+    mcp = {"type": "mcp", "server_label": "x", "server_url": "https://mcp.example.com"}
+    for tools in ([mcp], [{**WEATHER, "name": "clock"}], [{**WEATHER, "parameters": {"type": "string"}}], ["x"]):
+        await _client(wire, {"type": "session.update", "session": {"tools": tools}})
+    await _client(
+        wire,
+        {
+            "type": "session.update",
+            "session": {"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}},
+        },
+    )
+    errors = [(t["error"]["code"], t["error"]["param"]) for t in socket.texts]
+    assert errors == [
+        ("unsupported", "session.tools[0].type"),
+        ("invalid_value", "session.tools[0].name"),
+        ("invalid_value", "session.tools"),
+        ("invalid_type", "session.tools[0]"),
+        ("invalid_value", "session.tool_choice.name"),
+    ]
+    assert session.opening.stt.tools is None and session.named("reopen_stt") == []
+
+
+def _call(reply_id: str, call_id: str, index: int = 0, of: int = 1, kind: str = "client") -> events.ToolCall:
+    return events.ToolCall(
+        conversation_id=CONV,
+        message_id=reply_id,
+        call_id=call_id,
+        name="weather",
+        arguments='{"city": "Paris"}',
+        kind=kind,
+        index=index,
+        round_calls=of,
+        sentences_before=1,
+    )
+
+
+async def test_a_function_call_ends_its_response_and_the_answer_goes_on_in_the_next():
+    wire, socket, session = _wire()
+    wire.send(_started())
+    await _client(wire, {"type": "session.update", "session": {"tools": [WEATHER]}})
+    user_id, reply_id = await _typed_turn(wire, session, "weather in Paris")
+    reply = session.replies[reply_id] = Reply()
+    wire.send(_reply_started(user_id, reply_id))
+    wire.send(events.ReplyDelta(conversation_id=CONV, message_id=reply_id, delta_seq=0, text="Let me check."))
+    wire.send(events.ReplySentence(conversation_id=CONV, message_id=reply_id, sentence_index=0, text="Let me check."))
+    call_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    wire.send(_call(reply_id, call_id, 0, of=2))
+    wire.send(_call(reply_id, other, 1, of=2, kind="webhook"))
+    assert "response.function_call_arguments.done" not in socket.types()  # its sentence's audio is not out yet
+    reply.playout.next_sentence = 1
+    wire.send_audio(reply_id, Frame(0, 0, 24000, b"\x01\x00" * 10))
+    args = next(t for t in socket.texts if t["type"] == "response.function_call_arguments.done")
+    assert (args["call_id"], args["name"], args["output_index"]) == (call_id, "weather", 1)
+    first = next(t for t in socket.texts if t["type"] == "response.done")["response"]
+    assert first["status"] == "completed" and [o["type"] for o in first["output"]] == ["message", "function_call"]
+    assert first["output"][0]["content"][0]["transcript"] == "Let me check."
+
+    await _client(
+        wire,
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": call_id, "output": "21 C"},
+        },
+    )
+    assert session.named("tool_result") == [(call_id, "21 C", None)]
+    assert (
+        socket.texts[-1]["type"] == "conversation.item.done"
+        and socket.texts[-1]["item"]["type"] == "function_call_output"
+    )
+    submitted = len(session.named("submit_text"))
+    await _client(wire, {"type": "response.create"})
+    assert len(session.named("submit_text")) == submitted  # no new turn: the reply goes on
+    second = socket.texts[-1]["response"]
+    assert socket.texts[-1]["type"] == "response.created" and second["id"] != first["id"]
+    wire.send(events.ReplyDelta(conversation_id=CONV, message_id=reply_id, delta_seq=1, text=" "))
+    wire.send(events.ReplyDelta(conversation_id=CONV, message_id=reply_id, delta_seq=2, text="It is 21 C."))
+    wire.send_audio(reply_id, Frame(1, 0, 24000, b"\x01\x00" * 10))
+    wire.send(_reply_done(reply_id, "Let me check. It is 21 C."))
+    wire.send(events.AudioEnd(conversation_id=CONV, message_id=reply_id, sentence_count=2))
+    done = [t for t in socket.texts if t["type"] == "response.done"][-1]["response"]
+    assert done["id"] == second["id"] and done["status"] == "completed"
+    (message,) = done["output"]
+    assert message["content"][0]["transcript"] == "It is 21 C." and message["id"] != reply_id
+    deltas = [t["delta"] for t in socket.texts if t["type"] == "response.output_audio_transcript.delta"]
+    assert deltas == ["Let me check.", "It is 21 C."]
+
+
+async def test_an_answer_the_session_refuses_is_an_error_event():
+    wire, socket, session = _wire()
+    session.tool_refusals.append(("unknown_tool_call", "not a call of this conversation"))
+    await _client(
+        wire,
+        {"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": "c1", "output": "x"}},
+    )
+    await _client(wire, {"type": "conversation.item.create", "item": {"type": "function_call_output", "output": "x"}})
+    errors = [(t["error"]["code"], t["error"]["param"]) for t in socket.texts]
+    assert errors == [("unknown_tool_call", "item.call_id"), ("missing_required_parameter", "item.call_id")]
