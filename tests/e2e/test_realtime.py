@@ -14,6 +14,7 @@ import json
 import subprocess
 import time
 import typing
+import warnings
 import wave
 
 import httpx
@@ -143,9 +144,9 @@ def _pcm24(path) -> bytes:
     return soxr.resample(pcm16k, 16000, RATE).astype("<i2").tobytes()
 
 
-async def _speak(conn, pcm: bytes, chunk_ms: int = 100) -> None:
+async def _speak(conn, pcm: bytes, chunk_ms: int = 100, bytes_per_s: int = RATE * 2) -> None:
     """Append audio at the pace a microphone produces it."""
-    step = RATE * 2 * chunk_ms // 1000
+    step = bytes_per_s * chunk_ms // 1000
     start = time.monotonic()
     for n, offset in enumerate(range(0, len(pcm), step)):
         await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[offset : offset + step]).decode())
@@ -261,6 +262,46 @@ async def test_a_spoken_turn_with_server_vad(stack, speech_wav, fake_llm):
     assert [(m["role"], m["id"]) for m in history] == [("user", item_id), ("avatar", reply_item.id)]
     assert history[0]["text"] == transcript.transcript and history[1]["text"] == text
     assert history[1]["status"] == "complete"
+
+
+async def test_a_spoken_turn_in_g711_mu_law_at_8khz(stack, speech_wav, fake_llm):
+    """A phone bridge's session: µ-law at 8 kHz both ways (encoded and decoded here with the
+    reference codec, not Parley's), heard, answered, and the answer's audio is µ-law at 8 kHz."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+    key = await _api_key(stack, "rt-phone")
+    async with _client(stack, key).realtime.connect(model="gpt-realtime") as conn:
+        c = Conversation(conn)
+        conversation_id = (await c.wait_event("session.created")).session.model_extra["parley"]["conversation_id"]
+        mulaw = {"type": "audio/pcmu"}
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "audio": {"input": {"format": mulaw, "transcription": {"language": "en"}}, "output": {"format": mulaw}},
+            }
+        )
+        updated = (await c.wait_event("session.updated")).session
+        assert updated.audio.input.format.type == updated.audio.output.format.type == "audio/pcmu"
+        with wave.open(str(speech_wav)) as w:
+            pcm16k = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        pcm8k = soxr.resample(pcm16k, 16000, 8000).astype("<i2").tobytes()
+        await _speak(conn, audioop.lin2ulaw(pcm8k, 2), bytes_per_s=8000)
+
+        transcript = await c.wait_event("conversation.item.input_audio_transcription.completed", 60)
+        assert "weather" in transcript.transcript.lower()
+        response = (await c.wait_event("response.created", 60)).response
+        done = await _response_done(c, response.id)
+        assert done.status == "completed"
+        sent = b"".join(base64.b64decode(e.delta) for e in c.of("response.output_audio.delta", response_id=response.id))
+        assert len(sent) > 8000 and np.abs(np.frombuffer(audioop.ulaw2lin(sent, 2), "<i2")).max() > 0
+        c.check_typed()
+    stored = await _stored(stack, "rt-phone", conversation_id, done.output[0].id, "complete")
+    deadline = time.monotonic() + 60
+    while stored["audio_duration_s"] is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        stored = await _stored(stack, "rt-phone", conversation_id, done.output[0].id, "complete")
+    assert abs(len(sent) / 8000 - stored["audio_duration_s"]) < 0.1  # one byte a sample, 8000 a second
 
 
 async def test_a_typed_turn_then_a_cancelled_response(stack, fake_llm):
@@ -448,7 +489,7 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on(stack, fake_
         )
         await refused(
             lambda: conn.session.update(
-                session={"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}
+                session={"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu", "rate": 16000}}}}
             ),
             "unsupported",
             "session.audio.input.format",
@@ -461,7 +502,7 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on(stack, fake_
             "session.audio.output.format",
         )
         await refused(
-            lambda: conn.send_raw('{"type": "session.update", "session": {"input_audio_format": "g711_ulaw"}}'),
+            lambda: conn.send_raw('{"type": "session.update", "session": {"input_audio_format": "g722"}}'),
             "unsupported",
             "session.audio.input.format",
         )

@@ -15,6 +15,7 @@ import msgspec
 from services.common import db
 
 from . import protocol as rt
+from .buffer import InputBuffer
 from .config import Refused, apply_stt, stt_view, updated
 from .connection import Connection
 from .conversation import Conversation
@@ -112,6 +113,9 @@ class ClientEvents:
             await session.replace_avatars([avatar])
         stt_changed = avatar.id != current.id or stt_view(cfg) != stt_view(conn.cfg)
         conn.cfg = cfg
+        if cfg.input_format != conn.buffer.format:
+            speaking, conn.buffer = conn.buffer.speaking, InputBuffer(cfg.input_format)
+            conn.buffer.speaking = speaking
         apply_stt(cfg, session.opening)
         if stt_changed:
             await session.reopen_stt()

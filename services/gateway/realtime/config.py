@@ -17,7 +17,11 @@ from ..wire import Opening
 from . import protocol as rt
 
 IN_RATE = 24000
-"""The API's audio rate, both ways."""
+"""The API's PCM rate, both ways."""
+FORMATS = {"audio/pcm": IN_RATE, "audio/pcmu": 8000, "audio/pcma": 8000}
+"""The audio formats a session may use, each at its one rate: PCM16, or G.711 µ-law / A-law
+as telephone bridges send it."""
+BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z]{2})?$")
 EAGERNESS = {"high": (200, 800), "medium": (200, 1600), "auto": (200, 1600), "low": (300, 2400)}
 """semantic_vad's eagerness as the smart policy's (short, long) waits: how soon a pause is
@@ -55,6 +59,9 @@ class Config:
     """The session's function tools as client tools (`Tool` builtins, realtime/tools.py)."""
     tool_choice: str | dict = "auto"
     """As the LLM takes it (a named function: `{"type": "function", "function": {"name": ...}}`)."""
+    input_format: str = "audio/pcm"
+    output_format: str = "audio/pcm"
+    """Keys of FORMATS."""
 
 
 def updated(
@@ -81,8 +88,10 @@ def updated(
         cfg.tools = function_tools(s.tools or [], "session.tools", taken)
     if s.tool_choice is not msgspec.UNSET:
         cfg.tool_choice = choice(s.tool_choice, cfg.tools, "session.tool_choice")
-    check_format(a_in.format, s.input_audio_format, "session.audio.input.format")
-    check_format(a_out.format, s.output_audio_format, "session.audio.output.format")
+    cfg.input_format = check_format(a_in.format, s.input_audio_format, "session.audio.input.format", cfg.input_format)
+    cfg.output_format = check_format(
+        a_out.format, s.output_audio_format, "session.audio.output.format", cfg.output_format
+    )
     transcription = a_in.transcription
     if transcription is msgspec.UNSET:
         transcription = s.input_audio_transcription
@@ -125,8 +134,10 @@ def describe(cfg: Config, avatar: db.Avatar, session_id: str, conversation_id: s
         output_modalities=cfg.modalities,
         instructions=cfg.instructions or "",
         audio=rt.Audio(
-            input=rt.AudioInput(format=rt.AudioFormat(), transcription=cfg.transcription, turn_detection=turn),
-            output=rt.AudioOutput(format=rt.AudioFormat(), voice=cfg.voice or avatar.name),
+            input=rt.AudioInput(
+                format=audio_format(cfg.input_format), transcription=cfg.transcription, turn_detection=turn
+            ),
+            output=rt.AudioOutput(format=audio_format(cfg.output_format), voice=cfg.voice or avatar.name),
         ),
         expires_at=expires_at,
         parley=rt.ParleyInfo(conversation_id=conversation_id, avatar_id=avatar.id, avatar_name=avatar.name),
@@ -140,17 +151,27 @@ def modalities(given: list[str], param: str) -> list[str]:
     return ["audio"] if "audio" in given else ["text"]
 
 
-def check_format(fmt, beta: str | msgspec.UnsetType, param: str) -> None:
-    """PCM16 at 24 kHz only (G.711 is refused rather than misheard)."""
-    if beta not in (msgspec.UNSET, "pcm16"):
-        raise Refused("unsupported", f"audio format '{beta}' is not supported: use pcm16 at 24 kHz", param)
+def check_format(fmt, beta: str | msgspec.UnsetType, param: str, current: str) -> str:
+    """The format asked for (FORMATS), or `current` when none is; another one is refused
+    rather than misheard."""
+    if beta is not msgspec.UNSET:
+        if beta not in BETA_FORMATS:
+            raise Refused(
+                "unsupported", f"audio format '{beta}' is not supported: use {', '.join(BETA_FORMATS)}", param
+            )
+        current = BETA_FORMATS[beta]
     if fmt in (msgspec.UNSET, None):
-        return
-    if fmt.type != "audio/pcm" or fmt.rate not in (None, IN_RATE):
+        return current
+    if fmt.type not in FORMATS or fmt.rate not in (None, FORMATS[fmt.type]):
         rate = f" at {fmt.rate} Hz" if fmt.rate else ""
-        raise Refused(
-            "unsupported", f"audio format '{fmt.type}'{rate} is not supported: use audio/pcm at 24000 Hz", param
-        )
+        choices = "audio/pcm at 24000 Hz, audio/pcmu or audio/pcma at 8000 Hz"
+        raise Refused("unsupported", f"audio format '{fmt.type}'{rate} is not supported: use {choices}", param)
+    return fmt.type
+
+
+def audio_format(kind: str) -> rt.AudioFormat:
+    """As the session reports it: PCM with its rate, G.711 by its type alone."""
+    return rt.AudioFormat(type=kind, rate=IN_RATE if kind == "audio/pcm" else None)
 
 
 def apply_turn_detection(cfg: Config, turn: rt.TurnDetectionIn | None) -> None:

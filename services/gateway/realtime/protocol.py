@@ -192,9 +192,10 @@ class _Out(msgspec.Struct, kw_only=True):
     pass
 
 
-class AudioFormat(_Out, kw_only=True):
-    type: str = "audio/pcm"
-    rate: int = 24000
+class AudioFormat(_Out, omit_defaults=True, kw_only=True):
+    type: str
+    rate: int | None = None
+    """PCM's; G.711 formats name none (8 kHz is theirs)."""
 
 
 class Transcription(_Out, kw_only=True):

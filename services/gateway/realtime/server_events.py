@@ -15,12 +15,13 @@ import asyncio
 import numpy as np
 import soxr
 
-from services.common import ids
+from services.common import g711, ids
 
 from .. import events
 from ..playout import Frame
 from . import protocol as rt
-from .config import IN_RATE
+from .buffer import LAWS
+from .config import FORMATS
 from .connection import Connection
 from .conversation import Conversation
 from .output import Response, VoiceItem
@@ -82,10 +83,11 @@ class ServerEvents:
             rec = self._continue(message_id, claimed=False)
         if rec is None or rec.done or not rec.audio:
             return
-        pcm = frame.pcm
-        if frame.sample_rate != IN_RATE:
-            pcm = soxr.resample(np.frombuffer(pcm, "<i2"), frame.sample_rate, IN_RATE).astype("<i2").tobytes()
-        out.audio_delta(rec, pcm)
+        fmt = self.conn.cfg.output_format
+        pcm, rate = frame.pcm, FORMATS[fmt]
+        if frame.sample_rate != rate:
+            pcm = soxr.resample(np.frombuffer(pcm, "<i2"), frame.sample_rate, rate).astype("<i2").tobytes()
+        out.audio_delta(rec, g711.encode(pcm, LAWS[fmt]) if fmt in LAWS else pcm)
         self._calls_due(rec)
 
     def continue_reply(self, reply_id: str) -> None:

@@ -27,8 +27,8 @@ def test_ga_and_beta_session_updates_decode_to_the_same_settings():
     assert ga.session.audio.output.voice == beta.session.voice == "Ada"
     assert ga.session.audio.input.turn_detection == beta.session.turn_detection
     assert rtsession.modalities(beta.session.modalities, "p") == ["audio"]
-    rtsession.check_format(ga.session.audio.input.format, msgspec.UNSET, "p")
-    rtsession.check_format(msgspec.UNSET, beta.session.input_audio_format, "p")
+    assert rtsession.check_format(ga.session.audio.input.format, msgspec.UNSET, "p", "audio/pcmu") == "audio/pcm"
+    assert rtsession.check_format(msgspec.UNSET, beta.session.input_audio_format, "p", "audio/pcmu") == "audio/pcm"
 
 
 def test_an_explicit_null_is_told_apart_from_a_missing_field():
@@ -91,12 +91,28 @@ def test_server_vad_is_the_vad_policy():
     assert (opening.stt.turn_policy, opening.stt.end_of_turn_ms) == ("vad", 700)
 
 
-@pytest.mark.parametrize("fmt", [{"type": "audio/pcmu"}, {"type": "audio/pcma"}, {"type": "audio/pcm", "rate": 16000}])
-def test_audio_other_than_pcm16_at_24khz_is_refused(fmt):
+@pytest.mark.parametrize(
+    ("fmt", "beta", "kind"),
+    [
+        ({"type": "audio/pcmu"}, "g711_ulaw", "audio/pcmu"),
+        ({"type": "audio/pcma", "rate": 8000}, "g711_alaw", "audio/pcma"),
+        ({"type": "audio/pcm", "rate": 24000}, "pcm16", "audio/pcm"),
+    ],
+)
+def test_pcm16_at_24khz_and_g711_at_8khz_are_the_formats(fmt, beta, kind):
+    assert rtsession.check_format(msgspec.convert(fmt, rt.AudioFormatIn), msgspec.UNSET, "p", "audio/pcm") == kind
+    assert rtsession.check_format(msgspec.UNSET, beta, "p", "audio/pcm") == kind
+    assert rtsession.check_format(msgspec.UNSET, msgspec.UNSET, "p", kind) == kind
+
+
+@pytest.mark.parametrize(
+    "fmt", [{"type": "audio/pcm", "rate": 16000}, {"type": "audio/pcmu", "rate": 16000}, {"type": "audio/opus"}]
+)
+def test_other_formats_and_rates_are_refused(fmt):
     with pytest.raises(rtsession.Refused):
-        rtsession.check_format(msgspec.convert(fmt, rt.AudioFormatIn), msgspec.UNSET, "p")
+        rtsession.check_format(msgspec.convert(fmt, rt.AudioFormatIn), msgspec.UNSET, "p", "audio/pcm")
     with pytest.raises(rtsession.Refused):
-        rtsession.check_format(msgspec.UNSET, "g711_ulaw", "p")
+        rtsession.check_format(msgspec.UNSET, "g722", "p", "audio/pcm")
 
 
 def test_validation_errors_name_the_field():
