@@ -341,6 +341,8 @@ class ReplyCompleted(Event, tag="reply.done"):
     status: Status
     text: str
     sentence_count: int
+    usage: dict[str, int] | None = None
+    """`input_tokens` and `output_tokens` of the LLM over the reply (none when announced again)."""
 
 
 class ReplyInterrupted(Event, tag="reply.interrupted"):

@@ -113,6 +113,7 @@ class ReplyDone(ClientEvent, tag="reply.done"):
     status: Literal["streaming", "complete", "interrupted", "failed"]
     text: str
     sentence_count: int
+    usage: dict[str, int] | None = None
 
 
 class ReplyInterrupted(ClientEvent, tag="reply.interrupted"):

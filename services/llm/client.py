@@ -61,7 +61,15 @@ class ToolCallPart:
     arguments: str
 
 
-Delta = str | ToolCallPart
+@dataclass(frozen=True)
+class TokenUsage:
+    """The completion's token counts, from the stream's last chunk (`stream_options.include_usage`)."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+Delta = str | ToolCallPart | TokenUsage
 
 
 def _status_error(status: int, body: str) -> LLMError:
@@ -90,6 +98,7 @@ class ChatClient:
         first_token_timeout_s: float = 15.0,
         total_timeout_s: float = 120.0,
         retries: int = 2,
+        usage: bool = True,
     ):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.AsyncClient(
@@ -104,6 +113,7 @@ class ChatClient:
         self.first_token_timeout_s = first_token_timeout_s
         self.total_timeout_s = total_timeout_s
         self.retries = retries
+        self.usage = usage
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -135,6 +145,8 @@ class ChatClient:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
+        if self.usage:
+            body["stream_options"] = {"include_usage": True}
         if tools:
             body["tools"] = tools
             body["tool_choice"] = tool_choice or "auto"
@@ -179,10 +191,15 @@ def _deltas(data: str) -> list[Delta]:
         raise LLMServerError(f"LLM stream error: {chunk['error']}")
     try:
         choices = chunk.get("choices") or []
+        usage = chunk.get("usage")
+        out: list[Delta] = []
+        if isinstance(usage, dict):
+            out.append(TokenUsage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)))
         if not choices:
-            return []
+            return out
         delta = choices[0].get("delta") or {}
-        out: list[Delta] = [delta["content"]] if delta.get("content") else []
+        if delta.get("content"):
+            out.append(delta["content"])
         for call in delta.get("tool_calls") or []:
             fn = call.get("function") or {}
             out.append(

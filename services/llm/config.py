@@ -18,6 +18,9 @@ class LlmSettings(ServiceSettings):
     """How soon an edited avatar (persona, voice, deletion) reaches conversations already cached."""
     llm_connect_timeout_s: float = 5.0
     llm_first_token_timeout_s: float = 15.0
+    llm_stream_usage: bool = True
+    """Ask the stream for its token usage (`stream_options.include_usage`); off for an endpoint
+    that refuses the field."""
     llm_total_timeout_s: float = 120.0
     llm_history_messages: int = 10
     # The first spoken piece may end at a clause after this many words (0: whole sentences only).

@@ -65,6 +65,7 @@ class Orchestrator(Service):
             connect_timeout_s=s.llm_connect_timeout_s,
             first_token_timeout_s=s.llm_first_token_timeout_s,
             total_timeout_s=s.llm_total_timeout_s,
+            usage=s.llm_stream_usage,
         )
         self.on_close(self.llm.aclose)
         self.bus = await self.open_bus()

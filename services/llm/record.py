@@ -25,6 +25,8 @@ class Outcome:
     text: str
     sentences: int = 0
     error: str = ""
+    usage: dict[str, int] | None = None
+    """The LLM's tokens, when this attempt streamed it (not kept in the row)."""
 
 
 class TurnRecord:
@@ -56,7 +58,7 @@ class TurnRecord:
         _, status, text = await self.messages.finish_reply(
             reply_id, out.text, out.status, out.error, out.timings, out.sentences
         )
-        return Outcome(status, text or "", out.sentences, out.error or "")
+        return Outcome(status, text or "", out.sentences, out.error or "", out.usage)
 
     async def close_unanswered(self, reply_id: str, avatar_id: str, why: str) -> bool:
         """A reply stopped before it began, stored empty; False when an earlier attempt finished it."""

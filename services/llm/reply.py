@@ -19,7 +19,7 @@ from services.common import ids, metrics, schemas, subjects
 from services.common.db import Avatar
 from services.common.logs import ctx
 
-from .client import ChatClient, LLMError, ToolCallPart
+from .client import ChatClient, LLMError, TokenUsage, ToolCallPart
 from .config import LlmSettings
 from .sentences import SentenceCutter, speakable
 from .tools import ToolBox, assemble
@@ -47,6 +47,8 @@ class Streamed:
     tokens: int = 0
     calls: list[dict] = field(default_factory=list)
     """The reply's finished tool calls (`ToolCall.prompt_item`), for the next turn's prompt."""
+    usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
+    """The LLM's tokens over all the reply's rounds, as its stream reported them."""
     timings: dict[str, float] = field(default_factory=dict)
     """Wall-clock marks of the turn's stages (seconds since the epoch), stored on the reply."""
 
@@ -139,6 +141,10 @@ class ReplyStream:
         async for delta in self.llm.stream(messages, tools or None, choice if tools else None):
             if isinstance(delta, ToolCallPart):
                 parts.append(delta)
+                continue
+            if isinstance(delta, TokenUsage):
+                self.out.usage["input_tokens"] += delta.input_tokens
+                self.out.usage["output_tokens"] += delta.output_tokens
                 continue
             await self._token(delta)
             if cancel.is_set():

@@ -143,7 +143,12 @@ class Turn:
         await self.deps.bus.publish_fact(subjects.reply_done(conv), done, msg_id=reply_id)
         await self.deps.bus.publish_event(
             schemas.ReplyCompleted(
-                conversation_id=conv, message_id=reply_id, status=o.status, text=o.text, sentence_count=o.sentences
+                conversation_id=conv,
+                message_id=reply_id,
+                status=o.status,
+                text=o.text,
+                sentence_count=o.sentences,
+                usage=o.usage,
             ),
             msg_id=f"done.{reply_id}",
         )

@@ -231,6 +231,10 @@ async def test_a_spoken_turn_with_server_vad(stack, speech_wav, fake_llm):
         response = (await c.wait_event("response.created", 60)).response
         done = await _response_done(c, response.id)
         assert done.status == "completed"
+        usage = done.usage
+        assert usage.input_token_details.text_tokens > 0 and usage.output_token_details.text_tokens > 0
+        assert usage.input_token_details.audio_tokens > 0 and usage.output_token_details.audio_tokens > 0
+        assert usage.total_tokens == usage.input_tokens + usage.output_tokens
 
         types = [e.type for e in c.events]
         assert types.index("input_audio_buffer.speech_started") < types.index("input_audio_buffer.speech_stopped")

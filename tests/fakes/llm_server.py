@@ -23,6 +23,11 @@ from starlette.routing import Route
 from tests.fakes.threaded import ThreadedServer
 
 
+def _tokens(messages: list[dict]) -> int:
+    """The stand-in's token count of a prompt: its words."""
+    return sum(len(str(m.get("content") or "").split()) for m in messages)
+
+
 def reply_for(user_text: str) -> str:
     return (
         f"Hello there! You said {len(user_text.split())} words. "
@@ -87,6 +92,10 @@ class FakeLLM(ThreadedServer):
                 }
                 yield f"data: {json.dumps(chunk)}\n\n"
                 await asyncio.sleep(self.token_delay_s)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": _tokens(body["messages"]), "completion_tokens": len(words)}
+                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")

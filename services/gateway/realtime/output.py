@@ -48,6 +48,10 @@ class Response:
     call_after: int = 0
     """The reply's sentences before its function calls: their audio ends this response."""
     calls_wait_until: float | None = None
+    tokens: dict[str, int] | None = None
+    """The LLM's `input_tokens` and `output_tokens` for the reply (its `reply.done`)."""
+    input_audio_s: float = 0.0
+    output_audio_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.item_id = self.item_id or self.reply_id
@@ -306,6 +310,7 @@ class Output:
             id=rec.id,
             status=status,
             status_details=details,
+            usage=_usage(rec) if status != "in_progress" else None,
             output=output if rec.item_added and status != "in_progress" else [],
             conversation_id=self.conversation_id,
             output_modalities=rec.modalities,
@@ -317,3 +322,15 @@ class Output:
         if rec.final_status == "complete" and rec.final_text is not None:
             return rec.final_text[rec.text_offset :].lstrip()
         return rec.transcript
+
+
+def _usage(rec: Response) -> rt.Usage:
+    text_in, text_out = (rec.tokens or {}).get("input_tokens", 0), (rec.tokens or {}).get("output_tokens", 0)
+    audio_in, audio_out = round(rec.input_audio_s * 10), round(rec.output_audio_s * 20)
+    return rt.Usage(
+        total_tokens=text_in + text_out + audio_in + audio_out,
+        input_tokens=text_in + audio_in,
+        output_tokens=text_out + audio_out,
+        input_token_details=rt.InputTokenDetails(text_tokens=text_in, audio_tokens=audio_in),
+        output_token_details=rt.OutputTokenDetails(text_tokens=text_out, audio_tokens=audio_out),
+    )

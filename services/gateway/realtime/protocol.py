@@ -315,6 +315,29 @@ class StatusDetails(_Out, omit_defaults=True, kw_only=True):
     error: StatusError | None = None
 
 
+class InputTokenDetails(_Out, kw_only=True):
+    text_tokens: int = 0
+    audio_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class OutputTokenDetails(_Out, kw_only=True):
+    text_tokens: int = 0
+    audio_tokens: int = 0
+
+
+class Usage(_Out, kw_only=True):
+    """OpenAI's usage of a response: the LLM's text tokens as its stream counted them; audio
+    tokens at OpenAI's published rates (10 a second of the user's speech, 20 a second of the
+    reply's audio), so a client's counters and budgets work (Parley's STT and TTS bill no tokens)."""
+
+    total_tokens: int
+    input_tokens: int
+    output_tokens: int
+    input_token_details: InputTokenDetails
+    output_token_details: OutputTokenDetails
+
+
 class Response(_Out, kw_only=True):
     id: str
     object: str = "realtime.response"
@@ -324,7 +347,7 @@ class Response(_Out, kw_only=True):
     conversation_id: str
     output_modalities: list[str]
     metadata: dict[str, str] | None = None
-    usage: None = None
+    usage: Usage | None = None
 
 
 class Error(_Out, kw_only=True):

@@ -183,11 +183,15 @@ class ServerEvents:
             return
         conn = self.conn
         conn.out.transcribed(item, ev, heard=conn.cfg.transcription is not None)
-        if ids.reply_id(ev.message_id, conn.avatar.id) not in conn.out.responses:
-            self.conversation.open_response(ev.message_id, conn.cfg.modalities)
+        reply_id = ids.reply_id(ev.message_id, conn.avatar.id)
+        rec = conn.out.responses.get(reply_id) or self.conversation.open_response(ev.message_id, conn.cfg.modalities)
+        rec.input_audio_s = max(0.0, (ev.end_s or 0.0) - (ev.start_s or 0.0))
 
     def _settle(self, rec: Response) -> None:
-        audio_pending = self.conn.session.reply(rec.reply_id) is not None and not rec.audio_done
+        reply = self.conn.session.reply(rec.reply_id)
+        audio_pending = reply is not None and not rec.audio_done
+        if reply is not None and rec.audio:
+            rec.output_audio_s = max(0.0, reply.sent_s - rec.audio_offset_ms / 1000)
         self.conn.out.settle(rec, audio_pending=audio_pending)
 
     def _on_reply(self, rec: Response, ev: events.ClientEvent) -> None:
@@ -200,7 +204,7 @@ class ServerEvents:
             self.conn.out.text_delta(rec, ev.text)
 
         elif isinstance(ev, events.ReplyDone):
-            rec.final_text, rec.final_status = ev.text, ev.status
+            rec.final_text, rec.final_status, rec.tokens = ev.text, ev.status, ev.usage
             self._settle(rec)
         elif isinstance(ev, events.ReplyInterrupted):
             self.conversation.interruptions.stored(ev.message_id)

@@ -739,3 +739,28 @@ async def test_an_answer_the_session_refuses_is_an_error_event():
     await _client(wire, {"type": "conversation.item.create", "item": {"type": "function_call_output", "output": "x"}})
     errors = [(t["error"]["code"], t["error"]["param"]) for t in socket.texts]
     assert errors == [("unknown_tool_call", "item.call_id"), ("missing_required_parameter", "item.call_id")]
+
+
+async def test_response_done_reports_the_llms_tokens_and_the_audio_at_openais_rates():
+    wire, socket, session = _wire()
+    wire.send(_started())
+    user_id, reply_id = await _typed_turn(wire, session)
+    reply = session.replies[reply_id] = Reply()
+    wire.send(_reply_started(user_id, reply_id))
+    wire.send_audio(reply_id, Frame(0, 0, 24000, b"\x01\x00" * 24000))
+    reply.sentence_s[0] = 1.0  # the relay counts what it sent: one second
+    done = events.ReplyDone(
+        conversation_id=CONV,
+        message_id=reply_id,
+        status="complete",
+        text="Hi.",
+        sentence_count=1,
+        usage={"input_tokens": 30, "output_tokens": 5},
+    )
+    reply.playout.ended = True
+    wire.send(done)
+    wire.send(events.AudioEnd(conversation_id=CONV, message_id=reply_id, sentence_count=1))
+    usage = [t for t in socket.texts if t["type"] == "response.done"][-1]["response"]["usage"]
+    assert usage["input_token_details"] == {"text_tokens": 30, "audio_tokens": 0, "cached_tokens": 0}
+    assert usage["output_token_details"] == {"text_tokens": 5, "audio_tokens": 20} and usage["output_tokens"] == 25
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]

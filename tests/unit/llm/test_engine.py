@@ -13,6 +13,7 @@ from services.llm.client import (
     LLMRateLimited,
     LLMServerError,
     LLMTimeout,
+    TokenUsage,
 )
 from services.llm.sentences import SentenceCutter, speakable
 from tests.fakes.llm_server import reply_for
@@ -101,12 +102,15 @@ def client(fake_llm):
 
 
 async def _collect(client) -> str:
-    return "".join([d async for d in client.stream([{"role": "user", "content": "one two"}])])
+    return "".join([d async for d in client.stream([{"role": "user", "content": "one two"}]) if isinstance(d, str)])
 
 
-async def test_streams_the_reply(client, fake_llm):
-    assert await _collect(client) == reply_for("one two")
+async def test_streams_the_reply_and_its_token_usage(client, fake_llm):
+    deltas = [d async for d in client.stream([{"role": "user", "content": "one two"}])]
+    assert "".join(d for d in deltas if isinstance(d, str)) == reply_for("one two")
+    assert deltas[-1] == TokenUsage(2, len(reply_for("one two").split()))
     assert fake_llm.requests[-1]["stream"] is True
+    assert fake_llm.requests[-1]["stream_options"] == {"include_usage": True}
 
 
 @pytest.mark.parametrize(
