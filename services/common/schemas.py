@@ -105,6 +105,13 @@ class ReplyCancel(Control):
     reason: str = ""
 
 
+class HistoryChanged(Control):
+    """A message was taken out of the conversation's history: orchestrators forget what they
+    hold of it (their next turn reads it again)."""
+
+    KIND: ClassVar[str] = "history"
+
+
 class SttRelease(Control):
     """Another worker took the session over: `worker_id` lets go of it."""
 

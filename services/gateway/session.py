@@ -28,6 +28,7 @@ from .barge import BargeIns
 from .client_socket import ClientSocket
 from .config import GatewaySettings
 from .feed import Feed, replay_from
+from .history import ConversationHistory
 from .mic import MicInput
 from .relay import Reply, ReplyRelay
 from .stt_link import SttLink
@@ -137,6 +138,7 @@ class Session:
             # The dropped connection, if its gateway has not noticed yet, lets go now.
             await self.bus.control(schemas.SessionResumed(conversation_id=self.conv, session_id=self.resume_id))
         self.avatars = await self.gw.db.avatars.of_conversation(self.conv)
+        self.history = ConversationHistory(self.gw.db, self.bus, self.conv)
         self.mic = MicInput(self.bus, self.settings, self.conv, self.audio_session_id, self.wire.error)
         self.relay = ReplyRelay(self.bus, self.settings, self.conv, self.wire)
         self.stt = SttLink(

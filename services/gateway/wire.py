@@ -13,6 +13,7 @@ from typing import Protocol
 from services.common import db
 
 from . import events, protocol
+from .history import ConversationHistory
 from .playout import Frame
 from .relay import Reply
 
@@ -69,6 +70,8 @@ class SessionApi(Protocol):
     user_id: str
     opening: Opening
     avatars: list[db.Avatar]
+    history: ConversationHistory
+    """The conversation's stored messages (set once the session has begun)."""
 
     @property
     def opened_at(self) -> float: ...

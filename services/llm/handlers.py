@@ -78,6 +78,7 @@ class Orchestrator(Service):
         tools = ToolDeps(self.bus, s, self.records.tool_calls, webhooks, results, McpServers(s))
         self.answering = Answering(self.bus, self.llm, s, self.records, self.memory, self.cancels, tools)
         self._ctl_sub = await self.bus.on_control("*", schemas.ReplyCancel, self._on_cancel)
+        self._history_sub = await self.bus.on_control("*", schemas.HistoryChanged, self._on_history)
         await self._work(
             # A turn killed mid-reply is redelivered within seconds (see _TURN_ACK_WAIT_S).
             busmod.WorkQueue(
@@ -162,6 +163,9 @@ class Orchestrator(Service):
                 active.cancel.set()
                 if active.reply_id:
                     await self.cancels.put(active.reply_id)
+
+    async def _on_history(self, ctl: schemas.HistoryChanged) -> None:
+        self.memory.forget(ctl.conversation_id)
 
     async def _give_up(self, msg: NatsMsg, exc: BaseException) -> None:
         turn = schemas.decode(msg.data, schemas.UserTurn)

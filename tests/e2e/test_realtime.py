@@ -390,11 +390,27 @@ async def test_a_truncated_item_is_stored_as_heard(stack, fake_llm):
         await conn.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=heard_ms)
         truncated = await c.wait_event("conversation.item.truncated")
         assert (truncated.item_id, truncated.audio_end_ms) == (item_id, heard_ms)
+        row = await _stored(stack, "rt-uma", conversation_id, item_id, "interrupted")
+        full = reply_for("Tell me about the sea?")
+        assert full.startswith(row["text"]) and len(row["text"].split()) < len(full.split())
+
+        # As the Agents SDK does after a truncate: the item it keeps is what was heard.
+        await conn.conversation.item.retrieve(item_id=item_id)
+        retrieved = (await c.wait_event("conversation.item.retrieved")).item
+        assert (retrieved.status, retrieved.content[0].transcript) == ("incomplete", row["text"])
+        user_item = next(e.item for e in c.of("conversation.item.done") if e.item.role == "user")
+        await conn.conversation.item.delete(item_id=user_item.id)
+        assert (await c.wait_event("conversation.item.deleted")).item_id == user_item.id
+        _, again = await _typed_turn(c, "And the sky?")
+        prompt = next(
+            r["messages"] for r in reversed(fake_llm.requests) if r["messages"][-1]["content"] == "And the sky?"
+        )
+        assert "Tell me about the sea?" not in [m["content"] for m in prompt]
+        assert {"role": "assistant", "content": row["text"]} in prompt
         c.check_typed()
 
-    row = await _stored(stack, "rt-uma", conversation_id, item_id, "interrupted")
-    full = reply_for("Tell me about the sea?")
-    assert full.startswith(row["text"]) and len(row["text"].split()) < len(full.split())
+    history = {m["id"]: m for m in await _history(stack, "rt-uma", conversation_id)}
+    assert history[user_item.id]["removed"] and not history[item_id]["removed"]
 
 
 async def test_voice_picks_an_avatar_and_instructions_replace_its_persona(stack, tmp_path, fake_llm):
@@ -523,7 +539,8 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on(stack, fake_
             "invalid_value",
             "item_id",
         )
-        await refused(lambda: conn.conversation.item.delete(item_id="item_nope"), "unsupported_event", "type")
+        await refused(lambda: conn.conversation.item.delete(item_id="item_nope"), "invalid_value", "item_id")
+        await refused(lambda: conn.conversation.item.retrieve(item_id="item_nope"), "invalid_value", "item_id")
         await refused(
             lambda: conn.conversation.item.create(
                 item={"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi"}]}

@@ -56,6 +56,23 @@ class FakeClientSocket:
         self.closed = (code, reason)
 
 
+class FakeHistory:
+    """The conversation's stored messages, as the test puts them in `messages`."""
+
+    def __init__(self):
+        self.messages: dict[str, db.Message] = {}
+        self.removed: list[str] = []
+
+    async def get(self, message_id: str) -> db.Message | None:
+        return self.messages.get(message_id)
+
+    async def remove(self, message_id: str) -> bool:
+        if message_id not in self.messages or message_id in self.removed:
+            return False
+        self.removed.append(message_id)
+        return True
+
+
 class FakeSession:
     """A session as a wire sees it (`SessionApi`): every call it receives is recorded in
     `calls` as (name, args...), and the replies it relays are `replies`, set up by the test."""
@@ -74,6 +91,7 @@ class FakeSession:
         """The tools and tool_choice each `submit_text` carried."""
         self.tool_refusals: list[tuple[str, str]] = []
         """What the next `tool_result` calls answer (none: taken)."""
+        self.history = FakeHistory()
         self.over_reply: set[int] = set()
         """Utterances the test says began over a playing reply and have not yet counted."""
 

@@ -17,7 +17,8 @@ import asyncpg
 from .tool_calls import ToolCall
 
 SELECT = """id, role, avatar_id, reply_to, source, text, status, error, audio_key, audio_duration_s,
-    audio_expired_at IS NOT NULL AS audio_expired, timings, created_at, sentence_count"""
+    audio_expired_at IS NOT NULL AS audio_expired, timings, created_at, sentence_count,
+    removed_at IS NOT NULL AS removed"""
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Message:
     created_at: dt.datetime
     sentence_count: int | None
     """How many sentences a finished reply sent to TTS (unset on older replies)."""
+    removed: bool = False
+    """Taken out of the LLM's history by the client (the row stays)."""
 
     def public(self, audio_url: str | None) -> dict[str, Any]:
         """As the REST API shows it, with the reply's audio as a short-lived URL."""
@@ -56,6 +59,7 @@ class Message:
             "audio_expired": self.audio_expired,
             "timings": self.timings,
             "created_at": self.created_at.isoformat(),
+            "removed": self.removed,
         }
 
 
@@ -126,6 +130,22 @@ class Messages:
             timings,
         )
 
+    async def get(self, conv_id: str, message_id: str) -> Message | None:
+        """One message of the conversation (none from another)."""
+        row = await self.pool.fetchrow(
+            f"SELECT {SELECT} FROM messages WHERE id=$1 AND conversation_id=$2", message_id, conv_id
+        )
+        return Message(**row) if row else None
+
+    async def remove(self, conv_id: str, message_id: str) -> bool:
+        """Take a message out of the LLM's history (the row stays); False: none such, or gone."""
+        done = await self.pool.execute(
+            "UPDATE messages SET removed_at=now() WHERE id=$1 AND conversation_id=$2 AND removed_at IS NULL",
+            message_id,
+            conv_id,
+        )
+        return done.endswith(" 1")
+
     async def status(self, message_id: str) -> str | None:
         return await self.pool.fetchval("SELECT status FROM messages WHERE id=$1", message_id)
 
@@ -160,7 +180,7 @@ class Messages:
                                                            'status', status, 'result', result, 'error', error)
                                         ORDER BY round, call_index) AS calls
                        FROM tool_calls WHERE reply_id = m.id AND status <> 'running') c ON true
-                   WHERE m.conversation_id=$1 AND (
+                   WHERE m.conversation_id=$1 AND m.removed_at IS NULL AND (
                        (m.status IN ('complete', 'interrupted') AND m.text <> '')
                        OR (m.status <> 'streaming' AND c.calls IS NOT NULL))
                    ORDER BY m.created_at DESC LIMIT $2) t

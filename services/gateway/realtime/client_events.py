@@ -37,6 +37,8 @@ class ClientEvents:
             rt.AudioClear: self._clear,
             rt.ItemCreate: conversation.create_item,
             rt.ItemTruncate: conversation.truncate,
+            rt.ItemRetrieve: conversation.items.retrieve,
+            rt.ItemDelete: conversation.items.delete,
             rt.ResponseCreate: conversation.create_response,
             rt.ResponseCancel: conversation.cancel_response,
         }

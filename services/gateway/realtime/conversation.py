@@ -17,6 +17,7 @@ from . import protocol as rt
 from .config import Refused, modalities
 from .connection import Connection
 from .interruptions import Interruptions
+from .items import Items
 from .output import Response
 from .tools import choice as tool_choice
 from .tools import function_tools
@@ -38,6 +39,7 @@ class Conversation:
         self.conn = conn
         self.interruptions = Interruptions(conn)
         self.pending: list[TypedItem] = []
+        self.items = Items(conn, self.pending)
         self.begun = False
         """Once a turn is under way the avatar (voice) is fixed, as in OpenAI's API."""
 
@@ -60,6 +62,7 @@ class Conversation:
         text = _text_of(item, self.conn.settings.max_text_chars)
         seq, message_id = self.conn.session.text_turn_id()
         item_id = item.id or message_id
+        self.items.typed[item_id] = message_id
         self.pending.append(TypedItem(item_id, message_id, seq, text))
         self.conn.out.text_item(item_id, text)
 

@@ -48,6 +48,8 @@ class Response:
     call_after: int = 0
     """The reply's sentences before its function calls: their audio ends this response."""
     calls_wait_until: float | None = None
+    called: bool = False
+    """It ended at function calls: the reply went on in another response."""
     tokens: dict[str, int] | None = None
     """The LLM's `input_tokens` and `output_tokens` for the reply (its `reply.done`)."""
     input_audio_s: float = 0.0
@@ -83,6 +85,8 @@ class Output:
         self.voice_items: dict[str, VoiceItem] = {}
         self.item_ids: set[str] = set()
         self.last_item_id: str | None = None
+        self.call_items: dict[str, rt.FunctionCallItem | rt.FunctionCallOutputItem] = {}
+        """The function call items and their outputs, by item id (retrieved as they were)."""
         self.continuing: dict[str, Response] = {}
         """Replies whose response ended at a function call, by reply id: the client's
         `response.create` (or the reply going on) opens the response that continues it."""
@@ -217,6 +221,8 @@ class Output:
             self.emit(rt.ItemDone(item=done, previous_item_id=previous))
             self.emit(rt.OutputItemDone(**at, item=done))
             output.append(done)
+            self.call_items[c.call_id] = done
+        rec.called = True
         response = self._response(rec, "completed")
         response.output = output
         self.emit(rt.ResponseDone(response=response))
@@ -226,6 +232,7 @@ class Output:
         """The client's `function_call_output` item, added to the conversation."""
         previous = self._chain(item_id)
         item = rt.FunctionCallOutputItem(id=item_id, call_id=call_id, output=output)
+        self.call_items[item_id] = item
         self.emit(rt.ItemAdded(item=item, previous_item_id=previous))
         self.emit(rt.ItemDone(item=item, previous_item_id=previous))
 

@@ -140,6 +140,14 @@ class ItemTruncate(ClientEvent, tag="conversation.item.truncate", kw_only=True):
     audio_end_ms: int
 
 
+class ItemRetrieve(ClientEvent, tag="conversation.item.retrieve", kw_only=True):
+    item_id: str
+
+
+class ItemDelete(ClientEvent, tag="conversation.item.delete", kw_only=True):
+    item_id: str
+
+
 class ResponseCreate(ClientEvent, tag="response.create", kw_only=True):
     response: ResponseParams | None = None
 
@@ -149,14 +157,21 @@ class ResponseCancel(ClientEvent, tag="response.cancel", kw_only=True):
 
 
 Incoming = (
-    SessionUpdate | AudioAppend | AudioCommit | AudioClear | ItemCreate | ItemTruncate | ResponseCreate | ResponseCancel
+    SessionUpdate
+    | AudioAppend
+    | AudioCommit
+    | AudioClear
+    | ItemCreate
+    | ItemTruncate
+    | ItemRetrieve
+    | ItemDelete
+    | ResponseCreate
+    | ResponseCancel
 )
 
 SUPPORTED = frozenset(t.__struct_config__.tag for t in Incoming.__args__)
 REFUSED = frozenset(
     {
-        "conversation.item.delete",
-        "conversation.item.retrieve",
         "output_audio_buffer.clear",
         "transcription_session.update",
     }
@@ -401,6 +416,14 @@ class ItemAdded(ServerEvent, tag="conversation.item.added", kw_only=True):
 class ItemDone(ServerEvent, tag="conversation.item.done", kw_only=True):
     item: AnyItem
     previous_item_id: str | None = None
+
+
+class ItemRetrieved(ServerEvent, tag="conversation.item.retrieved", kw_only=True):
+    item: AnyItem
+
+
+class ItemDeleted(ServerEvent, tag="conversation.item.deleted", kw_only=True):
+    item_id: str
 
 
 class ItemTruncated(ServerEvent, tag="conversation.item.truncated", kw_only=True):

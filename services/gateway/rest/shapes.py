@@ -160,6 +160,7 @@ class MessageOut(BaseModel):
     """The reply's audio was deleted after the retention period; its text stays."""
     timings: dict
     created_at: str
+    removed: bool = Field(False, description="taken out of the history by the client: the LLM no longer sees it")
 
 
 class MessagePage(BaseModel):

@@ -207,7 +207,7 @@ async def test_events_that_are_not_valid_client_events_are_refused_with_openais_
     await _client(wire, "{oops")
     await _client(wire, "[1]")
     await _client(wire, {"event_id": "e1"})
-    await _client(wire, {"type": "conversation.item.delete", "event_id": "e2"})
+    await _client(wire, {"type": "output_audio_buffer.clear", "event_id": "e2"})
     await _client(wire, {"type": "dance"})
     await _client(wire, {"type": "input_audio_buffer.append", "event_id": "e3"})
     await _client(wire, {"type": "response.cancel", "response_id": 5})
@@ -764,3 +764,52 @@ async def test_response_done_reports_the_llms_tokens_and_the_audio_at_openais_ra
     assert usage["input_token_details"] == {"text_tokens": 30, "audio_tokens": 0, "cached_tokens": 0}
     assert usage["output_token_details"] == {"text_tokens": 5, "audio_tokens": 20} and usage["output_tokens"] == 25
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+def _stored_message(message_id: str, role: str, text: str, status: str = "complete", source=None) -> db.Message:
+    import datetime as dt
+
+    return db.Message(
+        id=message_id,
+        role=role,
+        avatar_id=AVATAR.id if role == "avatar" else None,
+        reply_to=None,
+        source=source,
+        text=text,
+        status=status,
+        error=None,
+        audio_key=None,
+        audio_duration_s=None,
+        audio_expired=False,
+        timings={},
+        created_at=dt.datetime.now(dt.UTC),
+        sentence_count=1,
+    )
+
+
+async def test_items_are_retrieved_as_stored_and_deleted_from_the_history():
+    wire, socket, session = _wire()
+    wire.send(_started())
+    await _client(wire, _item("not answered yet", id="item_mine"))
+    await _client(wire, {"type": "conversation.item.retrieve", "item_id": "item_mine"})
+    assert socket.texts[-1]["item"]["content"] == [{"type": "input_text", "text": "not answered yet"}]
+    await _client(wire, {"type": "conversation.item.delete", "item_id": "item_mine"})
+    assert socket.texts[-1] == {**socket.texts[-1], "type": "conversation.item.deleted", "item_id": "item_mine"}
+    await _client(wire, {"type": "response.create"})
+    assert socket.texts[-1]["error"]["code"] == "no_user_message"  # the deleted item is not answered
+
+    user_id, reply_id = await _typed_turn(wire, session, "tell me")
+    wire.send(_reply_started(user_id, reply_id))
+    wire.send(_reply_done(reply_id, "One. Two. Three."))
+    session.history.messages[reply_id] = _stored_message(reply_id, "avatar", "One. Two.", "interrupted")
+    session.history.messages[user_id] = _stored_message(user_id, "user", "tell me", source="text")
+    await _client(wire, {"type": "conversation.item.retrieve", "item_id": reply_id})
+    item = socket.texts[-1]["item"]
+    assert socket.texts[-1]["type"] == "conversation.item.retrieved" and item["status"] == "incomplete"
+    assert item["content"] == [{"type": "output_audio", "transcript": "One. Two."}]  # what was heard
+    await _client(wire, {"type": "conversation.item.delete", "item_id": user_id})
+    assert session.history.removed == [user_id] and socket.texts[-1]["type"] == "conversation.item.deleted"
+    await _client(wire, {"type": "conversation.item.delete", "item_id": user_id})
+    await _client(wire, {"type": "conversation.item.retrieve", "item_id": str(uuid.uuid4())})
+    errors = [(t["error"]["code"], t["error"]["param"]) for t in socket.texts[-2:]]
+    assert errors == [("invalid_value", "item_id"), ("invalid_value", "item_id")]
