@@ -100,6 +100,9 @@ class Segmenter:
         self._buf_start = start_sample
         self._pad = self.config.samples(self.config.pad_ms)
         self._eot = self.config.samples(self.config.end_of_turn_ms)
+        # A blip that never became speech is dropped after the turn's silence, or 5 s when the
+        # turn waits longer (push-to-talk): the audio kept for it stays bounded.
+        self._candidate_eot = min(self._eot, self.config.samples(5000))
         self._pause = self.config.samples(pause_ms) if pause_ms and pause_ms < self.config.end_of_turn_ms else 0
         self._min_speech = self.config.samples(self.config.min_speech_ms)
         self._max_utt = self.config.samples(self.config.max_utterance_ms)
@@ -215,7 +218,7 @@ class Segmenter:
             if self._voiced >= self._min_speech:
                 self._state = _SPEECH
                 events.append(SpeechStarted(self._next_seq, self._speech_start / cfg.sample_rate))
-            elif self._silence >= self._eot:
+            elif self._silence >= self._candidate_eot:
                 self._reset_turn()
         if self._state == _SPEECH:
             if self._silence >= self._eot:

@@ -21,6 +21,8 @@ IN_RATE = 24000
 FORMATS = {"audio/pcm": IN_RATE, "audio/pcmu": 8000, "audio/pcma": 8000}
 """The audio formats a session may use, each at its one rate: PCM16, or G.711 µ-law / A-law
 as telephone bridges send it."""
+PUSH_TO_TALK_MS = 3_600_000
+"""Push-to-talk: no silence ends a turn (the client commits it); an hour bounds a forgotten one."""
 BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z]{2})?$")
 EAGERNESS = {"high": (200, 800), "medium": (200, 1600), "auto": (200, 1600), "low": (300, 2400)}
@@ -53,7 +55,8 @@ class Config:
     silence_duration_ms: int = 500
     interrupt_response: bool = True
     turn_type: str = "server_vad"
-    """`server_vad` (silence alone) or `semantic_vad` (Parley's smart policy)."""
+    """`server_vad` (silence alone), `semantic_vad` (Parley's smart policy), or `none`
+    (push-to-talk: the client's `input_audio_buffer.commit` ends each turn)."""
     eagerness: str = "auto"
     tools: list[dict] = field(default_factory=list)
     """The session's function tools as client tools (`Tool` builtins, realtime/tools.py)."""
@@ -114,8 +117,10 @@ def updated(
 
 def describe(cfg: Config, avatar: db.Avatar, session_id: str, conversation_id: str, expires_at: int) -> rt.Session:
     """The session as `session.created` and `session.updated` report it."""
-    turn: rt.TurnDetection | rt.SemanticVad
-    if cfg.turn_type == "semantic_vad":
+    turn: rt.TurnDetection | rt.SemanticVad | None
+    if cfg.turn_type == "none":
+        turn = None
+    elif cfg.turn_type == "semantic_vad":
         turn = rt.SemanticVad(eagerness=cfg.eagerness, interrupt_response=cfg.interrupt_response)
     else:
         turn = rt.TurnDetection(
@@ -177,7 +182,8 @@ def audio_format(kind: str) -> rt.AudioFormat:
 def apply_turn_detection(cfg: Config, turn: rt.TurnDetectionIn | None) -> None:
     param = "session.audio.input.turn_detection"
     if turn is None:
-        raise Refused("unsupported", "Parley detects turns on the server: turn_detection must be server_vad", param)
+        cfg.turn_type = "none"
+        return
     if turn.type not in ("server_vad", "semantic_vad"):
         message = f"turn detection '{turn.type}' is not supported: use server_vad or semantic_vad"
         raise Refused("unsupported", message, param + ".type")
@@ -208,10 +214,10 @@ def apply_turn_detection(cfg: Config, turn: rt.TurnDetectionIn | None) -> None:
 def apply_stt(cfg: Config, opening: Opening) -> None:
     """The session's recognition and barge-in as the client configured them."""
     t, o = cfg.transcription, opening.stt
-    opening.barge_in = cfg.interrupt_response
+    opening.barge_in = cfg.interrupt_response and cfg.turn_type != "none"
     opening.resume_ms = 0  # a cancelled response cannot be resumed: every barge-in is final
     o.language = t.language if t else None
-    o.end_of_turn_ms = cfg.silence_duration_ms
+    o.end_of_turn_ms = PUSH_TO_TALK_MS if cfg.turn_type == "none" else cfg.silence_duration_ms
     o.turn_policy = "smart" if cfg.turn_type == "semantic_vad" else "vad"
     o.turn_short_ms, o.turn_long_ms = EAGERNESS[cfg.eagerness] if o.turn_policy == "smart" else (None, None)
     o.vad_threshold = cfg.threshold

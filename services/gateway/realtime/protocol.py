@@ -238,7 +238,7 @@ class SemanticVad(_Out, kw_only=True):
 class AudioInput(_Out, kw_only=True):
     format: AudioFormat
     transcription: Transcription | None
-    turn_detection: TurnDetection | SemanticVad
+    turn_detection: TurnDetection | SemanticVad | None
     noise_reduction: None = None
 
 

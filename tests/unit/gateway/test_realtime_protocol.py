@@ -35,9 +35,13 @@ def test_an_explicit_null_is_told_apart_from_a_missing_field():
     off = rt.decoder.decode(b'{"type": "session.update", "session": {"audio": {"input": {"transcription": null}}}}')
     assert off.session.audio.input.transcription is None
     assert off.session.audio.input.turn_detection is msgspec.UNSET
-    with pytest.raises(rtsession.Refused) as refused:
-        rtsession.apply_turn_detection(rtsession.Config(model="m"), None)
-    assert refused.value.param == "session.audio.input.turn_detection"
+    cfg = rtsession.Config(model="m")
+    rtsession.apply_turn_detection(cfg, None)  # push-to-talk: the client commits its turns
+    opening = Opening()
+    rtsession.apply_stt(cfg, opening)
+    assert cfg.turn_type == "none" and opening.stt.end_of_turn_ms == rtsession.PUSH_TO_TALK_MS
+    assert opening.barge_in is False
+    assert rtsession.describe(cfg, _AVATAR, "s", "c", 0).audio.input.turn_detection is None
 
 
 @pytest.mark.parametrize(
