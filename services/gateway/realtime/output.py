@@ -242,10 +242,10 @@ class Output:
             return
         rec.item_added = True
         rec.previous_item_id = self._chain(rec.item_id)
-        item = self._item(rec, "in_progress")
+        item = _item(rec, "in_progress")
         self.emit(rt.OutputItemAdded(response_id=rec.id, item=item))
         self.emit(rt.ItemAdded(item=item, previous_item_id=rec.previous_item_id))
-        self.emit(rt.ContentPartAdded(response_id=rec.id, item_id=rec.item_id, part=self._part(rec, "")))
+        self.emit(rt.ContentPartAdded(response_id=rec.id, item_id=rec.item_id, part=_part(rec, "")))
 
     def text_delta(self, rec: Response, text: str) -> None:
         if rec.done or (not rec.transcript and not text.strip() and rec.text_offset):
@@ -277,7 +277,7 @@ class Output:
         rec.done = True
         self.continuing.pop(rec.reply_id, None)
         if rec.item_added:
-            self._close_message(rec, "completed" if status == "completed" else "incomplete", self._text(rec))
+            self._close_message(rec, "completed" if status == "completed" else "incomplete", _text(rec))
         details = None
         if status == "failed":
             code, message = rec.error or ("reply_failed", "the reply failed")
@@ -294,25 +294,14 @@ class Output:
             self.emit(rt.AudioTranscriptDone(**where, transcript=text))
         else:
             self.emit(rt.TextDone(**where, text=text))
-        self.emit(rt.ContentPartDone(**where, part=self._part(rec, text)))
-        item = self._item(rec, status, text)
+        self.emit(rt.ContentPartDone(**where, part=_part(rec, text)))
+        item = _item(rec, status, text)
         self.emit(rt.ItemDone(item=item, previous_item_id=rec.previous_item_id))
         self.emit(rt.OutputItemDone(response_id=rec.id, item=item))
         return item
 
-    def _item(self, rec: Response, status: str, text: str | None = None) -> rt.Item:
-        content = []
-        if text is not None:
-            part = "output_audio" if rec.audio else "output_text"
-            content = [rt.Content(type=part, transcript=text) if rec.audio else rt.Content(type=part, text=text)]
-        return rt.Item(id=rec.item_id, role="assistant", status=status, content=content)
-
-    @staticmethod
-    def _part(rec: Response, text: str) -> rt.Part:
-        return rt.Part(type="audio", transcript=text) if rec.audio else rt.Part(type="text", text=text)
-
     def _response(self, rec: Response, status: str, details: rt.StatusDetails | None = None) -> rt.Response:
-        output = [self._item(rec, "completed" if status == "completed" else "incomplete", self._text(rec))]
+        output = [_item(rec, "completed" if status == "completed" else "incomplete", _text(rec))]
         return rt.Response(
             id=rec.id,
             status=status,
@@ -324,11 +313,24 @@ class Output:
             metadata=rec.metadata,
         )
 
-    @staticmethod
-    def _text(rec: Response) -> str:
-        if rec.final_status == "complete" and rec.final_text is not None:
-            return rec.final_text[rec.text_offset :].lstrip()
-        return rec.transcript
+
+def _item(rec: Response, status: str, text: str | None = None) -> rt.Item:
+    content = []
+    if text is not None:
+        part = "output_audio" if rec.audio else "output_text"
+        content = [rt.Content(type=part, transcript=text) if rec.audio else rt.Content(type=part, text=text)]
+    return rt.Item(id=rec.item_id, role="assistant", status=status, content=content)
+
+
+def _part(rec: Response, text: str) -> rt.Part:
+    return rt.Part(type="audio", transcript=text) if rec.audio else rt.Part(type="text", text=text)
+
+
+def _text(rec: Response) -> str:
+    """What the response said: the stored reply's text (its part, after function calls) once final."""
+    if rec.final_status == "complete" and rec.final_text is not None:
+        return rec.final_text[rec.text_offset :].lstrip()
+    return rec.transcript
 
 
 def _usage(rec: Response) -> rt.Usage:
