@@ -116,35 +116,24 @@ class Avatars:
 
     async def update(self, avatar_id: str, owner_id: str, changes: dict[str, Any]) -> Avatar | None:
         """Change an owned, live avatar's editable fields (only those in `changes`)."""
-        columns = [c for c in EDITABLE if c in changes]
-        sets = "".join(f"{c}=${n}, " for n, c in enumerate(columns, start=3))
+        return await self._change(avatar_id, owner_id, {c: changes[c] for c in EDITABLE if c in changes})
+
+    async def set_voice(self, avatar_id: str, owner_id: str, voice_key: str) -> Avatar | None:
+        return await self._change(avatar_id, owner_id, {"voice_key": voice_key})
+
+    async def set_tools(self, avatar_id: str, owner_id: str, tools: list[dict[str, Any]]) -> Avatar | None:
+        """Replace an owned, live avatar's tools (checked by the caller)."""
+        return await self._change(avatar_id, owner_id, {"tools": tools})
+
+    async def _change(self, avatar_id: str, owner_id: str, values: dict[str, Any]) -> Avatar | None:
+        """One change of an owned, live avatar: its version one higher (column names are ours)."""
+        sets = "".join(f"{c}=${n}, " for n, c in enumerate(values, start=3))
         row = await self.pool.fetchrow(
             f"""UPDATE avatars SET {sets}version=version + 1, updated_at=now()
                 WHERE id=$1 AND owner_id=$2 AND deleted_at IS NULL RETURNING {SELECT}""",
             avatar_id,
             owner_id,
-            *(changes[c] for c in columns),
-        )
-        return _avatar(row)
-
-    async def set_voice(self, avatar_id: str, owner_id: str, voice_key: str) -> Avatar | None:
-        row = await self.pool.fetchrow(
-            f"""UPDATE avatars SET voice_key=$3, version=version + 1, updated_at=now()
-                WHERE id=$1 AND owner_id=$2 AND deleted_at IS NULL RETURNING {SELECT}""",
-            avatar_id,
-            owner_id,
-            voice_key,
-        )
-        return _avatar(row)
-
-    async def set_tools(self, avatar_id: str, owner_id: str, tools: list[dict[str, Any]]) -> Avatar | None:
-        """Replace an owned, live avatar's tools (checked by the caller)."""
-        row = await self.pool.fetchrow(
-            f"""UPDATE avatars SET tools=$3, version=version + 1, updated_at=now()
-                WHERE id=$1 AND owner_id=$2 AND deleted_at IS NULL RETURNING {SELECT}""",
-            avatar_id,
-            owner_id,
-            tools,
+            *values.values(),
         )
         return _avatar(row)
 

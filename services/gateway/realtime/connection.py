@@ -16,7 +16,7 @@ from ..wire import SessionApi
 from . import protocol as rt
 from .buffer import InputBuffer
 from .config import Config, describe
-from .output import Output
+from .output import Output, Response
 
 _SERVER_CODES = frozenset(
     {
@@ -45,6 +45,12 @@ class Connection:
     def avatar(self) -> db.Avatar:
         """Who answers: the session's avatar (a `session.update` voice may replace it before the first turn)."""
         return self.session.avatars[0]
+
+    def continuation(self, reply_id: str, claimed: bool) -> Response:
+        """The response that goes on with a reply after its function calls, its audio counted
+        from what the reply had sent before it."""
+        reply = self.session.reply(reply_id)
+        return self.out.continuation(reply_id, reply.sent_s * 1000 if reply else 0.0, claimed)
 
     def emit(self, event: rt.ServerEvent) -> None:
         self.socket.send_text(rt.encoder.encode(event).decode())

@@ -83,9 +83,7 @@ class Conversation:
             active.claimed = True  # the reply went on before this response.create asked it to
             return
         if active is None and not self.pending and out.continuing:
-            reply_id = next(reversed(out.continuing))
-            reply = self.conn.session.reply(reply_id)
-            out.continuation(reply_id, reply.sent_s * 1000 if reply else 0.0, claimed=True)
+            self.conn.continuation(next(reversed(out.continuing)), claimed=True)
             return
         if active is not None:
             raise Refused(

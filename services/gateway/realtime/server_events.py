@@ -80,7 +80,7 @@ class ServerEvents:
         rec = out.responses.get(message_id)
         waiting = out.continuing.get(message_id)
         if waiting is not None and frame.sentence_index >= waiting.call_after:
-            rec = self._continue(message_id, claimed=False)
+            rec = self.conn.continuation(message_id, claimed=False)
         if rec is None or rec.done or not rec.audio:
             return
         fmt = self.conn.cfg.output_format
@@ -90,19 +90,11 @@ class ServerEvents:
         out.audio_delta(rec, g711.encode(pcm, LAWS[fmt]) if fmt in LAWS else pcm)
         self._calls_due(rec)
 
-    def continue_reply(self, reply_id: str) -> None:
-        """The client's `response.create` after answering the reply's function calls."""
-        self._continue(reply_id, claimed=True)
-
-    def _continue(self, reply_id: str, claimed: bool) -> Response:
-        reply = self.conn.session.reply(reply_id)
-        return self.conn.out.continuation(reply_id, reply.sent_s * 1000 if reply else 0.0, claimed)
-
     def _current(self, message_id: str, ev: events.ClientEvent) -> Response | None:
         """The response a reply event belongs to: after function calls, the one that goes on."""
         out = self.conn.out
         if message_id in out.continuing and isinstance(ev, events.ReplyDelta | events.ReplySentence):
-            return self._continue(message_id, claimed=False)
+            return self.conn.continuation(message_id, claimed=False)
         if isinstance(ev, events.ReplyDone):
             out.continuing.pop(message_id, None)  # nothing more comes of it
         return out.responses.get(message_id)
