@@ -80,6 +80,11 @@ def local_llm(tmp_path_factory):
     server.stop()
 
 
+PHONE_PUBLIC_URL = "https://parley-phone.test"
+"""The gateway's public address as Twilio would know it; test calls sign it and come to loopback."""
+TWILIO_AUTH_TOKEN = "twilio-auth-token-for-tests"
+
+
 @pytest.fixture(scope="session")
 def base_env(nats_server, database_url, s3, fake_llm):
     return {
@@ -100,6 +105,9 @@ def base_env(nats_server, database_url, s3, fake_llm):
         "PARLEY_LLM_AVATAR_CACHE_S": "1",
         # The tools tests' webhooks listen on loopback (tests/fakes/webhook_server.py).
         "PARLEY_TOOLS_ALLOW_PRIVATE_URLS": "true",
+        # Phone calls (tests/e2e/test_phone.py): Twilio signs the public address it calls.
+        "PARLEY_PUBLIC_URL": PHONE_PUBLIC_URL,
+        "PARLEY_TWILIO_AUTH_TOKEN": TWILIO_AUTH_TOKEN,
     }
 
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.runtime import OPS_ROUTES, lifespan
 
-from . import rest
+from . import phone, rest
 from .auth import AuthError, Principal
 from .handlers import Gateway
 from .rest.limits import BodyLimit
@@ -67,6 +67,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return p.user_id
 
     app.include_router(rest.build_router(gateway, current_user))
+    app.include_router(phone.router(gateway))
     app.add_middleware(BodyLimit, max_voice_bytes=gateway.settings.max_voice_upload_bytes)
 
     _error_handlers(app)
@@ -114,4 +115,12 @@ def _sockets(app: FastAPI, gateway: Gateway) -> None:
         if not gateway.ready:
             await ws.close(1013, "gateway is not ready")
             return
-        await gateway.serve(ws, realtime=True)
+        await gateway.serve(ws, "realtime")
+
+    @app.websocket(phone.STREAM_PATH)
+    async def twilio_stream(ws: WebSocket):
+        """A phone call's audio from Twilio's `<Connect><Stream>` (docs/phone.md)."""
+        if not gateway.ready:
+            await ws.close(1013, "gateway is not ready")
+            return
+        await gateway.serve(ws, "twilio")

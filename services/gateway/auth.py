@@ -122,10 +122,13 @@ class Authenticator:
             )
         subject = str(claims["sub"])
         tenant = claims.get("tenant")
-        external = f"{tenant}/{subject}" if tenant else subject
+        return await self.as_user(f"{tenant}/{subject}" if tenant else subject, "jwt")
+
+    async def as_user(self, external: str, via: str) -> Principal:
+        """The user an established identity names (a token's subject, a phone line)."""
         user_id = ids.user_id_for(external)
         await self.db.users.ensure(user_id, external)
-        return Principal(user_id, external, "jwt")
+        return Principal(user_id, external, via)
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """Browsers send Origin; server clients do not and are judged by their credential alone.

@@ -30,6 +30,10 @@ class ClientSocket:
         return self.ws.headers
 
     @property
+    def path(self) -> str:
+        return self.ws.url.path
+
+    @property
     def offered(self) -> list[str]:
         """The subprotocols the client offered in its handshake."""
         return self.ws.scope.get("subprotocols") or []

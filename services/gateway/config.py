@@ -65,3 +65,15 @@ class GatewaySettings(ServiceSettings):
     NATS's default 1 MB message, which carries it to the storage service."""
     voice_store_timeout_s: float = 15.0
     """How long an upload waits for the storage service to store a voice (then 503)."""
+
+    public_url: str | None = None
+    """The gateway's address as callers reach it (`https://parley.example.com`): what Twilio
+    signs, and where the TwiML endpoint points a call's stream. Unset: the request's own address."""
+    twilio_auth_token: SecretStr | None = None
+    """The Twilio account's auth token: calls signed with it (X-Twilio-Signature) are taken."""
+    twilio_account_sid: str | None = None
+    """When set, a signed call must come from this account (its `start` message's accountSid)."""
+    twilio_user: str = "twilio"
+    """The Parley user a Twilio-signed call acts as: its avatars and its conversations."""
+    phone_idle_timeout_s: float = 15.0
+    """Twilio sends audio all through a call: a phone stream silent this long is dead."""

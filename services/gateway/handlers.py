@@ -23,6 +23,7 @@ from .auth import Authenticator
 from .client_socket import ClientSocket
 from .config import GatewaySettings
 from .native import NativeWire
+from .phone.wire import TwilioWire
 from .realtime import RealtimeWire
 from .session import Session
 from .tool_answers import ToolAnswers
@@ -57,12 +58,14 @@ class Gateway(Service):
             except Exception:
                 log.exception("could not renew session records")
 
-    async def serve(self, ws: WebSocket, realtime: bool = False) -> None:
-        """One client connection, in the native protocol or the OpenAI Realtime API."""
+    async def serve(self, ws: WebSocket, kind: str = "native") -> None:
+        """One client connection: the native protocol, the OpenAI Realtime API or a phone call."""
         s = self.settings
-        socket = ClientSocket(ws, s.idle_timeout_s, s.max_session_s)
-        if realtime:
+        socket = ClientSocket(ws, s.phone_idle_timeout_s if kind == "twilio" else s.idle_timeout_s, s.max_session_s)
+        if kind == "realtime":
             wire = RealtimeWire(socket, s, self.db.avatars, ws.query_params.get("model"))
+        elif kind == "twilio":
+            wire = TwilioWire(socket, s, self.auth)
         else:
             wire = NativeWire(socket, s.start_timeout_s, s.max_text_chars)
         await Session(self, socket, wire).run()

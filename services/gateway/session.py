@@ -97,8 +97,9 @@ class Session:
         if opening is None:
             return
         try:
-            token = bearer(self.socket.headers.get("authorization")) or opening.token
-            principal = await self.gw.auth.authenticate(token)
+            principal = opening.principal or await self.gw.auth.authenticate(
+                bearer(self.socket.headers.get("authorization")) or opening.token
+            )
         except AuthError as exc:
             await self.wire.refuse(protocol.CLOSE_UNAUTHENTICATED, f"{exc.code}: {exc.message}"[:120])
             return

@@ -2,7 +2,7 @@
 
 A `Wire` reads one client protocol off the socket and writes the session's typed events in
 that protocol's form; the `Session` (session.py) never knows which protocol it talks to. The
-native protocol and the OpenAI Realtime API are two wires; a phone-call wire is a third.
+native protocol, the OpenAI Realtime API and Twilio Media Streams (phone calls) are its wires.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Protocol
 from services.common import db
 
 from . import events, protocol
+from .auth import Principal
 from .history import ConversationHistory
 from .playout import Frame
 from .relay import Reply
@@ -50,6 +51,8 @@ class Opening:
     """What a client asked for when it connected."""
 
     token: str | None = None
+    principal: Principal | None = None
+    """Who calls, when the wire has established it itself (a call signed by Twilio)."""
     conversation_id: str | None = None
     avatar_ids: list[str] = field(default_factory=list)
     resume: protocol.Resume | None = None
@@ -115,6 +118,9 @@ class SessionApi(Protocol):
 
     async def cancel(self, message_id: str = "", reason: str = "") -> None:
         """Stop a reply (named by its id or its user turn's; none: whatever is streaming)."""
+
+    async def cut(self, message_id: str) -> None:
+        """The caller cut the reply off: it stops where playback stood, stored as heard."""
 
     async def commit_utterance(self) -> None:
         """The client ends its turn itself: what it said so far is transcribed now."""

@@ -19,9 +19,18 @@ AVATAR = db.Avatar("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa", "Ada", "a tester", "Y
 class FakeClientSocket:
     """The client's side of the WebSocket: what the wire sent, and how it closed."""
 
-    def __init__(self, first: str | Exception = "", offered: list[str] | None = None):
+    def __init__(
+        self,
+        first: str | Exception | list[str] = "",
+        offered: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        path: str = "/",
+    ):
         self.first = first
+        """The client's first message (a list: its first few, read one at a time)."""
         self.offered = offered or []
+        self.headers = headers or {}
+        self.path = path
         self.raw: list[str] = []
         """Text frames exactly as written, in order (`send_now` ones included)."""
         self.frames: list[bytes] = []
@@ -39,9 +48,12 @@ class FakeClientSocket:
         self.accepted = subprotocol
 
     async def first_text(self, timeout_s: float) -> str:
-        if isinstance(self.first, Exception):
-            raise self.first
-        return self.first
+        first = self.first.pop(0) if isinstance(self.first, list) and self.first else self.first
+        if isinstance(first, Exception):
+            raise first
+        if isinstance(first, list):
+            raise TimeoutError  # nothing more came
+        return first
 
     def send_text(self, text: str) -> None:
         self.raw.append(text)
@@ -147,6 +159,9 @@ class FakeSession:
 
     async def cancel(self, message_id: str = "", reason: str = "") -> None:
         self.calls.append(("cancel", message_id, reason))
+
+    async def cut(self, message_id: str) -> None:
+        self.calls.append(("cut", message_id))
 
     async def commit_utterance(self) -> None:
         self.calls.append(("commit",))
