@@ -296,9 +296,11 @@ class Session:
         )
         await self.bus.publish_fact(subjects.turn(self.conv), turn, msg_id=message_id)
 
-    async def tool_result(self, call_id: str, output: object, error: str | None) -> tuple[str, str] | None:
+    async def tool_result(
+        self, call_id: str, output: object, error: str | None, session: dict | None = None
+    ) -> tuple[str, str] | None:
         try:
-            await self.gw.tool_answers.put(self.conv, call_id, output, error)
+            await self.gw.tool_answers.put(self.conv, call_id, output, error, session)
         except AnswerRefused as exc:
             return exc.code, str(exc)
         return None

@@ -2,7 +2,9 @@
 
 Only a call the session's conversation made, of a client tool, still running, may be answered,
 and only once: the answer is created in the `parley_tool_results` bucket under the call's key,
-so a second answer (or one after a reconnect) is refused, never overwrites the first.
+so a second answer (or one after a reconnect) is refused, never overwrites the first. A
+Realtime client's answer also carries its session's instructions and tools as they are now: a
+handoff changes them before answering its call, and the rest of the reply follows them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class ToolAnswers:
         self.bus, self.db, self.max_bytes = bus, database, max_bytes
         self._kv = None
 
-    async def put(self, conv: str, call_id: str, output: Any, error: str | None) -> None:
+    async def put(self, conv: str, call_id: str, output: Any, error: str | None, session: dict | None = None) -> None:
         try:
             call_id = str(uuid.UUID(call_id))
         except ValueError:
@@ -42,7 +44,10 @@ class ToolAnswers:
             )
         if call.finished:
             raise AnswerRefused("tool_call_finished", "that tool call is already answered or timed out")
-        answer = json.dumps({"error": error} if error is not None else {"output": output}, ensure_ascii=False).encode()
+        body: dict[str, Any] = {"error": error} if error is not None else {"output": output}
+        if session is not None:
+            body["session"] = session
+        answer = json.dumps(body, ensure_ascii=False).encode()
         if len(answer) > self.max_bytes:
             raise AnswerRefused("tool_result_too_large", f"tool.result is limited to {self.max_bytes} bytes")
         if self._kv is None:

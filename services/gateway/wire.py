@@ -109,8 +109,11 @@ class SessionApi(Protocol):
         tool_choice: str | dict | None = None,
     ) -> None: ...
 
-    async def tool_result(self, call_id: str, output: object, error: str | None) -> tuple[str, str] | None:
-        """A client tool's answer; (code, message) when it is refused."""
+    async def tool_result(
+        self, call_id: str, output: object, error: str | None, session: dict | None = None
+    ) -> tuple[str, str] | None:
+        """A client tool's answer; (code, message) when it is refused. `session`: the client
+        session's `instructions` and `tools` now, for the rest of the reply (a handoff)."""
 
     async def interrupt(
         self, message_id: str, position: tuple[int, float] | None, fact_id: str | None = None

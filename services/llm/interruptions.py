@@ -49,9 +49,12 @@ class Interruptions:
         text = done.text
         self._forget(conv)
         await self.gate.touch(conv)
+        # One event per interruption stored: a client's precise position after an estimate
+        # (a Realtime truncate after a barge-in) is told too, with the text it left.
+        fact = (msg.headers or {}).get("Nats-Msg-Id") or f"interrupt.{intr.message_id}"
         await self.bus.publish_event(
             schemas.ReplyInterrupted(conversation_id=conv, message_id=intr.message_id, text=text),
-            msg_id=f"interrupted.{intr.message_id}",
+            msg_id=f"interrupted.{fact}",
         )
 
     async def _heard(self, intr: schemas.Interruption) -> str | None:

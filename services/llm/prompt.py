@@ -47,10 +47,29 @@ def build_prompt(
     Its own replies are the assistant's; the user's turns and, when several characters take
     part, the others' replies (prefixed with their names) are user messages. Its own tool calls
     are the assistant's `tool_calls` with their results as `tool` messages; the others' are told
-    as a line each. A session's own
-    `instructions` replace the persona as given (no placeholders filled); the avatar's voice
-    still speaks only its language, so the prompt still asks for it.
+    as a line each.
     """
+    names = {a.id: a.name for a in avatars}
+    messages = [system_message(avatar, avatars, instructions, tools)]
+    for item in history:
+        if item.role == "avatar" and item.avatar_id == avatar.id:
+            messages += _own_calls(item.calls)
+            if item.text:
+                messages.append({"role": "assistant", "content": item.text})
+        elif item.role == "avatar":
+            speaker = names.get(item.avatar_id, "Another character")
+            lines = [f"{speaker} used the tool {c['name']}: {c['output']}" for c in item.calls]
+            if item.text:
+                lines.append(f"{speaker}: {item.text}")
+            messages += [{"role": "user", "content": line} for line in lines]
+        else:
+            messages.append({"role": "user", "content": item.text})
+    return messages
+
+
+def system_message(avatar: Avatar, avatars: list[Avatar], instructions: str | None, tools: bool) -> dict:
+    """The persona. A session's own `instructions` replace it as given (no placeholders filled);
+    the avatar's voice still speaks only its language, so the prompt still asks for it."""
     if instructions:
         persona = instructions
     else:
@@ -69,22 +88,7 @@ def build_prompt(
         )
     if tools:
         persona += TOOLS_NOTE
-    names = {a.id: a.name for a in avatars}
-    messages = [{"role": "system", "content": persona}]
-    for item in history:
-        if item.role == "avatar" and item.avatar_id == avatar.id:
-            messages += _own_calls(item.calls)
-            if item.text:
-                messages.append({"role": "assistant", "content": item.text})
-        elif item.role == "avatar":
-            speaker = names.get(item.avatar_id, "Another character")
-            lines = [f"{speaker} used the tool {c['name']}: {c['output']}" for c in item.calls]
-            if item.text:
-                lines.append(f"{speaker}: {item.text}")
-            messages += [{"role": "user", "content": line} for line in lines]
-        else:
-            messages.append({"role": "user", "content": item.text})
-    return messages
+    return {"role": "system", "content": persona}
 
 
 def _own_calls(calls: tuple[dict, ...]) -> list[dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services.common import bus as busmod
@@ -83,8 +84,11 @@ class ReplyStream:
         first_out: asyncio.Event,
         tools: ToolBox | None = None,
         first_choice: str | dict | None = None,
+        system: Callable[[str | None], dict] | None = None,
     ) -> Streamed:
-        """Stream until the LLM ends, fails or `cancel` is set; `first_out` is set once a sentence is out."""
+        """Stream until the LLM ends, fails or `cancel` is set; `first_out` is set once a sentence is out.
+        `system`: the prompt's system message for other instructions, should a client change them
+        while its tool ran (a handoff)."""
         out = self.out
         await self.bus.publish_live(
             schemas.ReplyStarted(
@@ -111,6 +115,10 @@ class ReplyStream:
                 calls = await tools.run_round(round_, asked, lambda: self._filler(first_out), out.sentences)
                 out.calls += [c.prompt_item() for c in calls]
                 messages += _round_messages(out.text[text_before:], asked, calls)
+                if (changed := tools.take_change()) is not None:
+                    offered = tools.retarget(changed.get("tools"))
+                    if system is not None:
+                        messages[0] = system(changed.get("instructions"))
                 if cancel.is_set():
                     out.status = "interrupted"
                     break

@@ -81,10 +81,23 @@ class ToolBox:
     """The turn's own client tools (a Realtime session's); the avatar's win a name they share."""
     tools: dict[str, Tool] = field(init=False)
     mcp: dict[str, McpTool] = field(init=False, default_factory=dict)
+    changed: dict | None = field(init=False, default=None)
+    """The client session's instructions and tools as they stood when it answered a call, if
+    its answer says (a Realtime session updated by a handoff before answering it)."""
 
     def __post_init__(self) -> None:
-        own = {t.name: t for t in decode_tools(self.session_tools) if t.kind == "client"}
+        self.retarget(self.session_tools)
+
+    def retarget(self, session_tools: list[dict] | None) -> list[dict]:
+        """The session's own tools from now on; the functions offered with them."""
+        self.session_tools = session_tools
+        own = {t.name: t for t in decode_tools(session_tools) if t.kind == "client"}
         self.tools = own | {t.name: t for t in decode_tools(self.avatar.tools) if t.kind != "mcp"}
+        return self.functions()
+
+    def take_change(self) -> dict | None:
+        changed, self.changed = self.changed, None
+        return changed
 
     async def prepare(self) -> None:
         """List the avatar's MCP servers' tools (once per conversation: the listing is kept)."""
@@ -146,6 +159,8 @@ class ToolBox:
         await self._event(schemas.ToolCalled, "tool-call", stored, **called, round_calls=round_calls)
         if stored.finished:
             metrics.TOOL_CALLS.labels(stored.kind, "reused").inc()
+            if stored.kind == "client" and self.deps.results is not None:
+                self._note((await _get(self.deps.results, subjects.tool_result_key(self.conv, stored.id))) or b"{}")
             done = stored
         else:
             t0 = time.perf_counter()
@@ -188,9 +203,15 @@ class ToolBox:
         while loop.time() < deadline:
             entry = await _get(self.deps.results, key)
             if entry is not None:
+                self._note(entry)
                 return _client_answer(entry, self.deps.settings.llm_tool_max_result_bytes)
             await asyncio.sleep(0.05)
         raise ToolFailed(f"the client did not answer within {tool.timeout_s:g} s")
+
+    def _note(self, raw: bytes) -> None:
+        session = json.loads(raw).get("session")
+        if isinstance(session, dict):
+            self.changed = session
 
     async def _event(self, event_type, prefix: str, call: ToolCall, **fields) -> None:
         ev = event_type(conversation_id=self.conv, message_id=self.reply_id, call_id=call.id, name=call.name, **fields)
@@ -208,7 +229,8 @@ async def _get(kv, key: str) -> bytes | None:
 
 
 def _client_answer(raw: bytes, limit: int) -> str:
-    """What the gateway stored of a client's `tool.result`: `{"output": ...}` or `{"error": ...}`."""
+    """What the gateway stored of a client's `tool.result`: `{"output": ...}` or `{"error": ...}`,
+    with the client session's `session` (`instructions`, `tools`) when it sends them."""
     answer = json.loads(raw)
     if answer.get("error") is not None:
         raise ToolFailed(f"the client says: {str(answer['error'])[:500]}")

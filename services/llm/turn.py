@@ -16,7 +16,7 @@ from services.common.db import Avatar, HistoryItem
 from .client import ChatClient
 from .config import LlmSettings
 from .memory import Memory
-from .prompt import answering, build_prompt
+from .prompt import answering, build_prompt, system_message
 from .record import Outcome, Records
 from .reply import ReplyStream
 from .tools import ToolBox, ToolDeps
@@ -106,7 +106,14 @@ class Turn:
             await tools.prepare()
         stream = ReplyStream(d.bus, d.llm, d.settings, self.turn, avatar, reply_id)
         prompt = build_prompt(avatar, avatars, history, self.turn.instructions, tools=tools is not None)
-        out = await stream.run(prompt, self.active.cancel, first_out, tools, self.turn.tool_choice)
+        out = await stream.run(
+            prompt,
+            self.active.cancel,
+            first_out,
+            tools,
+            self.turn.tool_choice,
+            lambda instructions: system_message(avatar, avatars, instructions, tools=True),
+        )
         first_out.set()
         # An interruption with the playback position may have stored the heard text already.
         stored = await record.finish_reply(reply_id, begun, out)

@@ -69,7 +69,9 @@ class Conversation:
     async def _call_output(self, item: rt.ItemIn) -> None:
         if not item.call_id:
             raise Refused("missing_required_parameter", "a function_call_output needs its call_id", "item.call_id")
-        refused = await self.conn.session.tool_result(item.call_id, item.output or "", None)
+        cfg = self.conn.cfg
+        session = {"instructions": cfg.instructions, "tools": cfg.tools}
+        refused = await self.conn.session.tool_result(item.call_id, item.output or "", None, session)
         if refused is not None:
             raise Refused(refused[0], refused[1], "item.call_id")
         self.conn.out.call_output(item.id or rt.new_id("item"), item.call_id, item.output or "")
@@ -173,9 +175,9 @@ class Conversation:
             self.conn.out.finish(rec, "cancelled", "client_cancelled")
             rec.cancelled = True
             await session.cancel(rec.reply_id, "truncated")
-        self.conn.emit(rt.ItemTruncated(item_id=ev.item_id, content_index=0, audio_end_ms=ev.audio_end_ms))
         fact_id = f"truncate.{rec.reply_id}.{ev.audio_end_ms + rec.audio_offset_ms:.0f}"
-        await self.interruptions.precise(rec.reply_id, position, fact_id)
+        truncated = rt.ItemTruncated(item_id=ev.item_id, content_index=0, audio_end_ms=ev.audio_end_ms)
+        await self.interruptions.precise(rec.reply_id, position, fact_id, lambda: self.conn.emit(truncated))
 
 
 def _text_of(item: rt.ItemIn, max_chars: int) -> str:

@@ -533,6 +533,9 @@ async def test_truncate_stores_the_clients_playback_position_as_what_was_heard()
         ("interrupt", reply_id, (0, 1.5), f"truncate.{reply_id}.1500"),
     ]
     assert reply.playback_ended and reply.played[0] == 1500
+    assert socket.types()[-1] == "response.done"  # truncated waits for the truncate to be stored
+    wire.send(events.ReplyInterrupted(conversation_id=CONV, message_id=reply_id, text="Hi"))
+    await _settled()
     assert socket.types()[-2:] == ["response.done", "conversation.item.truncated"]
     truncated = socket.texts[-1]
     assert (truncated["item_id"], truncated["content_index"], truncated["audio_end_ms"]) == (reply_id, 0, 1500)
@@ -551,10 +554,26 @@ async def test_a_truncate_after_a_barge_in_is_stored_after_the_barge_ins_interru
     await _client(wire, _truncate(reply_id, 800))
     await _settled()
     assert session.calls == [("mute", reply_id)]
-    assert socket.types()[-1] == "conversation.item.truncated"
     wire.send(events.ReplyInterrupted(conversation_id=CONV, message_id=reply_id, text="Hi"))
     await _settled()
     assert session.calls == [("mute", reply_id), ("interrupt", reply_id, (0, 0.8), f"truncate.{reply_id}.800")]
+    assert socket.types()[-1] != "conversation.item.truncated"  # the barge-in's was stored, not the truncate's
+    wire.send(events.ReplyInterrupted(conversation_id=CONV, message_id=reply_id, text="H"))
+    await _settled()
+    assert socket.types()[-1] == "conversation.item.truncated"
+    await wire.closed()
+
+
+async def test_truncated_is_sent_after_a_while_if_the_truncate_is_never_reported_stored(monkeypatch):
+    monkeypatch.setattr("services.gateway.realtime.interruptions.STORED_WAIT_S", 0.05)
+    wire, socket, session = _wire()
+    user_id, reply_id = await _typed_turn(wire, session)
+    session.replies[reply_id] = Reply(sentence_s={0: 2.0})
+    wire.send(_reply_started(user_id, reply_id))
+    await _client(wire, _truncate(reply_id, 500))
+    assert socket.types()[-1] == "response.done"
+    await asyncio.sleep(0.2)
+    assert socket.types()[-1] == "conversation.item.truncated"
     await wire.closed()
 
 
@@ -706,7 +725,9 @@ async def test_a_function_call_ends_its_response_and_the_answer_goes_on_in_the_n
             "item": {"type": "function_call_output", "call_id": call_id, "output": "21 C"},
         },
     )
-    assert session.named("tool_result") == [(call_id, "21 C", None)]
+    ((answered, output, error, now),) = session.named("tool_result")
+    assert (answered, output, error) == (call_id, "21 C", None)
+    assert now["instructions"] is None and [t["name"] for t in now["tools"]] == ["weather"]  # the session's, as sent
     assert (
         socket.texts[-1]["type"] == "conversation.item.done"
         and socket.texts[-1]["item"]["type"] == "function_call_output"

@@ -64,7 +64,8 @@ class _Gate:
 
 
 def _message(intr: schemas.Interruption, delivery: int):
-    return SimpleNamespace(data=schemas.encode(intr), metadata=SimpleNamespace(num_delivered=delivery))
+    headers = {"Nats-Msg-Id": f"interrupt.{intr.message_id}"}
+    return SimpleNamespace(data=schemas.encode(intr), headers=headers, metadata=SimpleNamespace(num_delivered=delivery))
 
 
 @pytest.fixture

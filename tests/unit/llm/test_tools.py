@@ -77,20 +77,25 @@ class Reply:
         self.avatar, self.turn = avatar, turn
         self.mcp = McpServers(self.settings)
 
-    async def run(self, cancel: asyncio.Event | None = None, reply_id: str | None = None):
+    async def run(
+        self,
+        cancel: asyncio.Event | None = None,
+        reply_id: str | None = None,
+        session_tools: list[dict] | None = None,
+        system=None,
+    ):
         deps = ToolDeps(self.bus, self.settings, self.calls, self.webhooks, self.results, self.mcp)
 
         async def ready() -> None:
             return None
 
         rid = reply_id or self.reply_id
-        box = ToolBox(deps, CONV, rid, self.avatar, ready)
+        box = ToolBox(deps, CONV, rid, self.avatar, ready, session_tools)
         await box.prepare()
         stream = ReplyStream(self.bus, self.llm, self.settings, self.turn, self.avatar, rid)
+        prompt = [{"role": "system", "content": "You are Ada."}, {"role": "user", "content": "Hi"}]
         try:
-            return await stream.run(
-                [{"role": "user", "content": "Hi"}], cancel or asyncio.Event(), asyncio.Event(), box
-            )
+            return await stream.run(prompt, cancel or asyncio.Event(), asyncio.Event(), box, None, system)
         finally:
             await self.webhooks.aclose()
 
@@ -253,6 +258,34 @@ async def test_a_client_tool_waits_for_the_answer_the_gateway_stored(webhook):
     await answering
     assert r.events(schemas.ToolCalled)[0].kind == "client"
     assert json.loads(r.tool_messages()[0]["content"]) == {"time": "12:00"}
+
+
+async def test_a_handoff_answered_with_new_instructions_and_tools_changes_the_rest_of_the_reply(webhook):
+    """A Realtime client changes its session (a handoff) before it answers the call: the next
+    round's system message and offered functions are the session's as it answered."""
+    transfer = Tool(kind="client", name="transfer_to_spanish", parameters={"type": "object", "properties": {}})
+    hola = Tool(kind="client", name="hola", parameters={"type": "object", "properties": {}})
+    r = Reply(_avatar(webhook), RoundsLLM([[*_call("transfer_to_spanish", "{}")], ["Hola."]]))
+    call_id = ids.tool_call_id(r.reply_id, 0, 0)
+
+    async def client_answers() -> None:
+        while not r.events(schemas.ToolCalled):
+            await asyncio.sleep(0.01)
+        session = {"instructions": "Habla español.", "tools": [to_builtins(hola)]}
+        answer = {"output": '{"assistant": "Spanish"}', "session": session}
+        await r.results.put(subjects.tool_result_key(CONV, call_id), json.dumps(answer).encode())
+
+    answering = asyncio.create_task(client_answers())
+    await r.run(session_tools=[to_builtins(transfer)], system=lambda i: {"role": "system", "content": f"[{i}]"})
+    await answering
+    first, second = r.llm.requests
+    assert first["messages"][0]["content"] == "You are Ada."
+    assert second["messages"][0] == {"role": "system", "content": "[Habla español.]"}
+    assert _offered(first) == ["transfer_to_spanish", "weather"] and _offered(second) == ["hola", "weather"]
+
+
+def _offered(request: dict) -> list[str]:
+    return sorted(t["function"]["name"] for t in request["tools"])
 
 
 async def test_a_client_that_never_answers_is_an_error_in_time(webhook):
