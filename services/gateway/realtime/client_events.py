@@ -8,6 +8,7 @@ before it has changed anything.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import msgspec
@@ -23,6 +24,7 @@ from .conversation import Conversation
 OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"})
 """OpenAI's built-in voices: a client's default `voice`; one that names no avatar keeps the current one."""
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
+log = logging.getLogger(__name__)
 
 
 class ClientEvents:
@@ -105,7 +107,7 @@ class ClientEvents:
         named = None
         if voice not in (msgspec.UNSET, None):
             avatar, named = await self._resolve_voice(voice)
-        cfg, _ = updated(conn.cfg, ev.session, {t["name"] for t in avatar.tools})
+        cfg, _, warnings = updated(conn.cfg, ev.session, {t["name"] for t in avatar.tools})
         if named is not None:
             cfg.voice = named
         if avatar.id != current.id:
@@ -121,7 +123,9 @@ class ClientEvents:
         apply_stt(cfg, session.opening)
         if stt_changed:
             await session.reopen_stt()
-        conn.emit(rt.SessionUpdated(session=conn.described()))
+        for w in warnings:
+            log.info("realtime setting taken at its nearest: %s: %s", w.param, w.message)
+        conn.emit(rt.SessionUpdated(session=conn.described(warnings)))
 
     async def _resolve_voice(self, voice: str | rt.VoiceRef) -> tuple[db.Avatar, str]:
         """An avatar visible to the caller, by id or (case-insensitive) name."""

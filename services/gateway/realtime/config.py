@@ -69,10 +69,13 @@ class Config:
 
 def updated(
     current: Config, s: rt.SessionIn, taken: set[str]
-) -> tuple[Config, str | rt.VoiceRef | None | msgspec.UnsetType]:
-    """The configuration `session.update` asks for, and the voice it names (resolved by the
-    caller); `taken`: the names of the avatar's own tools."""
+) -> tuple[Config, str | rt.VoiceRef | None | msgspec.UnsetType, list[rt.Warning]]:
+    """The configuration `session.update` asks for, the voice it names (resolved by the
+    caller), and the settings Parley took at their nearest behaviour instead (a warning each,
+    reported in `session.updated`); `taken`: the names of the avatar's own tools."""
     from .tools import choice, function_tools
+
+    warnings: list[rt.Warning] = []
 
     if s.type not in (msgspec.UNSET, "realtime"):
         raise Refused("unsupported", "only realtime sessions are supported (no transcription sessions)", "type")
@@ -88,7 +91,7 @@ def updated(
     if given is not msgspec.UNSET:
         cfg.modalities = modalities(given, "session.output_modalities")
     if s.tools is not msgspec.UNSET:
-        cfg.tools = function_tools(s.tools or [], "session.tools", taken)
+        cfg.tools = function_tools(_without_mcp(s.tools or [], warnings), "session.tools", taken)
     if s.tool_choice is not msgspec.UNSET:
         cfg.tool_choice = choice(s.tool_choice, cfg.tools, "session.tool_choice")
     cfg.input_format = check_format(a_in.format, s.input_audio_format, "session.audio.input.format", cfg.input_format)
@@ -110,12 +113,28 @@ def updated(
         )
     turn = a_in.turn_detection if a_in.turn_detection is not msgspec.UNSET else s.turn_detection
     if turn is not msgspec.UNSET:
-        apply_turn_detection(cfg, turn)
+        apply_turn_detection(cfg, turn, warnings)
     voice = a_out.voice if a_out.voice is not msgspec.UNSET else s.voice
-    return cfg, voice
+    return cfg, voice, warnings
 
 
-def describe(cfg: Config, avatar: db.Avatar, session_id: str, conversation_id: str, expires_at: int) -> rt.Session:
+def _without_mcp(tools: list, warnings: list[rt.Warning]) -> list:
+    """Remote MCP servers are an avatar's (REST), not a session's: left out, with a warning."""
+    kept = [t for t in tools if not (isinstance(t, dict) and t.get("type") == "mcp")]
+    if len(kept) < len(tools):
+        message = "remote MCP servers are set on the avatar (PUT /v1/avatars/{id}/tools), not per session: left out"
+        warnings.append(rt.Warning(param="session.tools", message=message))
+    return kept
+
+
+def describe(
+    cfg: Config,
+    avatar: db.Avatar,
+    session_id: str,
+    conversation_id: str,
+    expires_at: int,
+    warnings: list[rt.Warning] | None = None,
+) -> rt.Session:
     """The session as `session.created` and `session.updated` report it."""
     turn: rt.TurnDetection | rt.SemanticVad | None
     if cfg.turn_type == "none":
@@ -145,7 +164,9 @@ def describe(cfg: Config, avatar: db.Avatar, session_id: str, conversation_id: s
             output=rt.AudioOutput(format=audio_format(cfg.output_format), voice=cfg.voice or avatar.name),
         ),
         expires_at=expires_at,
-        parley=rt.ParleyInfo(conversation_id=conversation_id, avatar_id=avatar.id, avatar_name=avatar.name),
+        parley=rt.ParleyInfo(
+            conversation_id=conversation_id, avatar_id=avatar.id, avatar_name=avatar.name, warnings=warnings or []
+        ),
     )
 
 
@@ -179,20 +200,30 @@ def audio_format(kind: str) -> rt.AudioFormat:
     return rt.AudioFormat(type=kind, rate=IN_RATE if kind == "audio/pcm" else None)
 
 
-def apply_turn_detection(cfg: Config, turn: rt.TurnDetectionIn | None) -> None:
+def apply_turn_detection(
+    cfg: Config, turn: rt.TurnDetectionIn | None, warnings: list[rt.Warning] | None = None
+) -> None:
+    """Values outside the API are refused; an API setting Parley does not honour exactly is
+    taken at its nearest behaviour, with a warning."""
     param = "session.audio.input.turn_detection"
+    warnings = warnings if warnings is not None else []
     if turn is None:
         cfg.turn_type = "none"
         return
-    if turn.type not in ("server_vad", "semantic_vad"):
-        message = f"turn detection '{turn.type}' is not supported: use server_vad or semantic_vad"
-        raise Refused("unsupported", message, param + ".type")
+    kind = turn.type
+    if kind not in ("server_vad", "semantic_vad"):
+        message = f"turn detection '{kind}' is not supported: server_vad is used"
+        warnings.append(rt.Warning(param=param + ".type", message=message))
+        kind = "server_vad"
     if turn.eagerness is not None and turn.eagerness not in EAGERNESS:
         message = f"eagerness must be one of {', '.join(EAGERNESS)}"
         raise Refused("invalid_value", message, param + ".eagerness")
     if turn.create_response is False:
-        message = "every committed turn is answered: create_response cannot be false"
-        raise Refused("unsupported", message, param + ".create_response")
+        message = (
+            "create_response false is not supported yet: every committed turn is answered at once, "
+            "and a response.create after it is the response already under way"
+        )
+        warnings.append(rt.Warning(param=param + ".create_response", message=message))
     if turn.threshold is not None:
         if not 0.0 < turn.threshold < 1.0:
             raise Refused("invalid_value", "threshold must lie between 0 and 1", param + ".threshold")
@@ -207,7 +238,7 @@ def apply_turn_detection(cfg: Config, turn: rt.TurnDetectionIn | None) -> None:
         cfg.silence_duration_ms = turn.silence_duration_ms
     if turn.interrupt_response is not None:
         cfg.interrupt_response = turn.interrupt_response
-    cfg.turn_type = turn.type
+    cfg.turn_type = kind
     cfg.eagerness = turn.eagerness or "auto"
 
 

@@ -60,8 +60,9 @@ class Connection:
         kind = "server_error" if code in _SERVER_CODES or code.startswith("llm_") else "invalid_request_error"
         self.emit(rt.ErrorEvent(error=rt.Error(type=kind, code=code, message=message, param=param, event_id=event_id)))
 
-    def described(self) -> rt.Session:
+    def described(self, warnings: list[rt.Warning] | None = None) -> rt.Session:
         """The session as `session.created` and `session.updated` report it."""
         life_left = self.settings.max_session_s - (time.monotonic() - self.session.opened_at)
         session_id = f"sess_{uuid.UUID(self.session.resume_id).hex}"
-        return describe(self.cfg, self.avatar, session_id, self.session.conv, int(time.time() + life_left))
+        expires = int(time.time() + life_left)
+        return describe(self.cfg, self.avatar, session_id, self.session.conv, expires, warnings)

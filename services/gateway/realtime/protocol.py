@@ -253,12 +253,22 @@ class Audio(_Out, kw_only=True):
     output: AudioOutput
 
 
-class ParleyInfo(_Out, kw_only=True):
-    """Not part of OpenAI's API: where the session's history lives in Parley's REST API."""
+class Warning(_Out, kw_only=True):
+    """A setting of the update Parley took at its nearest behaviour, and how."""
+
+    param: str
+    message: str
+
+
+class ParleyInfo(_Out, omit_defaults=True, kw_only=True):
+    """Not part of OpenAI's API: where the session's history lives in Parley's REST API, and
+    (in `session.updated`, when there are any) the update's settings Parley took at their
+    nearest behaviour."""
 
     conversation_id: str
     avatar_id: str
     avatar_name: str
+    warnings: list[Warning] = []
 
 
 class Session(_Out, kw_only=True):

@@ -47,9 +47,7 @@ def test_an_explicit_null_is_told_apart_from_a_missing_field():
 @pytest.mark.parametrize(
     "turn,param",
     [
-        ({"type": "push_to_talk"}, "type"),
         ({"type": "semantic_vad", "eagerness": "eager"}, "eagerness"),
-        ({"create_response": False}, "create_response"),
         ({"threshold": 1.0}, "threshold"),
         ({"prefix_padding_ms": -1}, "prefix_padding_ms"),
         ({"silence_duration_ms": 50}, "silence_duration_ms"),
@@ -61,6 +59,22 @@ def test_turn_detection_outside_what_the_vad_does_is_refused(turn, param):
         rtsession.apply_turn_detection(cfg, msgspec.convert(turn, rt.TurnDetectionIn))
     assert refused.value.param == f"session.audio.input.turn_detection.{param}"
     assert cfg == rtsession.Config(model="m")
+
+
+def test_api_settings_parley_does_not_honour_exactly_are_taken_at_their_nearest_with_a_warning():
+    cfg = rtsession.Config(model="m")
+    warnings: list[rt.Warning] = []
+    turn = {"type": "server_vad_v2", "create_response": False, "silence_duration_ms": 700}
+    rtsession.apply_turn_detection(cfg, msgspec.convert(turn, rt.TurnDetectionIn), warnings)
+    assert (cfg.turn_type, cfg.silence_duration_ms) == ("server_vad", 700)
+    assert [w.param for w in warnings] == [
+        "session.audio.input.turn_detection.type",
+        "session.audio.input.turn_detection.create_response",
+    ]
+    update = {"instructions": "Be kind.", "tools": [{"type": "mcp", "server_label": "x"}], "audio": {"input": {}}}
+    cfg, _, warnings = rtsession.updated(cfg, msgspec.convert(update, rt.SessionIn), set())
+    assert cfg.instructions == "Be kind." and cfg.tools == []
+    assert [w.param for w in warnings] == ["session.tools"]
 
 
 def test_server_vad_maps_onto_the_stt_session():

@@ -663,7 +663,15 @@ async def test_tools_parley_cannot_offer_are_refused_and_change_nothing():
     session.avatars = [own]
     wire.conn.session = session
     mcp = {"type": "mcp", "server_label": "x", "server_url": "https://mcp.example.com"}
-    for tools in ([mcp], [{**WEATHER, "name": "clock"}], [{**WEATHER, "parameters": {"type": "string"}}], ["x"]):
+    await _client(wire, {"type": "session.update", "session": {"tools": [mcp, WEATHER]}})
+    updated = socket.texts.pop()["session"]
+    socket.raw.pop()
+    assert [t["name"] for t in updated["tools"]] == ["weather"]  # the MCP server is left out, with a warning
+    assert [w["param"] for w in updated["parley"]["warnings"]] == ["session.tools"]
+    await _client(wire, {"type": "session.update", "session": {"tools": []}})
+    socket.raw.pop()
+    session.calls.clear()  # the two updates reopened the STT session with their tools
+    for tools in ([{**WEATHER, "name": "clock"}], [{**WEATHER, "parameters": {"type": "string"}}], ["x"]):
         await _client(wire, {"type": "session.update", "session": {"tools": tools}})
     await _client(
         wire,
@@ -674,7 +682,6 @@ async def test_tools_parley_cannot_offer_are_refused_and_change_nothing():
     )
     errors = [(t["error"]["code"], t["error"]["param"]) for t in socket.texts]
     assert errors == [
-        ("unsupported", "session.tools[0].type"),
         ("invalid_value", "session.tools[0].name"),
         ("invalid_value", "session.tools"),
         ("invalid_type", "session.tools[0]"),
