@@ -104,6 +104,49 @@ async def run(turns: int, env: dict, procs: dict, speech: Path, speech_s: float)
     return {"spoken": spoken, "typed": typed, "server_stage_means_s": stages}
 
 
+def open_stack(
+    stack: contextlib.ExitStack, work: Path, models: str, whisper: str, llm: str, **extra: str
+) -> tuple[dict, dict]:
+    """nats-server, Postgres, the S3 stand-in, the LLM (`local` or the stand-in) and the five
+    services as processes, each stopped when `stack` closes; their environment and processes.
+    `extra`: more settings for the services."""
+    cache = Path(os.environ.get("PARLEY_MODEL_CACHE", ROOT / ".cache" / "models"))
+    nats = devstack.NatsServer(work / "nats").start()
+    stack.callback(nats.stop)
+    pg = devstack.PostgresCluster().start()
+    stack.callback(pg.stop)
+    s3 = devstack.S3StandIn().start()
+    stack.callback(s3.stop)
+    if llm == "local":
+        server = LlamaServer(gguf_path(), work / "llama-server.log").start()
+        llm_env = local_llm_env(server).env
+    else:
+        server = FakeLLM().start()
+        llm_env = {"PARLEY_LLM_BASE_URL": server.base_url}
+    stack.callback(server.stop)
+    env = {
+        "PARLEY_NATS_URL": nats.url,
+        "PARLEY_DATABASE_URL": pg.url,
+        "PARLEY_S3_ENDPOINT_URL": s3.url,
+        "PARLEY_S3_ACCESS_KEY_ID": "bench",
+        "PARLEY_S3_SECRET_ACCESS_KEY": "bench",
+        "PARLEY_S3_REGION": "us-east-1",
+        "PARLEY_LOG_LEVEL": "WARNING",
+        "PARLEY_AUTH_JWT_SECRET": TEST_JWT_SECRET,
+        **llm_env,
+        **extra,
+    }
+    chosen = random_model_env(cache) if models == "random" else local_model_env(cache, whisper)
+    env.update({k: v for k, v in chosen.env.items() if k.split("_")[1] + "_MODEL" not in _given()})
+    os.environ.update(env)
+    db.migrate(pg.url)
+    asyncio.run(seed(ServiceSettings()))
+    procs = devstack.start_services(env, work / "logs")
+    for p in procs.values():
+        stack.callback(p.stop)
+    return env, procs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--turns", type=int, default=10)
@@ -113,41 +156,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "turn_latency.json"))
     args = ap.parse_args()
 
-    cache = Path(os.environ.get("PARLEY_MODEL_CACHE", ROOT / ".cache" / "models"))
     work = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     with contextlib.ExitStack() as stack:
-        nats = devstack.NatsServer(work / "nats").start()
-        stack.callback(nats.stop)
-        pg = devstack.PostgresCluster().start()
-        stack.callback(pg.stop)
-        s3 = devstack.S3StandIn().start()
-        stack.callback(s3.stop)
-        if args.llm == "local":
-            llm = LlamaServer(gguf_path(), work / "llama-server.log").start()
-            llm_env = local_llm_env(llm).env
-        else:
-            llm = FakeLLM().start()
-            llm_env = {"PARLEY_LLM_BASE_URL": llm.base_url}
-        stack.callback(llm.stop)
-        env = {
-            "PARLEY_NATS_URL": nats.url,
-            "PARLEY_DATABASE_URL": pg.url,
-            "PARLEY_S3_ENDPOINT_URL": s3.url,
-            "PARLEY_S3_ACCESS_KEY_ID": "bench",
-            "PARLEY_S3_SECRET_ACCESS_KEY": "bench",
-            "PARLEY_S3_REGION": "us-east-1",
-            "PARLEY_LOG_LEVEL": "WARNING",
-            "PARLEY_AUTH_JWT_SECRET": TEST_JWT_SECRET,
-            **llm_env,
-        }
-        models = random_model_env(cache) if args.models == "random" else local_model_env(cache, args.whisper)
-        env.update({k: v for k, v in models.env.items() if k.split("_")[1] + "_MODEL" not in _given()})
-        os.environ.update(env)
-        db.migrate(pg.url)
-        asyncio.run(seed(ServiceSettings()))
-        procs = devstack.start_services(env, work / "logs")
-        for p in procs.values():
-            stack.callback(p.stop)
+        env, procs = open_stack(stack, work, args.models, args.whisper, args.llm)
         speech = make_speech(SPOKEN, work / "speech.wav")  # one utterance: no pause the VAD takes for an end
         with wave.open(str(speech.with_suffix(".raw.wav"))) as w:
             speech_s = 0.3 + w.getnframes() / w.getframerate()

@@ -308,6 +308,32 @@ async def test_a_spoken_turn_in_g711_mu_law_at_8khz(stack, speech_wav, fake_llm)
     assert abs(len(sent) / 8000 - stored["audio_duration_s"]) < 0.1  # one byte a sample, 8000 a second
 
 
+async def test_a_caller_silent_past_idle_timeout_ms_is_prompted(stack, fake_llm):
+    """server_vad with idle_timeout_ms: once the reply has played out and nothing is said for
+    that long, timeout_triggered, the silence committed as a user item, and a response to it."""
+    key = await _api_key(stack, "rt-idle")
+    async with _client(stack, key).realtime.connect(model="gpt-realtime") as conn:
+        c = Conversation(conn)
+        conversation_id = (await c.wait_event("session.created")).session.model_extra["parley"]["conversation_id"]
+        turn = {"type": "server_vad", "idle_timeout_ms": 1500}
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": turn}}})
+        assert (await c.wait_event("session.updated")).session.audio.input.turn_detection.idle_timeout_ms == 1500
+        await conn.input_audio_buffer.append(audio=base64.b64encode(b"\x00\x00" * RATE).decode())
+        asked_at = time.monotonic()
+        _, done = await _typed_turn(c, "Hello?")
+        triggered = await c.wait_event("input_audio_buffer.timeout_triggered", 60)
+        # Its audio began after it was asked for; the wait begins once that has played.
+        assert time.monotonic() >= asked_at + _audio_ms(c, done.id) / 1000 + 1.4
+        assert triggered.audio_end_ms - triggered.audio_start_ms == 1000  # the second appended, at most the wait
+        committed = await c.wait_event("input_audio_buffer.committed", 10, item_id=triggered.item_id)
+        prompt = (await c.wait_for(lambda c: c.of("response.created")[1:], 30))[0].response
+        assert (await _response_done(c, prompt.id)).status == "completed"
+        c.check_typed()
+    users = [m for m in await _history(stack, "rt-idle", conversation_id) if m["role"] == "user"]
+    assert users[-1]["id"] == committed.item_id
+    assert users[-1]["text"] == "(The user has said nothing for 1.5 seconds.)"
+
+
 async def test_push_to_talk_turns_end_when_the_client_commits_them(stack, speech_wav, fake_llm):
     """turn_detection null: silence ends no turn; the client's commit does, and is answered."""
     key = await _api_key(stack, "rt-ptt")

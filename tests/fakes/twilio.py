@@ -47,6 +47,8 @@ class Played:
     """What the caller's phone did with the audio sent to it."""
 
     received: bytearray = field(default_factory=bytearray)
+    received_at: list[float] = field(default_factory=list)
+    """When each `media` message arrived (monotonic)."""
     played: bytearray = field(default_factory=bytearray)
     clears: list[int] = field(default_factory=list)
     """How many bytes had been played at each `clear`."""
@@ -212,6 +214,7 @@ class TwilioCall:
                     audio = base64.b64decode(message["media"]["payload"])
                     self._buffer += audio
                     self.phone.received += audio
+                    self.phone.received_at.append(time.monotonic())
                 elif message["event"] == "mark":
                     self._marks.append((len(self._buffer), message["mark"]["name"]))
                     await self._echo_played()

@@ -121,6 +121,7 @@ class ClientEvents:
             speaking, conn.buffer = conn.buffer.speaking, InputBuffer(cfg.input_format)
             conn.buffer.speaking = speaking
         apply_stt(cfg, session.opening)
+        self.conversation.idle.configured()
         if stt_changed:
             await session.reopen_stt()
         for w in warnings:
@@ -144,7 +145,11 @@ class ClientEvents:
     # --- input_audio_buffer.* -------------------------------------------------------------
 
     async def _append(self, ev: rt.AudioAppend) -> None:
-        for frame in self.conn.buffer.append(ev.audio, self.conn.settings.max_audio_frame_bytes):
+        buffer = self.conn.buffer
+        before = buffer.buffered
+        frames = buffer.append(ev.audio, self.conn.settings.max_audio_frame_bytes)
+        self.conn.audio_in_ms += (buffer.buffered - before) / buffer.rate * 1000
+        for frame in frames:
             await self.conn.session.audio(frame)
 
     async def _commit(self, ev: rt.AudioCommit) -> None:

@@ -58,6 +58,8 @@ class Config:
     """`server_vad` (silence alone), `semantic_vad` (Parley's smart policy), or `none`
     (push-to-talk: the client's `input_audio_buffer.commit` ends each turn)."""
     eagerness: str = "auto"
+    idle_timeout_ms: int | None = None
+    """Prompt a caller silent this long after the avatar has spoken (realtime/idle.py)."""
     tools: list[dict] = field(default_factory=list)
     """The session's function tools as client tools (`Tool` builtins, realtime/tools.py)."""
     tool_choice: str | dict = "auto"
@@ -147,6 +149,7 @@ def describe(
             prefix_padding_ms=cfg.prefix_padding_ms,
             silence_duration_ms=cfg.silence_duration_ms,
             interrupt_response=cfg.interrupt_response,
+            idle_timeout_ms=cfg.idle_timeout_ms,
         )
     from .tools import described, described_choice
 
@@ -209,6 +212,7 @@ def apply_turn_detection(
     warnings = warnings if warnings is not None else []
     if turn is None:
         cfg.turn_type = "none"
+        cfg.idle_timeout_ms = None
         return
     kind = turn.type
     if kind not in ("server_vad", "semantic_vad"):
@@ -238,6 +242,9 @@ def apply_turn_detection(
         cfg.silence_duration_ms = turn.silence_duration_ms
     if turn.interrupt_response is not None:
         cfg.interrupt_response = turn.interrupt_response
+    if turn.idle_timeout_ms is not None and not 1000 <= turn.idle_timeout_ms <= 600_000:
+        raise Refused("invalid_value", "idle_timeout_ms must lie in 1000..600000", param + ".idle_timeout_ms")
+    cfg.idle_timeout_ms = turn.idle_timeout_ms
     cfg.turn_type = kind
     cfg.eagerness = turn.eagerness or "auto"
 

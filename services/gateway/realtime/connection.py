@@ -39,6 +39,8 @@ class Connection:
         self.cfg = Config(model=model or "parley")
         """Replaced whole by an accepted `session.update`, never changed in place."""
         self.buffer = InputBuffer()
+        self.audio_in_ms = 0.0
+        """Input audio appended since the session began (the timeline of `audio_*_ms`)."""
         self.out = Output(self.emit)
 
     @property

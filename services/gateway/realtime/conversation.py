@@ -16,6 +16,7 @@ from services.common import ids
 from . import protocol as rt
 from .config import Refused, modalities
 from .connection import Connection
+from .idle import IdleWatch
 from .interruptions import Interruptions
 from .items import Items
 from .output import Response
@@ -42,6 +43,7 @@ class Conversation:
         self.items = Items(conn, self.pending)
         self.begun = False
         """Once a turn is under way the avatar (voice) is fixed, as in OpenAI's API."""
+        self.idle = IdleWatch(conn, self)
 
     def open_response(
         self, user_message_id: str, modalities: list[str], metadata: dict[str, str] | None = None

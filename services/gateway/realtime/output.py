@@ -105,6 +105,16 @@ class Output:
         self.emit(rt.ItemAdded(item=added, previous_item_id=previous))
         self.emit(rt.ItemDone(item=added, previous_item_id=previous))
 
+    def silence_item(self, item_id: str) -> None:
+        """An idle timeout's committed silence: a user audio item with nothing said."""
+        item = self.voice_items.setdefault(item_id, VoiceItem())
+        item.committed = item.done = True
+        previous = self._chain(item_id)
+        self.emit(rt.Committed(item_id=item_id, previous_item_id=previous))
+        audio = rt.Item(id=item_id, role="user", status="completed", content=[rt.Content(type="input_audio")])
+        self.emit(rt.ItemAdded(item=audio, previous_item_id=previous))
+        self.emit(rt.ItemDone(item=audio, previous_item_id=previous))
+
     def speech_started(self, item_id: str, start_ms: int) -> bool:
         """The first speech of a voice item; False for one already started or committed."""
         item = self.voice_items.setdefault(item_id, VoiceItem())

@@ -226,6 +226,7 @@ class TurnDetection(_Out, kw_only=True):
     silence_duration_ms: int
     create_response: bool = True
     interrupt_response: bool = True
+    idle_timeout_ms: int | None = None
 
 
 class SemanticVad(_Out, kw_only=True):
@@ -405,6 +406,12 @@ class SpeechStarted(ServerEvent, tag="input_audio_buffer.speech_started", kw_onl
 
 
 class SpeechStopped(ServerEvent, tag="input_audio_buffer.speech_stopped", kw_only=True):
+    audio_end_ms: int
+    item_id: str
+
+
+class TimeoutTriggered(ServerEvent, tag="input_audio_buffer.timeout_triggered", kw_only=True):
+    audio_start_ms: int
     audio_end_ms: int
     item_id: str
 

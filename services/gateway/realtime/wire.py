@@ -92,3 +92,4 @@ class RealtimeWire:
 
     async def closed(self) -> None:
         self.conversation.interruptions.closed()
+        self.conversation.idle.closed()

@@ -841,3 +841,39 @@ async def test_items_are_retrieved_as_stored_and_deleted_from_the_history():
     await _client(wire, {"type": "conversation.item.retrieve", "item_id": str(uuid.uuid4())})
     errors = [(t["error"]["code"], t["error"]["param"]) for t in socket.texts[-2:]]
     assert errors == [("invalid_value", "item_id"), ("invalid_value", "item_id")]
+
+
+# --- idle timeout -------------------------------------------------------------------------
+
+
+async def test_a_caller_silent_past_idle_timeout_ms_after_the_reply_is_prompted(monkeypatch):
+    monkeypatch.setattr("services.gateway.realtime.idle.POLL_S", 0.02)
+    wire, socket, session = _wire()
+    turn = {"type": "server_vad", "idle_timeout_ms": 1000}
+    await _client(wire, {"type": "session.update", "session": {"audio": {"input": {"turn_detection": turn}}}})
+    assert socket.texts[-1]["session"]["audio"]["input"]["turn_detection"]["idle_timeout_ms"] == 1000
+    await asyncio.sleep(1.2)
+    assert session.named("submit_text") == []  # nothing said yet by the avatar: no prompt
+    await _client(wire, {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x00\x00" * 2400).decode()})
+    user_id, reply_id = await _typed_turn(wire, session, output_modalities=["text"])
+    wire.send(_reply_started(user_id, reply_id))
+    wire.send(_reply_done(reply_id, "Hi."))
+    assert socket.types()[-1] == "response.done"
+    await asyncio.sleep(0.5)
+    assert len(session.named("submit_text")) == 1  # not yet
+    await asyncio.sleep(0.8)
+    ((item_id, _, text, _),) = session.named("submit_text")[1:]
+    assert text == "(The user has said nothing for 1 seconds.)"
+    kinds = socket.types()
+    at = kinds.index("input_audio_buffer.timeout_triggered")
+    assert kinds[at : at + 5] == [
+        "input_audio_buffer.timeout_triggered",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+        "response.created",
+    ]
+    triggered = socket.texts[at]
+    assert triggered["item_id"] == item_id and (triggered["audio_start_ms"], triggered["audio_end_ms"]) == (0, 100)
+    assert len(session.named("submit_text")) == 2  # one prompt, not one per poll
+    await wire.closed()
