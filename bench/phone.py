@@ -157,7 +157,9 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         extra = {"PARLEY_PUBLIC_URL": PUBLIC_URL, "PARLEY_TWILIO_AUTH_TOKEN": AUTH_TOKEN}
         _, procs = open_stack(stack, work, "local", args.whisper, args.llm, **extra)
-        speech = make_speech(SPOKEN, work / "speech.wav")
+        # 3 s of silence after the speech: the native client sends what its file holds and stops,
+        # the phone line goes on with silence; both carry more than the smart policy's 1.6 s wait.
+        speech = make_speech(SPOKEN, work / "speech.wav", trailing_silence_s=3.0)
         with wave.open(str(speech.with_suffix(".raw.wav"))) as w:
             speech_s = 0.3 + w.getnframes() / w.getframerate()
         rows = asyncio.run(v2v_turns(procs, speech, speech_s, args.turns))
