@@ -350,6 +350,8 @@ class ReplyCompleted(Event, tag="reply.done"):
     sentence_count: int
     usage: dict[str, int] | None = None
     """`input_tokens` and `output_tokens` of the LLM over the reply (none when announced again)."""
+    rate_limits: list[dict] | None = None
+    """The LLM endpoint's `requests` and `tokens` limits after the reply, where it states them."""
 
 
 class ReplyInterrupted(Event, tag="reply.interrupted"):

@@ -114,6 +114,7 @@ class ReplyDone(ClientEvent, tag="reply.done"):
     text: str
     sentence_count: int
     usage: dict[str, int] | None = None
+    rate_limits: list[dict] | None = None
 
 
 class ReplyInterrupted(ClientEvent, tag="reply.interrupted"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +70,50 @@ class TokenUsage:
     output_tokens: int
 
 
-Delta = str | ToolCallPart | TokenUsage
+@dataclass(frozen=True)
+class RateLimits:
+    """The endpoint's rate limits as its response headers state them (`x-ratelimit-*`, as
+    OpenAI, Azure, Groq and OpenRouter send them): `requests` and `tokens`, each with its
+    `limit`, `remaining` and `reset_seconds` where given."""
+
+    limits: tuple[dict, ...]
+
+
+Delta = str | ToolCallPart | TokenUsage | RateLimits
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def rate_limits(headers) -> RateLimits | None:
+    """What `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` say, if anything."""
+    limits = []
+    for name in ("requests", "tokens"):
+        entry: dict = {"name": name}
+        for field_name, header in (("limit", "limit"), ("remaining", "remaining")):
+            value = headers.get(f"x-ratelimit-{header}-{name}")
+            if value is not None and value.strip().isdigit():
+                entry[field_name] = int(value)
+        reset = _seconds(headers.get(f"x-ratelimit-reset-{name}"))
+        if reset is not None:
+            entry["reset_seconds"] = reset
+        if len(entry) > 1:
+            limits.append(entry)
+    return RateLimits(tuple(limits)) if limits else None
+
+
+def _seconds(value: str | None) -> float | None:
+    """`1s`, `6m0s`, `20ms`, `1h2m3.5s`, or plain seconds."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return round(sum(float(n) * _UNIT_S[u] for n, u in parts), 3)
 
 
 def _status_error(status: int, body: str) -> LLMError:
@@ -126,7 +170,7 @@ class ChatClient:
             got_token = False
             try:
                 async for delta in self._stream_once(messages, tools, tool_choice):
-                    got_token = True
+                    got_token = got_token or not isinstance(delta, RateLimits)
                     yield delta
                 return
             except LLMError as exc:
@@ -158,6 +202,8 @@ class ChatClient:
                 if resp.status_code != 200:
                     raw = await resp.aread()
                     raise _status_error(resp.status_code, raw.decode(errors="replace"))
+                if (limits := rate_limits(resp.headers)) is not None:
+                    yield limits
                 events = source.aiter_sse().__aiter__()
                 first = True
                 while True:

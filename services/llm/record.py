@@ -27,6 +27,8 @@ class Outcome:
     error: str = ""
     usage: dict[str, int] | None = None
     """The LLM's tokens, when this attempt streamed it (not kept in the row)."""
+    rate_limits: list[dict] | None = None
+    """The LLM endpoint's rate limits after this attempt, as it stated them."""
 
 
 class TurnRecord:
@@ -58,7 +60,7 @@ class TurnRecord:
         _, status, text = await self.messages.finish_reply(
             reply_id, out.text, out.status, out.error, out.timings, out.sentences
         )
-        return Outcome(status, text or "", out.sentences, out.error or "", out.usage)
+        return Outcome(status, text or "", out.sentences, out.error or "", out.usage, out.rate_limits)
 
     async def close_unanswered(self, reply_id: str, avatar_id: str, why: str) -> bool:
         """A reply stopped before it began, stored empty; False when an earlier attempt finished it."""

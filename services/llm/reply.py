@@ -20,7 +20,7 @@ from services.common import ids, metrics, schemas, subjects
 from services.common.db import Avatar
 from services.common.logs import ctx
 
-from .client import ChatClient, LLMError, TokenUsage, ToolCallPart
+from .client import ChatClient, LLMError, RateLimits, TokenUsage, ToolCallPart
 from .config import LlmSettings
 from .sentences import SentenceCutter, speakable
 from .tools import ToolBox, assemble
@@ -50,6 +50,8 @@ class Streamed:
     """The reply's finished tool calls (`ToolCall.prompt_item`), for the next turn's prompt."""
     usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
     """The LLM's tokens over all the reply's rounds, as its stream reported them."""
+    rate_limits: list[dict] | None = None
+    """The LLM endpoint's rate limits as its last response stated them."""
     timings: dict[str, float] = field(default_factory=dict)
     """Wall-clock marks of the turn's stages (seconds since the epoch), stored on the reply."""
 
@@ -153,6 +155,9 @@ class ReplyStream:
             if isinstance(delta, TokenUsage):
                 self.out.usage["input_tokens"] += delta.input_tokens
                 self.out.usage["output_tokens"] += delta.output_tokens
+                continue
+            if isinstance(delta, RateLimits):
+                self.out.rate_limits = list(delta.limits)
                 continue
             await self._token(delta)
             if cancel.is_set():

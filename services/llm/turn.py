@@ -156,6 +156,7 @@ class Turn:
                 text=o.text,
                 sentence_count=o.sentences,
                 usage=o.usage,
+                rate_limits=o.rate_limits,
             ),
             msg_id=f"done.{reply_id}",
         )

@@ -308,6 +308,29 @@ async def test_a_spoken_turn_in_g711_mu_law_at_8khz(stack, speech_wav, fake_llm)
     assert abs(len(sent) / 8000 - stored["audio_duration_s"]) < 0.1  # one byte a sample, 8000 a second
 
 
+async def test_the_llm_endpoints_rate_limits_come_before_response_done(stack, fake_llm):
+    key = await _api_key(stack, "rt-limits")
+    async with _client(stack, key).realtime.connect(model="gpt-realtime") as conn:
+        c = Conversation(conn)
+        await c.wait_event("session.created")
+        _, done = await _typed_turn(c, "How many requests are left?")
+        assert done.status == "completed"
+        kinds = [e.type for e in c.events]
+        assert kinds[kinds.index("response.done") - 1] == "rate_limits.updated"
+        limits = {r.name: r for r in c.of("rate_limits.updated")[0].rate_limits}
+        assert (limits["requests"].limit, limits["requests"].remaining, limits["requests"].reset_seconds) == (
+            500,
+            499,
+            0.12,
+        )
+        assert (limits["tokens"].limit, limits["tokens"].remaining, limits["tokens"].reset_seconds) == (
+            30000,
+            29950,
+            66.5,
+        )
+        c.check_typed()
+
+
 async def test_a_caller_silent_past_idle_timeout_ms_is_prompted(stack, fake_llm):
     """server_vad with idle_timeout_ms: once the reply has played out and nothing is said for
     that long, timeout_triggered, the silence committed as a user item, and a response to it."""

@@ -36,6 +36,17 @@ def reply_for(user_text: str) -> str:
     )
 
 
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "500",
+    "x-ratelimit-remaining-requests": "499",
+    "x-ratelimit-reset-requests": "120ms",
+    "x-ratelimit-limit-tokens": "30000",
+    "x-ratelimit-remaining-tokens": "29950",
+    "x-ratelimit-reset-tokens": "1m6.5s",
+}
+"""As OpenAI's API states its limits on every completion."""
+
+
 class FakeLLM(ThreadedServer):
     def __init__(self, port: int | None = None) -> None:
         super().__init__(port)
@@ -98,7 +109,7 @@ class FakeLLM(ThreadedServer):
                 yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(stream(), media_type="text/event-stream")
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=RATE_LIMIT_HEADERS)
 
     def _calls(self, body: dict) -> list[str]:
         last = body["messages"][-1]

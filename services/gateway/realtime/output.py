@@ -11,6 +11,8 @@ import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from .. import events
 from . import protocol as rt
 
@@ -52,6 +54,8 @@ class Response:
     """It ended at function calls: the reply went on in another response."""
     tokens: dict[str, int] | None = None
     """The LLM's `input_tokens` and `output_tokens` for the reply (its `reply.done`)."""
+    rate_limits: list[dict] | None = None
+    """The LLM endpoint's limits as its `reply.done` reported them."""
     input_audio_s: float = 0.0
     output_audio_s: float = 0.0
 
@@ -295,6 +299,8 @@ class Output:
             details = rt.StatusDetails(type="failed", error=error)
         elif status != "completed":
             details = rt.StatusDetails(type=status, reason=reason)
+        if rec.rate_limits:
+            self.emit(rt.RateLimitsUpdated(rate_limits=[msgspec.convert(r, rt.RateLimit) for r in rec.rate_limits]))
         self.emit(rt.ResponseDone(response=self._response(rec, status, details)))
 
     def _close_message(self, rec: Response, status: str, text: str) -> rt.Item:

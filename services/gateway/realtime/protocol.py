@@ -410,6 +410,19 @@ class SpeechStopped(ServerEvent, tag="input_audio_buffer.speech_stopped", kw_onl
     item_id: str
 
 
+class RateLimit(_Out, omit_defaults=True, kw_only=True):
+    name: str
+    limit: int | None = None
+    remaining: int | None = None
+    reset_seconds: float | None = None
+
+
+class RateLimitsUpdated(ServerEvent, tag="rate_limits.updated", kw_only=True):
+    """The LLM endpoint's limits as it stated them for this response (sent before `response.done`)."""
+
+    rate_limits: list[RateLimit]
+
+
 class TimeoutTriggered(ServerEvent, tag="input_audio_buffer.timeout_triggered", kw_only=True):
     audio_start_ms: int
     audio_end_ms: int

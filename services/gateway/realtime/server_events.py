@@ -197,6 +197,7 @@ class ServerEvents:
 
         elif isinstance(ev, events.ReplyDone):
             rec.final_text, rec.final_status, rec.tokens = ev.text, ev.status, ev.usage
+            rec.rate_limits = ev.rate_limits
             self._settle(rec)
         elif isinstance(ev, events.ReplyInterrupted):
             self.conversation.interruptions.stored(ev.message_id)

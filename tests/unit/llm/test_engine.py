@@ -13,7 +13,9 @@ from services.llm.client import (
     LLMRateLimited,
     LLMServerError,
     LLMTimeout,
+    RateLimits,
     TokenUsage,
+    rate_limits,
 )
 from services.llm.sentences import SentenceCutter, speakable
 from tests.fakes.llm_server import reply_for
@@ -111,6 +113,28 @@ async def test_streams_the_reply_and_its_token_usage(client, fake_llm):
     assert deltas[-1] == TokenUsage(2, len(reply_for("one two").split()))
     assert fake_llm.requests[-1]["stream"] is True
     assert fake_llm.requests[-1]["stream_options"] == {"include_usage": True}
+
+
+async def test_the_endpoints_rate_limit_headers_come_first(client, fake_llm):
+    deltas = [d async for d in client.stream([{"role": "user", "content": "one two"}])]
+    assert deltas[0] == RateLimits(
+        (
+            {"name": "requests", "limit": 500, "remaining": 499, "reset_seconds": 0.12},
+            {"name": "tokens", "limit": 30000, "remaining": 29950, "reset_seconds": 66.5},
+        )
+    )
+
+
+def test_rate_limit_headers_are_read_as_the_providers_write_them():
+    headers = {
+        "x-ratelimit-remaining-tokens": "10",
+        "x-ratelimit-reset-tokens": "1h2m3s",
+        "x-ratelimit-limit-requests": "x",
+    }
+    assert rate_limits(headers) == RateLimits(({"name": "tokens", "remaining": 10, "reset_seconds": 3723.0},))
+    assert rate_limits({"x-ratelimit-reset-requests": "2.5"}).limits == ({"name": "requests", "reset_seconds": 2.5},)
+    assert rate_limits({"x-ratelimit-reset-requests": "soon"}) is None
+    assert rate_limits({}) is None
 
 
 @pytest.mark.parametrize(
