@@ -46,7 +46,7 @@ def router(gateway: Gateway) -> APIRouter:
         if not gateway.ready:
             raise HTTPException(503, "gateway is not ready")
         s = gateway.settings
-        if s.twilio_auth_token is None:
+        if not s.twilio_auth_token:  # unset, or set empty (compose passes an empty default)
             raise HTTPException(404, "phone calls are not set up here: PARLEY_TWILIO_AUTH_TOKEN is unset")
         secret = s.twilio_auth_token.get_secret_value()
         form = await request.form() if request.method == "POST" else None
