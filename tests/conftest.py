@@ -151,6 +151,20 @@ async def settled_ledger(settings: ServiceSettings, clients: list[Client], deadl
     return problems
 
 
+async def settled_conversations(
+    settings: ServiceSettings, conversations: list[str], deadline_s: float = 30
+) -> list[str]:
+    """The ledger over these conversations once it balances within a deadline; otherwise the
+    last problems found (for clients other than tests/client.py's: the Realtime API, phone calls)."""
+    problems: list[str] = []
+    for _ in range(int(deadline_s / 0.5)):
+        problems = await ledger.run(settings, conversations)
+        if not problems:
+            return []
+        await asyncio.sleep(0.5)
+    return problems
+
+
 @pytest.fixture(scope="session")
 async def closing_ledger(stack_services):
     """After the last test on the shared stack, while its services still run: every conversation

@@ -117,10 +117,8 @@ class ReplyStream:
                 calls = await tools.run_round(round_, asked, lambda: self._filler(first_out), out.sentences)
                 out.calls += [c.prompt_item() for c in calls]
                 messages += _round_messages(out.text[text_before:], asked, calls)
-                if (changed := tools.take_change()) is not None:
-                    offered = tools.retarget(changed.get("tools"))
-                    if system is not None:
-                        messages[0] = system(changed.get("instructions"))
+                if (retargeted := _follow_change(tools, messages, system)) is not None:
+                    offered = retargeted
                 if cancel.is_set():
                     out.status = "interrupted"
                     break
@@ -229,6 +227,19 @@ class ReplyStream:
             ),
             msg_id=f"llm-fail.{self.reply_id}",
         )
+
+
+def _follow_change(
+    tools: ToolBox, messages: list[dict], system: Callable[[str | None], dict] | None
+) -> list[dict] | None:
+    """The client changed its session while its tool ran: the next round takes its instructions
+    (the prompt's system message) and tools; the functions offered now (None: unchanged)."""
+    changed = tools.take_change()
+    if changed is None:
+        return None
+    if system is not None:
+        messages[0] = system(changed.get("instructions"))
+    return tools.retarget(changed.get("tools"))
 
 
 def _round_messages(text: str, asked, calls) -> list[dict]:

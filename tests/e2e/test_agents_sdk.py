@@ -18,8 +18,8 @@ import soxr
 from agents import function_tool
 from agents.realtime import RealtimeAgent, RealtimeRunner
 
-from ops import ledger
 from tests.client import auth_headers
+from tests.conftest import settled_conversations
 from tests.fakes.llm_server import reply_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
@@ -230,10 +230,4 @@ async def test_a_function_tool_runs_in_the_sdk_and_its_answer_is_spoken(stack, f
 
 async def test_every_agents_sdk_conversation_balances(stack):
     assert CONVERSATIONS
-    problems: list[str] = []
-    for _ in range(60):
-        problems = await ledger.run(stack["settings"], CONVERSATIONS)
-        if not problems:
-            break
-        await asyncio.sleep(0.5)
-    assert problems == []
+    assert await settled_conversations(stack["settings"], CONVERSATIONS) == []

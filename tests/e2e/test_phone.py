@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 import soxr
 
-from ops import ledger
 from services.common import ids
 from tests.client import auth_headers
-from tests.conftest import PHONE_PUBLIC_URL, TWILIO_AUTH_TOKEN, make_speech
+from tests.conftest import PHONE_PUBLIC_URL, TWILIO_AUTH_TOKEN, make_speech, settled_conversations
 from tests.fakes.llm_server import reply_for
 from tests.fakes.twilio import Stream, TwilioCall
 
@@ -263,10 +262,4 @@ async def test_bad_streams_are_closed_and_what_was_said_is_kept(stack, fake_llm)
 
 async def test_every_phone_conversation_balances(stack):
     assert CONVERSATIONS
-    problems: list[str] = []
-    for _ in range(60):
-        problems = await ledger.run(stack["settings"], CONVERSATIONS)
-        if not problems:
-            break
-        await asyncio.sleep(0.5)
-    assert problems == []
+    assert await settled_conversations(stack["settings"], CONVERSATIONS) == []

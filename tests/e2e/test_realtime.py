@@ -26,10 +26,9 @@ from openai import AsyncOpenAI
 from openai._models import validate_type
 from openai.types.realtime import RealtimeServerEvent
 
-from ops import ledger
 from services.common import ids
 from tests.client import auth_headers, token_for
-from tests.conftest import make_speech
+from tests.conftest import make_speech, settled_conversations
 from tests.fakes.llm_server import reply_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
@@ -792,11 +791,4 @@ async def test_a_function_call_round_trip_as_the_sdk_makes_it(stack, fake_llm):
 async def test_every_realtime_conversation_balances(stack):
     """The ledger's invariant holds over the conversations this module's sessions held."""
     assert CONVERSATIONS
-    settings = stack["settings"]
-    problems: list[str] = []
-    for _ in range(60):
-        problems = await ledger.run(settings, CONVERSATIONS)
-        if not problems:
-            break
-        await asyncio.sleep(0.5)
-    assert problems == []
+    assert await settled_conversations(stack["settings"], CONVERSATIONS) == []

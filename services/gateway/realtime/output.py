@@ -111,13 +111,9 @@ class Output:
 
     def silence_item(self, item_id: str) -> None:
         """An idle timeout's committed silence: a user audio item with nothing said."""
-        item = self.voice_items.setdefault(item_id, VoiceItem())
-        item.committed = item.done = True
-        previous = self._chain(item_id)
-        self.emit(rt.Committed(item_id=item_id, previous_item_id=previous))
-        audio = rt.Item(id=item_id, role="user", status="completed", content=[rt.Content(type="input_audio")])
-        self.emit(rt.ItemAdded(item=audio, previous_item_id=previous))
-        self.emit(rt.ItemDone(item=audio, previous_item_id=previous))
+        item = self._committed(item_id)
+        item.done = True
+        self.emit(rt.ItemDone(item=_audio_in(item_id), previous_item_id=item.previous_item_id))
 
     def speech_started(self, item_id: str, start_ms: int) -> bool:
         """The first speech of a voice item; False for one already started or committed."""
@@ -137,16 +133,19 @@ class Output:
 
     def commit(self, item_id: str, end_ms: int) -> tuple[VoiceItem, bool]:
         """The VAD closed the utterance: the buffer becomes a user audio item (True if it just did)."""
-        item = self.voice_items.setdefault(item_id, VoiceItem())
-        if item.committed:
+        item = self.voice_items.get(item_id)
+        if item is not None and item.committed:
             return item, False
+        self.emit(rt.SpeechStopped(audio_end_ms=end_ms, item_id=item_id))
+        return self._committed(item_id), True
+
+    def _committed(self, item_id: str) -> VoiceItem:
+        item = self.voice_items.setdefault(item_id, VoiceItem())
         item.committed = True
         item.previous_item_id = self._chain(item_id)
-        self.emit(rt.SpeechStopped(audio_end_ms=end_ms, item_id=item_id))
         self.emit(rt.Committed(item_id=item_id, previous_item_id=item.previous_item_id))
-        audio = rt.Item(id=item_id, role="user", status="completed", content=[rt.Content(type="input_audio")])
-        self.emit(rt.ItemAdded(item=audio, previous_item_id=item.previous_item_id))
-        return item, True
+        self.emit(rt.ItemAdded(item=_audio_in(item_id), previous_item_id=item.previous_item_id))
+        return item
 
     def transcribed(self, item: VoiceItem, ev: events.TranscriptFinal, heard: bool) -> None:
         """The voice item's final transcript (reported only when the client asked for transcription)."""
@@ -328,6 +327,10 @@ class Output:
             output_modalities=rec.modalities,
             metadata=rec.metadata,
         )
+
+
+def _audio_in(item_id: str) -> rt.Item:
+    return rt.Item(id=item_id, role="user", status="completed", content=[rt.Content(type="input_audio")])
 
 
 def _item(rec: Response, status: str, text: str | None = None) -> rt.Item:
