@@ -44,12 +44,15 @@ class Conversation:
         self.begun = False
         """Once a turn is under way the avatar (voice) is fixed, as in OpenAI's API."""
         self.idle = IdleWatch(conn, self)
+        self._asked_with: dict[str, tuple] = {}
+        """Per reply, the session's instructions and tools when it was asked for (a handoff changes them)."""
 
     def open_response(
         self, user_message_id: str, modalities: list[str], metadata: dict[str, str] | None = None
     ) -> Response:
         self.begun = True
         reply_id = ids.reply_id(user_message_id, self.conn.avatar.id)
+        self._asked_with[reply_id] = (self.conn.cfg.instructions, self.conn.cfg.tools)
         return self.conn.out.open(user_message_id, reply_id, modalities, metadata)
 
     async def create_item(self, ev: rt.ItemCreate) -> None:
@@ -71,9 +74,7 @@ class Conversation:
     async def _call_output(self, item: rt.ItemIn) -> None:
         if not item.call_id:
             raise Refused("missing_required_parameter", "a function_call_output needs its call_id", "item.call_id")
-        cfg = self.conn.cfg
-        session = {"instructions": cfg.instructions, "tools": cfg.tools}
-        refused = await self.conn.session.tool_result(item.call_id, item.output or "", None, session)
+        refused = await self.conn.session.tool_result(item.call_id, item.output or "", None, self._session_change())
         if refused is not None:
             raise Refused(refused[0], refused[1], "item.call_id")
         self.conn.out.call_output(item.id or rt.new_id("item"), item.call_id, item.output or "")
@@ -180,6 +181,18 @@ class Conversation:
         fact_id = f"truncate.{rec.reply_id}.{ev.audio_end_ms + rec.audio_offset_ms:.0f}"
         truncated = rt.ItemTruncated(item_id=ev.item_id, content_index=0, audio_end_ms=ev.audio_end_ms)
         await self.interruptions.precise(rec.reply_id, position, fact_id, lambda: self.conn.emit(truncated))
+
+    def _session_change(self) -> dict | None:
+        """The session's instructions and tools, if they changed since the waiting reply was asked
+        for (a handoff): the rest of the reply follows them. Unchanged: None, and the reply keeps
+        what it was asked with (a response's own instructions and tools included)."""
+        cfg, waiting = self.conn.cfg, list(self.conn.out.continuing)
+        now = (cfg.instructions, cfg.tools)
+        if all(self._asked_with.get(r, now) == now for r in waiting):
+            return None
+        for r in waiting:
+            self._asked_with[r] = now
+        return {"instructions": cfg.instructions, "tools": cfg.tools}
 
 
 def _text_of(item: rt.ItemIn, max_chars: int) -> str:
