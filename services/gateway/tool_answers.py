@@ -3,8 +3,9 @@
 Only a call the session's conversation made, of a client tool, still running, may be answered,
 and only once: the answer is created in the `parley_tool_results` bucket under the call's key,
 so a second answer (or one after a reconnect) is refused, never overwrites the first. A
-Realtime client's answer also carries its session's instructions and tools as they are now: a
-handoff changes them before answering its call, and the rest of the reply follows them.
+Realtime client's answer also carries its session's instructions and tools when they changed
+since the reply was asked for: a handoff changes them before answering its call, and the rest
+of the reply follows them.
 """
 
 from __future__ import annotations
