@@ -20,10 +20,8 @@ class CallerAudio:
         # Upsampling adds nothing above 4 kHz to filter; soxr's HQ filter would hold back 66 ms
         # of every utterance's end (and so delay end-of-turn), its quick cubic holds 0.25 ms.
         self._resampler = soxr.ResampleStream(PHONE_RATE, STT_RATE, 1, dtype="int16", quality="QQ")
-        self.seconds = 0.0
 
     def pcm16k(self, mulaw: bytes) -> bytes:
-        self.seconds += len(mulaw) / PHONE_RATE
         samples = np.frombuffer(g711.decode(mulaw, "ulaw"), "<i2")
         return self._resampler.resample_chunk(samples).astype("<i2").tobytes()
 
