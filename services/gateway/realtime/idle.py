@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from nats.errors import Error as NatsError
+
 from . import protocol as rt
 from .connection import Connection
 
@@ -58,7 +60,11 @@ class IdleWatch:
                 self._idle_since = now
             elif now - self._idle_since >= self.conn.cfg.idle_timeout_ms / 1000:
                 self._idle_since = None
-                await self._prompt()
+                try:
+                    await self._prompt()
+                except (TimeoutError, NatsError) as exc:
+                    # The bus is down: the prompt is not made (the caller may speak); the watch goes on.
+                    self.conn.error("bus_unavailable", f"the idle prompt could not be passed on ({type(exc).__name__})")
         self._task = None
 
     async def _prompt(self) -> None:
