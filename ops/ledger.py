@@ -1,7 +1,8 @@
 """The ledger: what "nothing lost" means, checked over the database, the bucket and the events.
 
 After any fault, within a deadline:
-- every user message has exactly one reply per answering character, or a failure event;
+- every user message has exactly one reply per answering character, or a failure event, or
+  was held for its client to ask the response for (`turn.held`) and has none yet;
 - no reply is still `streaming`;
 - every finished reply with spoken text has its audio object, or a failure event for it;
 - every audio key on a message names an object that exists, and every reply object under
@@ -46,6 +47,8 @@ class Evidence:
     backchannels: set[tuple[str, str, int]] = field(default_factory=set)
     tool_calls: set[str] = field(default_factory=set)
     tools_done: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)
+    """User messages stored unanswered, as their session asked: no reply is owed until asked for."""
 
     def add(self, ev: schemas.Event) -> None:
         if isinstance(ev, schemas.ErrorEvent) and ev.message_id:
@@ -60,6 +63,8 @@ class Evidence:
             self.tool_calls.add(ev.call_id)
         elif isinstance(ev, schemas.ToolDone):
             self.tools_done.add(ev.call_id)
+        elif isinstance(ev, schemas.TurnHeld):
+            self.held.add(ev.message_id)
 
     def add_client_events(self, events: list[dict]) -> None:
         """Events as a client received them (JSON objects); unknown kinds are skipped."""
@@ -119,7 +124,8 @@ async def check(
         for user in (r for r in messages if r["role"] == "user"):
             for avatar in answering(avatars, user["text"]):
                 reply = replies.get((user["id"], avatar.id))
-                if reply is None and not evidence.errors.get(user["id"], set()) & REPLY_FAILURES:
+                failed = evidence.errors.get(user["id"], set()) & REPLY_FAILURES
+                if reply is None and not failed and user["id"] not in evidence.held:
                     problems.append(
                         f"conversation {conv}: user message {user['id']} has no reply from {avatar.name} "
                         f"({avatar.id}) and no failure event"

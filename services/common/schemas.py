@@ -62,6 +62,8 @@ class SttOpen(Msg):
     barge_in_words: int = 0
     """A partial over a playing reply with this many words that are not backchannels is one;
     0: partials never are (they misread backchannels and noise more than the final does)."""
+    hold: bool = False
+    """Carried onto every `UserTurn` of the session (see `UserTurn.hold`)."""
 
 
 class SttAlive(Msg):
@@ -215,6 +217,12 @@ class UserTurn(Msg):
     tool_choice: str | dict | None = None
     """How the first round may use the tools: `auto` (unset), `none`, `required`, or
     `{"type": "function", "name": ...}`."""
+    hold: bool = False
+    """Store the user message and answer none of it (`TurnHeld`): the client asks for each
+    response itself (a Realtime session's `create_response: false`, or push-to-talk)."""
+    answer_held: bool = False
+    """The response a client asked for to its held turn `message_id`: the user message is
+    stored and in the history already."""
 
 
 class TtsJob(Msg):
@@ -324,6 +332,15 @@ class UserMessage(Event, tag="user.message"):
     text: str
 
 
+class TurnHeld(Event, tag="turn.held"):
+    """A user turn stored unanswered, as its session asked (`UserTurn.hold`): the client may
+    now ask for the response to it. A final event: it is what the ledger holds for the
+    missing reply."""
+
+    message_id: str
+    text: str
+
+
 class ReplyStarted(Event, tag="reply.started"):
     message_id: str
     user_message_id: str
@@ -417,6 +434,7 @@ ClientEvent = (
     | TranscriptPartial
     | TranscriptFinal
     | UserMessage
+    | TurnHeld
     | ReplyStarted
     | ReplyDelta
     | ReplySentence

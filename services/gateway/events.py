@@ -89,6 +89,13 @@ class UserMessage(ClientEvent, tag="user.message"):
     text: str
 
 
+class TurnHeld(ClientEvent, tag="turn.held"):
+    """A user turn stored unanswered: this client asks for each response itself."""
+
+    message_id: str
+    text: str
+
+
 class ReplyStarted(ClientEvent, tag="reply.started"):
     message_id: str
     user_message_id: str
@@ -199,6 +206,7 @@ FromBus = (
     | TranscriptPartial
     | TranscriptFinal
     | UserMessage
+    | TurnHeld
     | ReplyStarted
     | ReplyDelta
     | ReplySentence

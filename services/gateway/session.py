@@ -282,19 +282,32 @@ class Session:
         tool_choice: str | dict | None = None,
     ) -> None:
         """A typed user turn onto the bus (de-duplicated by its message id)."""
+        asked = {"instructions": instructions, "tools": tools, "tool_choice": tool_choice}
+        await self._turn(message_id, message_id, turn_seq=seq, source="text", text=text, **asked)
+
+    async def answer_held(
+        self,
+        message_id: str,
+        text: str,
+        instructions: str | None = None,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+    ) -> None:
+        """The response to a spoken turn stored unanswered: a turn of its own on the bus (the
+        held turn's msg id is taken), after the held one."""
+        asked = {"instructions": instructions, "tools": tools, "tool_choice": tool_choice}
+        answer = {"turn_seq": 0, "source": "voice", "text": text, "answer_held": True}
+        await self._turn(f"answer.{message_id}", message_id, **answer, **asked)
+
+    async def _turn(self, msg_id: str, message_id: str, **fields) -> None:
         turn = schemas.UserTurn(
             conversation_id=self.conv,
             message_id=message_id,
             session_id=self.audio_session_id,
-            turn_seq=seq,
-            source="text",
-            text=text,
             marks={"received": time.time()},
-            instructions=instructions,
-            tools=tools,
-            tool_choice=tool_choice,
+            **fields,
         )
-        await self.bus.publish_fact(subjects.turn(self.conv), turn, msg_id=message_id)
+        await self.bus.publish_fact(subjects.turn(self.conv), turn, msg_id=msg_id)
 
     async def tool_result(
         self, call_id: str, output: object, error: str | None, session: dict | None = None

@@ -131,6 +131,7 @@ class SttLink:
             turn_long_ms=o.turn_long_ms,
             barge_in_ms=o.barge_in_ms,
             barge_in_words=o.barge_in_words,
+            hold=o.hold,
         )
 
     async def _any_worker(self) -> bool:

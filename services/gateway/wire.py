@@ -44,6 +44,8 @@ class SttOptions:
     barge_in_words: int = 0
     """A partial over a playing reply with this many words that are not backchannels is one;
     0: partials never are."""
+    hold: bool = False
+    """Spoken turns are stored unanswered: the client asks for each response (`answer_held`)."""
 
 
 @dataclass
@@ -108,6 +110,16 @@ class SessionApi(Protocol):
         tools: list[dict] | None = None,
         tool_choice: str | dict | None = None,
     ) -> None: ...
+
+    async def answer_held(
+        self,
+        message_id: str,
+        text: str,
+        instructions: str | None = None,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+    ) -> None:
+        """Ask for the response to a spoken turn stored unanswered (`SttOptions.hold`)."""
 
     async def tool_result(
         self, call_id: str, output: object, error: str | None, session: dict | None = None

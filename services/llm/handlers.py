@@ -130,9 +130,12 @@ class Orchestrator(Service):
     async def _admitted(self, turn: schemas.UserTurn, seq: int, active: ActiveTurn, finished) -> None:
         """Through the turn gate: answered in order, or kept unanswered when a newer turn came."""
         conv = turn.conversation_id
-        admission = await self.gate.enter(conv, seq, turn.message_id)
+        admission = await self.gate.enter(conv, seq, turn.message_id, interrupt=not turn.hold)
         log.debug("turn %s", admission.outcome, extra=ctx(conversation_id=conv, message_id=turn.message_id, seq=seq))
         flow = Turn(self.answering, turn, active)
+        if turn.hold:
+            await self._hold(flow, seq, admission)
+            return
         if admission.outcome == "superseded":
             await flow.supersede()
             return
@@ -146,6 +149,21 @@ class Orchestrator(Service):
         finally:
             # A failed attempt leaves the turn unfinished, so its redelivery is answered.
             self.memory.advanced(conv, await self.gate.leave(conv, seq, done, turn.message_id))
+
+    async def _hold(self, flow: Turn, seq: int, admission) -> None:
+        """A turn its client will ask the response for: stored in its place, then announced."""
+        conv, message_id = flow.conv, flow.turn.message_id
+        if admission.outcome == "superseded":
+            await flow.hold(None)
+            await self.gate.touch(conv)  # every replica rereads the history before the answer
+        else:
+            done = False
+            try:
+                await flow.hold(admission.version)
+                done = True
+            finally:
+                self.memory.advanced(conv, await self.gate.leave(conv, seq, done, message_id))
+        await flow.announce_held()
 
     async def _on_cancel(self, ctl: schemas.ReplyCancel) -> None:
         if ctl.message_id:

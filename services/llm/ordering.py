@@ -15,7 +15,8 @@ publishes a cancel for it (a new user turn interrupts the reply still streaming)
 until it leaves, repeating the cancel every `cancel_every_s`: when the holder died, the turn
 comes back as a redelivery that must hear the cancel too. If nobody answers it, the newer
 turn takes over after `wait_s`. A turn older than the active or last finished one is
-superseded: it is stored, but not answered. Replicas use `version` to know whether their
+superseded: it is stored, but not answered. A turn its client will ask the response for
+(`UserTurn.hold`) waits its place without interrupting anything. Replicas use `version` to know whether their
 cached history is still current. A turn whose message id is in `recent` is a finished turn
 published again past de-duplication: the handler then looks up which replies it already has.
 """
@@ -91,7 +92,7 @@ class TurnGate:
         self._known[conv] = (state, new_rev)
         return True
 
-    async def enter(self, conv: str, seq: int, message_id: str) -> Admission:
+    async def enter(self, conv: str, seq: int, message_id: str, interrupt: bool = True) -> Admission:
         known = self._known.get(conv)
         if known is None:
             # Most conversations this replica has not seen are new: try to create the record.
@@ -124,12 +125,13 @@ class TurnGate:
                     interrupted = state.active_message
                     deadline = now + self.wait_s
                 cancel_at = now + self.cancel_every_s
-                await self.bus.control(
-                    schemas.ReplyCancel(
-                        conversation_id=conv, message_id=state.active_message, reason="a newer user turn"
-                    )
-                )
+                if interrupt:
+                    await self._cancel(conv, state.active_message)
             await asyncio.sleep(self.poll_s)
+
+    async def _cancel(self, conv: str, message_id: str) -> None:
+        cancel = schemas.ReplyCancel(conversation_id=conv, message_id=message_id, reason="a newer user turn")
+        await self.bus.control(cancel)
 
     async def leave(self, conv: str, seq: int, done: bool = True, message_id: str = "") -> int:
         """The turn is no longer active; returns the conversation's new history version.

@@ -63,7 +63,8 @@ class Turn:
         record = d.records.turn(turn, first_out)
         if not avatars:
             await self._no_avatar()
-        d.memory.remember(history, HistoryItem("user", None, turn.text))
+        if not turn.answer_held:
+            d.memory.remember(history, HistoryItem("user", None, turn.text))
         try:
             for avatar in answering(avatars, turn.text):
                 reply_id = ids.reply_id(turn.message_id, avatar.id)
@@ -80,6 +81,19 @@ class Turn:
         finally:
             first_out.set()
         await record.done()
+
+    async def hold(self, version: int | None) -> None:
+        """The client asks for the response itself: the user message is stored and joins the
+        history (`version`: the turn holds the gate; None: superseded, the history is reread)."""
+        memory = self.deps.memory
+        history = await memory.history(self.conv, version) if version is not None else None
+        await self.deps.records.turn(self.turn).done()  # after the read: the history holds it once
+        if history is not None:
+            memory.remember(history, HistoryItem("user", None, self.turn.text))
+
+    async def announce_held(self) -> None:
+        held = schemas.TurnHeld(conversation_id=self.conv, message_id=self.turn.message_id, text=self.turn.text)
+        await self.deps.bus.publish_event(held, msg_id=f"held.{self.turn.message_id}")
 
     async def supersede(self) -> None:
         """A newer turn of the conversation came first: keep this one, answer none of it."""

@@ -70,6 +70,7 @@ class LiveSession:
         )
         self.instructions = req.instructions
         self.tools, self.tool_choice = req.tools, req.tool_choice
+        self.hold = req.hold
         self.replay_from = None if req.replay_from_s is None else int(req.replay_from_s * cfg.sample_rate)
         self._cfg = cfg
         self.segmenter = self._segmenter(req.first_utterance_seq, 0)
@@ -337,6 +338,7 @@ class LiveSession:
                 instructions=self.instructions,
                 tools=self.tools,
                 tool_choice=self.tool_choice,
+                hold=self.hold,
             ),
             msg_id=message_id,
         )

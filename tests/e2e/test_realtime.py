@@ -356,12 +356,15 @@ async def test_a_caller_silent_past_idle_timeout_ms_is_prompted(stack, fake_llm)
     assert users[-1]["text"] == "(The user has said nothing for 1.5 seconds.)"
 
 
-async def test_push_to_talk_turns_end_when_the_client_commits_them(stack, speech_wav, fake_llm):
-    """turn_detection null: silence ends no turn; the client's commit does, and is answered."""
+async def test_push_to_talk_turns_end_at_the_clients_commit_and_are_answered_when_it_asks(stack, speech_wav, fake_llm):
+    """turn_detection null: silence ends no turn; the client's commit does. As in OpenAI's API
+    the commit makes a user item and no response: the turn is stored unanswered until the
+    client's `response.create`, whose instructions the answer follows."""
     key = await _api_key(stack, "rt-ptt")
     async with _client(stack, key).realtime.connect(model="gpt-realtime") as conn:
         c = Conversation(conn)
-        await c.wait_event("session.created")
+        session = (await c.wait_event("session.created")).session
+        conversation_id = session.model_extra["parley"]["conversation_id"]
         await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
         assert (await c.wait_event("session.updated")).session.audio.input.turn_detection is None
         pcm = _pcm24(speech_wav)
@@ -373,9 +376,35 @@ async def test_push_to_talk_turns_end_when_the_client_commits_them(stack, speech
         assert committed.item_id == started.item_id
         transcript = await c.wait_event("conversation.item.input_audio_transcription.completed", 60)
         assert "weather" in transcript.transcript.lower()
+        user = await _stored(stack, "rt-ptt", conversation_id, committed.item_id, "complete")
+        assert user["text"] == transcript.transcript
+        await asyncio.sleep(1.0)  # time enough for an answer nobody asked for to begin
+        rows = await _history(stack, "rt-ptt", conversation_id)
+        assert [m["role"] for m in rows] == ["user"] and not c.of("response.created")
+
+        asked_before = len(fake_llm.requests)
+        await conn.response.create(response={"instructions": "You are a weather forecaster."})
         response = (await c.wait_event("response.created", 60)).response
         assert (await _response_done(c, response.id)).status == "completed"
+        (asked,) = fake_llm.requests[asked_before:]
+        assert asked["messages"][0]["content"].startswith("You are a weather forecaster.")
+        assert [m["content"] for m in asked["messages"] if m["role"] == "user"] == [transcript.transcript]
+        reply = (await _history(stack, "rt-ptt", conversation_id))[-1]
+        assert (reply["role"], reply["reply_to"], reply["status"]) == ("avatar", committed.item_id, "complete")
+
+        # Server VAD with create_response false: the VAD commits, and the turn waits all the same.
+        turn = {"type": "server_vad", "create_response": False}
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": turn}}})
+        updated = (await c.wait_for(lambda c: c.of("session.updated")[1:], 30))[0].session
+        assert updated.audio.input.turn_detection.create_response is False
+        await _speak(conn, pcm + b"\x00\x00" * RATE)
+        second = (await c.wait_for(lambda c: c.of("input_audio_buffer.committed")[1:], 60))[0]
+        await _stored(stack, "rt-ptt", conversation_id, second.item_id, "complete")
+        await asyncio.sleep(1.0)
+        assert len(c.of("response.created")) == 1
         c.check_typed()
+    # Left unanswered when the client went: the ledger holds its turn.held (the module's last test).
+    assert (await _history(stack, "rt-ptt", conversation_id))[-1]["id"] == second.item_id
 
 
 async def test_a_typed_turn_then_a_cancelled_response(stack, fake_llm):

@@ -150,6 +150,10 @@ class FakeSession:
         self.calls.append(("submit_text", message_id, seq, text, instructions))
         self.turn_tools.append((tools, tool_choice))
 
+    async def answer_held(self, message_id: str, text: str, instructions=None, tools=None, tool_choice=None) -> None:
+        self.calls.append(("answer_held", message_id, text, instructions))
+        self.turn_tools.append((tools, tool_choice))
+
     async def tool_result(self, call_id: str, output, error: str | None, session=None) -> tuple[str, str] | None:
         self.calls.append(("tool_result", call_id, output, error) + ((session,) if session is not None else ()))
         return self.tool_refusals.pop(0) if self.tool_refusals else None

@@ -58,6 +58,8 @@ class Config:
     """`server_vad` (silence alone), `semantic_vad` (Parley's smart policy), or `none`
     (push-to-talk: the client's `input_audio_buffer.commit` ends each turn)."""
     eagerness: str = "auto"
+    create_response: bool = True
+    """False: a committed turn is stored unanswered until the client's `response.create`."""
     idle_timeout_ms: int | None = None
     """Prompt a caller silent this long after the avatar has spoken (realtime/idle.py)."""
     tools: list[dict] = field(default_factory=list)
@@ -67,6 +69,11 @@ class Config:
     input_format: str = "audio/pcm"
     output_format: str = "audio/pcm"
     """Keys of FORMATS."""
+
+    @property
+    def hold(self) -> bool:
+        """The client asks for each response to a spoken turn (as push-to-talk always does)."""
+        return self.turn_type == "none" or not self.create_response
 
 
 def updated(
@@ -142,12 +149,15 @@ def describe(
     if cfg.turn_type == "none":
         turn = None
     elif cfg.turn_type == "semantic_vad":
-        turn = rt.SemanticVad(eagerness=cfg.eagerness, interrupt_response=cfg.interrupt_response)
+        turn = rt.SemanticVad(
+            eagerness=cfg.eagerness, create_response=cfg.create_response, interrupt_response=cfg.interrupt_response
+        )
     else:
         turn = rt.TurnDetection(
             threshold=cfg.threshold,
             prefix_padding_ms=cfg.prefix_padding_ms,
             silence_duration_ms=cfg.silence_duration_ms,
+            create_response=cfg.create_response,
             interrupt_response=cfg.interrupt_response,
             idle_timeout_ms=cfg.idle_timeout_ms,
         )
@@ -222,12 +232,7 @@ def apply_turn_detection(
     if turn.eagerness is not None and turn.eagerness not in EAGERNESS:
         message = f"eagerness must be one of {', '.join(EAGERNESS)}"
         raise Refused("invalid_value", message, param + ".eagerness")
-    if turn.create_response is False:
-        message = (
-            "create_response false is not supported yet: every committed turn is answered at once, "
-            "and a response.create after it is the response already under way"
-        )
-        warnings.append(rt.Warning(param=param + ".create_response", message=message))
+    cfg.create_response = turn.create_response is not False
     if turn.threshold is not None:
         if not 0.0 < turn.threshold < 1.0:
             raise Refused("invalid_value", "threshold must lie between 0 and 1", param + ".threshold")
@@ -254,6 +259,7 @@ def apply_stt(cfg: Config, opening: Opening) -> None:
     t, o = cfg.transcription, opening.stt
     opening.barge_in = cfg.interrupt_response and cfg.turn_type != "none"
     opening.resume_ms = 0  # a cancelled response cannot be resumed: every barge-in is final
+    o.hold = cfg.hold
     o.language = t.language if t else None
     o.end_of_turn_ms = PUSH_TO_TALK_MS if cfg.turn_type == "none" else cfg.silence_duration_ms
     o.turn_policy = "smart" if cfg.turn_type == "semantic_vad" else "vad"
@@ -271,6 +277,7 @@ def stt_view(cfg: Config) -> tuple:
     t = cfg.transcription
     return (
         cfg.turn_type,
+        cfg.hold,
         cfg.eagerness,
         cfg.threshold,
         cfg.prefix_padding_ms,

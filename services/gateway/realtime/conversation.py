@@ -2,7 +2,8 @@
 responses created, cancelled and truncated.
 
 A typed item is only held until `response.create` sends the items since the last response as
-one user turn; a cancel or truncate stops the reply and stores what the client heard of it.
+one user turn; a spoken one, where the client asks for responses, is stored unanswered until
+then (held.py). A cancel or truncate stops the reply and stores what the client heard of it.
 `Output` (output.py) writes the events; this decides what happens to the session.
 """
 
@@ -16,6 +17,7 @@ from services.common import ids
 from . import protocol as rt
 from .config import Refused, modalities
 from .connection import Connection
+from .held import HeldTurns
 from .idle import IdleWatch
 from .interruptions import Interruptions
 from .items import Items
@@ -40,7 +42,8 @@ class Conversation:
         self.conn = conn
         self.interruptions = Interruptions(conn)
         self.pending: list[TypedItem] = []
-        self.items = Items(conn, self.pending)
+        self.held = HeldTurns(conn)
+        self.items = Items(conn, self.pending, self.held)
         self.begun = False
         """Once a turn is under way the avatar (voice) is fixed, as in OpenAI's API."""
         self.idle = IdleWatch(conn, self)
@@ -80,8 +83,9 @@ class Conversation:
         self.conn.out.call_output(item.id or rt.new_id("item"), item.call_id, item.output or "")
 
     async def create_response(self, ev: rt.ResponseCreate) -> None:
-        """Answer the typed user items added since the last response, as one user turn; or, after
-        function calls were answered, go on with the reply that made them."""
+        """Answer the user items added since the last response: the typed ones as one user turn,
+        else the newest spoken turn stored for it; or, after function calls were answered, go on
+        with the reply that made them."""
         out = self.conn.out
         active = out.active()
         if active is not None and not active.claimed and not self.pending:
@@ -107,24 +111,23 @@ class Conversation:
             tools = function_tools(params.tools, "response.tools", taken)
         if params.tool_choice is not None:
             choice = tool_choice(params.tool_choice, tools, "response.tool_choice")
-        if not self.pending:
+        asked = {"instructions": params.instructions or cfg.instructions, "tools": tools or None}
+        asked["tool_choice"] = None if choice == "auto" else choice
+        spoken = self.held.take()  # a response answers every turn since the last one
+        if self.pending:
+            first = self.pending[0]
+            text = "\n".join(p.text for p in self.pending)
+            self.pending.clear()
+            self.open_response(first.message_id, chosen, params.metadata)
+            await self.conn.session.submit_text(first.message_id, first.seq, text, **asked)
+        elif spoken is not None:
+            self.held.ask(self.open_response(spoken[0], chosen, params.metadata), spoken[1], asked)
+        else:
             raise Refused(
                 "no_user_message",
-                "there is no user message to answer: add one with conversation.item.create "
-                "(spoken turns are answered on their own)",
+                "there is no user message to answer: add one with conversation.item.create, or speak "
+                "(with turn detection creating responses, spoken turns are answered on their own)",
             )
-        first = self.pending[0]
-        text = "\n".join(p.text for p in self.pending)
-        self.pending.clear()
-        self.open_response(first.message_id, chosen, params.metadata)
-        await self.conn.session.submit_text(
-            first.message_id,
-            first.seq,
-            text,
-            params.instructions or cfg.instructions,
-            tools or None,
-            None if choice == "auto" else choice,
-        )
 
     async def cancel_response(self, ev: rt.ResponseCancel) -> None:
         out = self.conn.out
@@ -140,6 +143,8 @@ class Conversation:
         """Stop the response now; the reply is stored as heard so far (the gateway's estimate)."""
         self.conn.out.finish(rec, "cancelled", reason)
         rec.cancelled = True
+        if self.held.withdraw(rec.reply_id):
+            return  # not yet asked of the orchestrator
         reply = self.conn.session.reply(rec.reply_id)
         if reply is None:
             # The client never got any of it, so nothing of it was heard.

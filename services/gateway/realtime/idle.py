@@ -2,8 +2,9 @@
 
 As in OpenAI's API the wait starts once the last response's audio has played (by the gateway's
 estimate of the client's playback); speech, a typed item or a response started meanwhile begin
-it again. When it passes, `input_audio_buffer.timeout_triggered` names the silent stretch of the
-input audio, the silence is committed as a user item, and a response answers it. Parley's LLM
+it again, and a spoken turn left for the client to answer holds it. When it passes,
+`input_audio_buffer.timeout_triggered` names the silent stretch of the input audio, the
+silence is committed as a user item, and a response answers it. Parley's LLM
 reads text, so that user item is stored with the words `SILENCE` says (the transcript the
 client sees is empty), and the response is the avatar's nudge.
 """
@@ -47,6 +48,7 @@ class IdleWatch:
             and not out.continuing
             and conn.buffer.speaking is None
             and not self.conversation.pending
+            and not self.conversation.held.turns
             and not conn.session.unfinished()
         )
 

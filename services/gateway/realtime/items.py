@@ -17,14 +17,16 @@ from services.common import db
 from . import protocol as rt
 from .config import Refused
 from .connection import Connection
+from .held import HeldTurns
 from .output import Response
 
 
 class Items:
-    def __init__(self, conn: Connection, pending: list):
+    def __init__(self, conn: Connection, pending: list, held: HeldTurns):
         self.conn = conn
         self.pending = pending
         """The conversation's typed items not yet answered (`TypedItem`s, not stored yet)."""
+        self.held = held
         self.typed: dict[str, str] = {}
         """A typed user item's message id, by its item id (a client may name its items)."""
 
@@ -60,6 +62,7 @@ class Items:
         message_id = rec.reply_id if rec is not None else self.typed.get(ev.item_id, ev.item_id)
         if not _is_id(message_id) or not await self.conn.session.history.remove(message_id):
             raise _no_such(ev.item_id)
+        self.held.removed(message_id)
         self.conn.emit(rt.ItemDeleted(item_id=ev.item_id))
 
     async def _stored(self, message_id: str) -> db.Message | None:

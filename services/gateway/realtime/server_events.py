@@ -62,6 +62,8 @@ class ServerEvents:
             if ev.session_id == conn.session.audio_session_id:
                 self._flush(ev.message_id)
                 self._on_final(ev)
+        elif isinstance(ev, events.TurnHeld):
+            self.conversation.held.stored(ev.message_id, ev.text)
         elif isinstance(ev, events.Error):
             if self.deferred.pop(ev.message_id or "", None) is None:
                 self._on_error(ev)
@@ -167,6 +169,8 @@ class ServerEvents:
         if new:
             self.conn.buffer.committed(item_id)
             self.conversation.begun = True
+            if self.conn.cfg.hold:
+                self.conversation.held.committed(item_id)
         return item
 
     def _on_final(self, ev: events.TranscriptFinal) -> None:
@@ -175,9 +179,13 @@ class ServerEvents:
             return
         conn = self.conn
         conn.out.transcribed(item, ev, heard=conn.cfg.transcription is not None)
-        reply_id = ids.reply_id(ev.message_id, conn.avatar.id)
-        rec = conn.out.responses.get(reply_id) or self.conversation.open_response(ev.message_id, conn.cfg.modalities)
-        rec.input_audio_s = max(0.0, (ev.end_s or 0.0) - (ev.start_s or 0.0))
+        seconds = max(0.0, (ev.end_s or 0.0) - (ev.start_s or 0.0))
+        rec = conn.out.responses.get(ids.reply_id(ev.message_id, conn.avatar.id))
+        if rec is None and (conn.cfg.hold or ev.message_id in self.conversation.held.turns):
+            self.conversation.held.transcribed(ev.message_id, seconds)  # answered when the client asks
+            return
+        rec = rec or self.conversation.open_response(ev.message_id, conn.cfg.modalities)
+        rec.input_audio_s = seconds
 
     def _settle(self, rec: Response) -> None:
         reply = self.conn.session.reply(rec.reply_id)
@@ -204,6 +212,7 @@ class ServerEvents:
 
     def _on_error(self, ev: events.Error) -> None:
         out, mid = self.conn.out, ev.message_id or ""
+        self.conversation.held.failed(mid, ev.code, ev.message)
         if ev.code in ("no_speech_recognized", "transcription_failed"):
             if out.transcription_failed(mid, ev.code, ev.message):
                 return

@@ -93,3 +93,4 @@ class RealtimeWire:
     async def closed(self) -> None:
         self.conversation.interruptions.closed()
         self.conversation.idle.closed()
+        self.conversation.held.closed()

@@ -41,6 +41,7 @@ def test_an_explicit_null_is_told_apart_from_a_missing_field():
     rtsession.apply_stt(cfg, opening)
     assert cfg.turn_type == "none" and opening.stt.end_of_turn_ms == rtsession.PUSH_TO_TALK_MS
     assert opening.barge_in is False
+    assert opening.stt.hold is True  # a commit makes a user item; the client asks for its response
     assert rtsession.describe(cfg, _AVATAR, "s", "c", 0).audio.input.turn_detection is None
 
 
@@ -67,10 +68,12 @@ def test_api_settings_parley_does_not_honour_exactly_are_taken_at_their_nearest_
     turn = {"type": "server_vad_v2", "create_response": False, "silence_duration_ms": 700}
     rtsession.apply_turn_detection(cfg, msgspec.convert(turn, rt.TurnDetectionIn), warnings)
     assert (cfg.turn_type, cfg.silence_duration_ms) == ("server_vad", 700)
-    assert [w.param for w in warnings] == [
-        "session.audio.input.turn_detection.type",
-        "session.audio.input.turn_detection.create_response",
-    ]
+    assert [w.param for w in warnings] == ["session.audio.input.turn_detection.type"]
+    assert cfg.create_response is False and cfg.hold  # honoured as it is: no warning
+    opening = Opening()
+    rtsession.apply_stt(cfg, opening)
+    assert opening.stt.hold is True
+    assert rtsession.describe(cfg, _AVATAR, "s", "c", 0).audio.input.turn_detection.create_response is False
     update = {"instructions": "Be kind.", "tools": [{"type": "mcp", "server_label": "x"}], "audio": {"input": {}}}
     cfg, _, warnings = rtsession.updated(cfg, msgspec.convert(update, rt.SessionIn), set())
     assert cfg.instructions == "Be kind." and cfg.tools == []

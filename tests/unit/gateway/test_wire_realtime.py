@@ -291,6 +291,79 @@ async def test_a_spoken_turn_becomes_a_user_audio_item_with_its_transcript_and_a
     assert texts[8]["response"]["status"] == "in_progress" and session.calls == []
 
 
+def _spoken(wire: RealtimeWire, seq: int, text: str, start_s: float = 0.5, end_s: float = 1.5) -> str:
+    """An utterance of the session, committed by the VAD and transcribed: its item id."""
+    common = {"conversation_id": CONV, "session_id": AUDIO_SESSION, "utterance_seq": seq}
+    item = _voice_id(seq)
+    wire.send(events.SpeechStarted(**common, start_s=start_s))
+    wire.send(events.SpeechStopped(**common, end_s=end_s))
+    wire.send(events.TranscriptFinal(**common, message_id=item, text=text, start_s=start_s, end_s=end_s))
+    return item
+
+
+def _held(item: str, text: str) -> events.TurnHeld:
+    return events.TurnHeld(conversation_id=CONV, message_id=item, text=text)
+
+
+async def test_with_create_response_false_a_spoken_turn_waits_for_the_clients_response_create():
+    wire, socket, session = _wire()
+    update = {"audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}}
+    await _client(wire, {"type": "session.update", "session": update})
+    updated = socket.texts[-1]["session"]
+    assert updated["audio"]["input"]["turn_detection"]["create_response"] is False
+    assert not updated["parley"].get("warnings") and session.opening.stt.hold is True
+    first = _spoken(wire, 0, "Hello there.")
+    second = _spoken(wire, 1, "Are you there?", 2.0, 2.5)
+    wire.send(_held(first, "Hello there."))
+    assert "response.created" not in socket.types()  # the turns are items, not yet answered
+    # The client asks before the newest turn is stored: the response opens now, is asked for then.
+    await _client(wire, {"type": "response.create", "response": {"instructions": "Be brief."}})
+    created = socket.texts[-1]
+    assert created["type"] == "response.created" and created["response"]["status"] == "in_progress"
+    await _settled()
+    assert session.named("answer_held") == []
+    wire.send(_held(second, "Are you there?"))
+    await _settled()
+    assert session.named("answer_held") == [(second, "Are you there?", "Be brief.")]
+    reply_id = ids.reply_id(second, AVATAR.id)
+    wire.send(_reply_started(second, reply_id))
+    wire.send(_reply_done(reply_id, "Yes."))
+    await _settled()
+    done = socket.texts[-1]
+    assert done["type"] == "response.done" and done["response"]["id"] == created["response"]["id"]
+    assert done["response"]["usage"]["input_token_details"]["audio_tokens"] == 15  # both turns' 1.5 s of speech
+    # One response answered both: nothing is left to answer.
+    await _client(wire, {"type": "response.create"})
+    assert socket.texts[-1]["error"]["code"] == "no_user_message"
+
+
+async def test_push_to_talk_commits_are_answered_only_when_asked_and_a_turn_that_says_nothing_fails_its_response():
+    wire, socket, session = _wire()
+    await _client(wire, {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}})
+    assert session.opening.stt.hold is True
+    common = {"conversation_id": CONV, "session_id": AUDIO_SESSION, "utterance_seq": 0}
+    wire.send(events.SpeechStarted(**common, start_s=0.5))
+    await _client(wire, {"type": "input_audio_buffer.commit"})
+    wire.send(events.SpeechStopped(**common, end_s=1.5))
+    await _client(wire, {"type": "response.create"})
+    response_id = socket.texts[-1]["response"]["id"]
+    message = "no speech was recognized in utterance 0"
+    wire.send(events.Error(conversation_id=CONV, code="no_speech_recognized", message=message, message_id=_voice_id(0)))
+    await _settled()
+    done = next(t for t in socket.texts if t["type"] == "response.done")
+    assert done["response"]["id"] == response_id and done["response"]["status"] == "failed"
+    assert done["response"]["status_details"]["error"]["code"] == "no_speech_recognized"
+    assert session.named("answer_held") == []
+    # Cancelled while it waits for its turn: nothing was asked of the orchestrator, nothing is.
+    item = _spoken(wire, 1, "Hello?")
+    await _client(wire, {"type": "response.create"})
+    await _client(wire, {"type": "response.cancel"})
+    assert socket.texts[-1]["response"]["status"] == "cancelled"
+    wire.send(_held(item, "Hello?"))
+    await _settled()
+    assert session.named("answer_held") == [] and session.named("interrupt") == [] and session.named("cancel") == []
+
+
 async def test_speech_over_a_playing_reply_is_written_once_it_counts_and_never_if_only_a_backchannel():
     wire, socket, session = _wire()
     common = {"conversation_id": CONV, "session_id": AUDIO_SESSION}

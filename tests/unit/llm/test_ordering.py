@@ -105,3 +105,25 @@ async def test_a_finished_turn_published_again_is_known_to_every_replica(gates):
     assert state.recent == [f"m{n}" for n in range(54, 70)]
     assert not (await a.enter("c9", 70, "m50")).repeat
     await a.leave("c9", 70)
+
+
+async def test_a_turn_its_client_answers_itself_waits_its_place_without_interrupting(gates):
+    a, b, bus = gates
+    cancels: list[schemas.ReplyCancel] = []
+
+    async def on_control(msg):
+        cancels.append(schemas.decode(msg.data, schemas.ReplyCancel))
+
+    sub = await bus.nc.subscribe(subjects.control("c7", "cancel"), cb=on_control)
+    assert (await a.enter("c7", 70, "m70")).outcome == "held"
+    held = asyncio.create_task(b.enter("c7", 71, "m71", interrupt=False))
+    await asyncio.sleep(0.3)
+    assert not held.done() and cancels == []  # the reply streaming goes on
+    await a.leave("c7", 70)
+    assert (await asyncio.wait_for(held, 2)).outcome == "held"
+    await b.leave("c7", 71, message_id="m71")
+    # The client's response to it is a newer turn of the same message: the gate knows it as finished.
+    answer = await a.enter("c7", 72, "m71")
+    assert (answer.outcome, answer.repeat) == ("held", True)
+    await a.leave("c7", 72, message_id="m71")
+    await sub.unsubscribe()

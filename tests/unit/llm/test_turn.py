@@ -2,9 +2,12 @@
 memory. Each named character answers in order and sees the ones before it; a cancelled turn
 is closed unanswered without asking the LLM; a redelivered turn announces again what an
 earlier attempt finished instead of answering twice; a superseded turn is kept unanswered;
-a cancel reaches the turn a replica holds and one that has not arrived yet."""
+a cancel reaches the turn a replica holds and one that has not arrived yet; a turn its client
+answers itself is stored and announced unanswered, and its answer finds it in the history."""
 
 from __future__ import annotations
+
+import msgspec
 
 from services.common import db, ids, schemas, subjects
 from services.llm.config import LlmSettings
@@ -117,6 +120,29 @@ async def test_a_superseded_turn_is_kept_and_each_character_closed_unanswered():
         (BO.id, "interrupted", SUPERSEDED),
     }
     assert w.repo.rows[turn.message_id].text == "Ada and Bo"
+
+
+async def test_a_turn_held_for_its_client_is_stored_unanswered_and_its_answer_sees_it_once():
+    w = World(["Sunny."])
+    held = schemas.UserTurn(
+        conversation_id=CONV, message_id=ids.new_id(), session_id="s", turn_seq=0, source="voice", text="Weather?"
+    )
+    held.hold = True
+    await w.turn(held).hold(version=0)
+    await w.turn(held).announce_held()
+    assert w.llm.prompts == [] and w.done() == []
+    assert (w.repo.rows[held.message_id].role, w.repo.rows[held.message_id].text) == ("user", "Weather?")
+    (announced,) = [p.decode(schemas.TurnHeld) for p in w.bus.on(subjects.event(CONV, "turn_held"))]
+    assert (announced.message_id, announced.text) == (held.message_id, "Weather?")
+
+    answer = msgspec.structs.replace(held, hold=False, answer_held=True, instructions="Be brief.")
+    for version in (0, 1):  # the cached history, then one read again from the rows
+        reply = ids.reply_id(held.message_id, ADA.id)
+        w.repo.rows.pop(reply, None)
+        await w.turn(answer).answer(version=version, finished=set())
+        users = [m["content"] for m in w.llm.prompts[-1] if m["role"] == "user"]
+        assert users == ["Weather?"]
+        assert w.repo.rows[reply].text == "Sunny." and w.repo.rows[reply].reply_to == held.message_id
 
 
 async def test_a_cancel_stops_the_held_turn_and_waits_for_one_not_arrived_yet():
