@@ -7,7 +7,8 @@ never read.
 
 JWTs are checked against a shared secret (HS256) or a JWKS endpoint (RS256/ES256), with
 audience, optional issuer, `exp` required and a bounded lifetime. The caller is the `sub`
-claim, inside its `tenant` claim when the token has one, so two tenants' users never meet.
+claim, inside its `tenant` claim when the token has one (`tenant/sub`), so two tenants' users
+never meet; a claim that would make that string name someone else is refused (`identity`).
 API keys (`pk_…`) are stored only as SHA-256 digests and map to one user each.
 """
 
@@ -67,6 +68,22 @@ def mint_token(secret: str, subject: str, ttl_s: int = 3600, audience: str = "pa
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+def identity(tenant: object, subject: object) -> str:
+    """A token's user as one string, `sub` or `tenant/sub`, read back at its first slash. So a
+    tenant may hold no slash and a subject without a tenant none either (else "a" with `sub`
+    "b/c" would be tenant "a/b" with "c", and `sub` "acme/alice" tenant acme's alice); a
+    subject inside a tenant may. Identities without slashes are as they always were."""
+    if not isinstance(subject, str) or not subject.strip():
+        raise AuthError("invalid_token", "the token's sub claim must be a non-empty string")
+    if tenant in (None, ""):
+        if "/" in subject:
+            raise AuthError("invalid_token", "a sub claim with '/' needs a tenant claim: it would name a tenant's user")
+        return subject
+    if not isinstance(tenant, str) or "/" in tenant or not tenant.strip():
+        raise AuthError("invalid_token", "the tenant claim must be a non-empty string without '/'")
+    return f"{tenant}/{subject}"
+
+
 class Authenticator:
     def __init__(self, settings: GatewaySettings, database: db.Database):
         self.s = settings
@@ -120,9 +137,7 @@ class Authenticator:
                 "invalid_token",
                 f"tokens must carry iat and live at most {s.auth_max_token_lifetime_s} s",
             )
-        subject = str(claims["sub"])
-        tenant = claims.get("tenant")
-        return await self.as_user(f"{tenant}/{subject}" if tenant else subject, "jwt")
+        return await self.as_user(identity(claims.get("tenant"), claims["sub"]), "jwt")
 
     async def as_user(self, external: str, via: str) -> Principal:
         """The user an established identity names (a token's subject, a phone line)."""

@@ -66,6 +66,27 @@ async def test_a_token_signed_by_the_identity_provider_is_accepted(authenticator
     assert who.user_id == ids.user_id_for("acme/ines")
 
 
+async def test_an_identity_names_one_user_only(authenticator, jwks):
+    """`tenant/sub` is split at its first slash: a tenant with a slash, or a sub with one and no
+    tenant, could name another tenant's user, and is refused; a sub with a slash inside a tenant
+    is that tenant's user. Identities without slashes keep the ids they had."""
+    plain = await authenticator.authenticate(_token(jwks["key"]))
+    assert plain.external_id == "ines" and plain.user_id == ids.user_id_for("ines")
+    inside = await authenticator.authenticate(_token(jwks["key"], tenant="acme", sub="team/ines"))
+    assert inside.external_id == "acme/team/ines"
+    for claims, why in [
+        ({"sub": "acme/alice"}, "sub"),
+        ({"tenant": "a/b", "sub": "c"}, "tenant"),
+        ({"tenant": 7, "sub": "c"}, "tenant"),
+        ({"sub": ""}, "sub"),
+        ({"sub": "   "}, "sub"),
+        ({"tenant": "acme", "sub": ""}, "sub"),
+    ]:
+        with pytest.raises(AuthError) as refused:
+            await authenticator.authenticate(_token(jwks["key"], **claims))
+        assert refused.value.code == "invalid_token" and why in refused.value.message, claims
+
+
 @pytest.mark.parametrize(
     "case",
     ["other-key", "unknown-kid", "wrong-issuer", "hs256-with-public-key"],
