@@ -181,8 +181,24 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def serve(service: Service, app: Starlette | None = None, **uvicorn_options) -> None:
-    """Run a service until SIGTERM/SIGINT. The app defaults to the ops endpoints alone."""
+class _Beside(uvicorn.Server):
+    """A second listener of the process (the gateway's ops port): the main server owns the
+    signals and the service's lifespan, and this one stops when it does."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def serve(
+    service: Service,
+    app: Starlette | None = None,
+    ops: Starlette | None = None,
+    ops_port: int | None = None,
+    **uvicorn_options,
+) -> None:
+    """Run a service until SIGTERM/SIGINT. The app defaults to the ops endpoints alone; `ops`
+    is served beside it on `ops_port`."""
     s = service.settings
     logs.setup(service.name, s.log_level, s.log_json)
     if app is None:
@@ -198,4 +214,23 @@ def serve(service: Service, app: Starlette | None = None, **uvicorn_options) -> 
         ws_max_size=1 << 20,
         **uvicorn_options,
     )
-    _Server(config, service).run()
+    server = _Server(config, service)
+    if ops is None:
+        server.run()
+        return
+    beside = _Beside(
+        uvicorn.Config(
+            ops, host=s.http_host, port=ops_port, log_level=s.log_level.lower(), access_log=False, lifespan="off"
+        )
+    )
+
+    async def both() -> None:
+        task = asyncio.create_task(beside.serve())
+        try:
+            await server.serve()
+        finally:
+            beside.should_exit = True
+            await task
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(both())

@@ -2,7 +2,7 @@
 
 from services.common.runtime import serve
 
-from .app import create_app
+from .app import create_app, ops_app
 from .config import GatewaySettings
 from .handlers import Gateway
 
@@ -10,7 +10,9 @@ from .handlers import Gateway
 def main() -> None:
     settings = GatewaySettings()
     gateway = Gateway(settings)
-    serve(gateway, create_app(gateway), ws_per_message_deflate=settings.ws_deflate)
+    app = create_app(gateway)
+    ops = ops_app(gateway, app) if settings.ops_port is not None else None
+    serve(gateway, app, ops=ops, ops_port=settings.ops_port, ws_per_message_deflate=settings.ws_deflate)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,13 @@ from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from services.common.runtime import OPS_ROUTES, lifespan
 
@@ -38,10 +41,14 @@ BEARER = HTTPBearer(auto_error=False, description="a user token (JWT) or an API 
 
 
 def create_app(gateway: Gateway) -> FastAPI:
-    app = FastAPI(title="Parley gateway", version="0.1.0", lifespan=lifespan)
+    """The client port's app. With `PARLEY_OPS_PORT` set, its metrics and docs are `ops_app`'s."""
+    apart = gateway.settings.ops_port is not None
+    docs = {"docs_url": None, "redoc_url": None, "openapi_url": None} if apart else {}
+    app = FastAPI(title="Parley gateway", version="0.1.0", lifespan=lifespan, **docs)
     app.state.service = gateway
     for route in OPS_ROUTES:
-        app.router.routes.append(route)
+        if not (apart and route.path == "/metrics"):
+            app.router.routes.append(route)
 
     def gw() -> Gateway:
         if not gateway.ready:
@@ -80,6 +87,24 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     return app
+
+
+def ops_app(gateway: Gateway, app: FastAPI) -> Starlette:
+    """The ops port: health, metrics and `app`'s API docs, for operators and Prometheus only."""
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    async def swagger(request: Request):
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+
+    async def redoc(request: Request):
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+    docs = [Route("/openapi.json", openapi), Route("/docs", swagger), Route("/redoc", redoc)]
+    ops = Starlette(routes=[*OPS_ROUTES, *docs])
+    ops.state.service = gateway
+    return ops
 
 
 def _error_handlers(app: FastAPI) -> None:

@@ -30,6 +30,11 @@ class ClientSocket:
         return self.ws.headers
 
     @property
+    def address(self) -> str:
+        """The client's address (a trusted proxy's forwarded one, see uvicorn's `FORWARDED_ALLOW_IPS`)."""
+        return self.ws.client.host if self.ws.client else ""
+
+    @property
     def path(self) -> str:
         return self.ws.url.path
 

@@ -10,6 +10,9 @@ from services.common.settings import ServiceSettings
 
 class GatewaySettings(ServiceSettings):
     http_port: int = 8000
+    ops_port: int | None = None
+    """When set, `/metrics` and the API's docs (`/docs`, `/redoc`, `/openapi.json`) are served on
+    this port and not on the client port (`/healthz` and `/readyz` on both). The deploy files set it."""
     default_avatar_id: str = DEMO_AVATAR_ID
 
     auth_jwt_secret: SecretStr | None = None
@@ -40,6 +43,9 @@ class GatewaySettings(ServiceSettings):
     max_tool_result_bytes: int = 65536
     """The most a client tool's answer may hold (the orchestrator's own limit is the same)."""
     start_timeout_s: float = 10.0
+    max_unstarted_per_address: int = 32
+    """Sockets from one client address that have not yet started a session (sent
+    `session.start`, or a call's `start`), at most; one more is closed with 4429."""
     idle_timeout_s: float = 300.0
     """A session whose client sends nothing (no audio, no message) this long is closed."""
     max_session_s: float = 4 * 3600.0

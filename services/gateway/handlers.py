@@ -22,6 +22,7 @@ from . import protocol
 from .auth import Authenticator
 from .client_socket import ClientSocket
 from .config import GatewaySettings
+from .doorway import Doorway
 from .native import NativeWire
 from .phone.wire import TwilioWire
 from .realtime import RealtimeWire
@@ -38,6 +39,7 @@ class Gateway(Service):
         super().__init__(settings)
         self.settings: GatewaySettings = settings
         self.sessions: set[Session] = set()
+        self.doorway = Doorway(settings.max_unstarted_per_address)
 
     async def start(self) -> None:
         s = self.settings

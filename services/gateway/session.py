@@ -27,6 +27,7 @@ from .auth import Authenticator, AuthError, bearer
 from .barge import BargeIns
 from .client_socket import ClientSocket
 from .config import GatewaySettings
+from .doorway import Doorway
 from .feed import Feed, replay_from
 from .history import ConversationHistory
 from .mic import MicInput
@@ -47,6 +48,7 @@ class Host(Protocol):
     settings: GatewaySettings
     sessions: set
     tool_answers: ToolAnswers
+    doorway: Doorway
 
 
 class Session:
@@ -89,11 +91,7 @@ class Session:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.wire.accept()
-        if not self.gw.auth.origin_allowed(self.socket.headers.get("origin"), self.socket.headers.get("host")):
-            await self.wire.refuse(protocol.CLOSE_FORBIDDEN, "origin not allowed")
-            return
-        opening = await self.wire.open()
+        opening = await self._open()
         if opening is None:
             return
         try:
@@ -130,6 +128,20 @@ class Session:
                 await asyncio.wait_for(sender, 5)
             except Exception:
                 sender.cancel()
+
+    async def _open(self) -> Opening | None:
+        """What the client asks for, or None once it is refused."""
+        await self.wire.accept()
+        if not self.gw.auth.origin_allowed(self.socket.headers.get("origin"), self.socket.headers.get("host")):
+            await self.wire.refuse(protocol.CLOSE_FORBIDDEN, "origin not allowed")
+            return None
+        with self.gw.doorway.waiting(self.socket.address) as room:
+            if room:
+                return await self.wire.open()
+        metrics.EVENTS.labels("gateway", "unstarted_refused").inc()
+        reason = "too many sockets from this address have not started a session"
+        await self.wire.refuse(protocol.CLOSE_TOO_MANY_SESSIONS, reason)
+        return None
 
     async def _begin(self, admitted: Admitted) -> None:
         """Subscribe, open speech input, say `session.started`, then replay or follow final events."""

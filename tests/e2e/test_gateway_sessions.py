@@ -35,10 +35,13 @@ def strict_gateway(stack, tmp_path_factory):
         "PARLEY_MAX_SESSIONS_PER_USER": "2",
         "PARLEY_ALLOWED_ORIGINS": '["https://app.example"]',
         "PARLEY_WS_DEFLATE": "true",
+        "PARLEY_OPS_PORT": str(ops_port := devstack.free_port()),
+        "PARLEY_MAX_UNSTARTED_PER_ADDRESS": "3",
     }
     proc = devstack.ServiceProcess("gateway", env, tmp_path_factory.mktemp("gw2") / "gateway.log").start()
     proc.wait_ready()
-    yield {"ws_url": f"ws://127.0.0.1:{proc.port}/v1/ws", "http_url": proc.base_url, "proc": proc}
+    ops_url = f"http://127.0.0.1:{ops_port}"
+    yield {"ws_url": f"ws://127.0.0.1:{proc.port}/v1/ws", "http_url": proc.base_url, "ops_url": ops_url, "proc": proc}
     proc.stop()
 
 
@@ -208,6 +211,46 @@ async def test_a_user_holds_at_most_the_configured_sessions(strict_gateway):
     await third.connect(user="busy-bea")  # the ended session no longer counts
     for c in (second, third):
         await c.close()
+
+
+async def test_metrics_and_api_docs_are_served_on_the_ops_port_only(strict_gateway):
+    """With PARLEY_OPS_PORT (as the deploy files set it) the client port shows no metrics or API
+    schema to anyone who reaches it; health answers on both (a load balancer checks the client port)."""
+    client, ops = strict_gateway["http_url"], strict_gateway["ops_url"]
+    async with httpx.AsyncClient(trust_env=False) as http:
+        for path in ("/metrics", "/docs", "/redoc", "/openapi.json"):
+            assert (await http.get(client + path)).status_code == 404, path
+            assert (await http.get(ops + path)).status_code == 200, path
+        assert "parley_active_sessions" in (await http.get(ops + "/metrics")).text
+        assert "/v1/avatars" in (await http.get(ops + "/openapi.json")).json()["paths"]
+        for path in ("/healthz", "/readyz"):
+            assert (await http.get(client + path)).status_code == 200
+            assert (await http.get(ops + path)).status_code == 200
+        assert (await http.get(ops + "/v1/avatars")).status_code == 404  # no client surface there
+
+
+async def test_an_address_holds_only_so_many_sockets_that_have_not_started_a_session(strict_gateway):
+    url = strict_gateway["ws_url"]
+    waiting = [await websockets.connect(url) for _ in range(3)]
+    try:
+        async with websockets.connect(url) as extra:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await extra.recv()
+        assert closed.value.rcvd.code == 4429 and "not started a session" in closed.value.rcvd.reason
+        await waiting.pop().close()
+        # The one that left makes room; a socket that starts its session is served as ever.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                started = await Client(url).connect(user="patient-pat")
+                break
+            except AssertionError as refused:  # until the gateway has seen the close
+                assert "not started a session" in str(refused) and time.monotonic() < deadline, refused
+                await asyncio.sleep(0.1)
+        assert started[0]["type"] == "session.started"
+    finally:
+        for ws in waiting:
+            await ws.close()
 
 
 async def test_audio_faster_than_real_time_is_dropped_with_an_error(stack):

@@ -61,7 +61,8 @@ def test_prometheus_scrapes_every_service_the_compose_stack_runs():
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in prometheus["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
     for name in SERVICES:
-        port = compose[name]["environment"]["PARLEY_HTTP_PORT"]
+        env = compose[name]["environment"]
+        port = env.get("PARLEY_OPS_PORT", env["PARLEY_HTTP_PORT"])
         assert f"{name}:{port}" in targets, f"{name}:{port} is not scraped"
         assert compose[name]["healthcheck"], f"{name} has no healthcheck"
     assert "nats-exporter:7777" in targets and "nats-exporter" in compose

@@ -15,6 +15,7 @@ from services.common import db, ids, schemas, subjects
 from services.common.schemas import AudioMeta
 from services.gateway import events, protocol
 from services.gateway.config import GatewaySettings
+from services.gateway.doorway import Doorway
 from services.gateway.session import Session
 from services.gateway.wire import Opening
 from tests.fakes.bus import MemoryBus
@@ -69,6 +70,7 @@ class FakeSocket:
 
     def __init__(self):
         self.headers: dict[str, str] = {}
+        self.address = "127.0.0.1"
         self.opened_at = 0.0
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.closed: tuple[int, str] | None = None
@@ -143,7 +145,9 @@ async def live():
     bus = MemoryBus()
     bus.responders[subjects.STT_OPEN] = lambda _: schemas.encode(schemas.SttOpened(ok=True, worker_id="stt-1"))
     database = FakeDatabase()
-    host = SimpleNamespace(bus=bus, db=database, auth=FakeAuth(), settings=GatewaySettings(), sessions=set())
+    host = SimpleNamespace(
+        bus=bus, db=database, auth=FakeAuth(), settings=GatewaySettings(), sessions=set(), doorway=Doorway(8)
+    )
     socket, wire = FakeSocket(), RecordingWire(Opening(token="t", avatar_ids=[AVATAR.id]))
     session = Session(host, socket, wire)
     running = asyncio.create_task(session.run())
