@@ -729,6 +729,7 @@ def main() -> None:
             "PARLEY_DATABASE_URL": url,
             "PARLEY_AUTH_JWT_SECRET": SECRET,
             "PARLEY_MAX_SESSIONS_PER_USER": "100000",
+            "PARLEY_MAX_UNSTARTED_PER_ADDRESS": "100000",  # every generator connects from loopback
             "PARLEY_LOG_LEVEL": "WARNING",
             "PARLEY_WS_DEFLATE": "true" if args.server_deflate else "false",
         }
