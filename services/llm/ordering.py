@@ -16,8 +16,8 @@ until it leaves, repeating the cancel every `cancel_every_s`: when the holder di
 comes back as a redelivery that must hear the cancel too. If nobody answers it, the newer
 turn takes over after `wait_s`. A turn older than the active or last finished one is
 superseded: it is stored, but not answered. A turn its client will ask the response for
-(`UserTurn.hold`) waits its place without interrupting anything. Replicas use `version` to know whether their
-cached history is still current. A turn whose message id is in `recent` is a finished turn
+(`UserTurn.hold`) waits its place without interrupting anything. Replicas use `version` to
+know whether their cached history is still current. A turn whose message id is in `recent` is a finished turn
 published again past de-duplication: the handler then looks up which replies it already has.
 """
 

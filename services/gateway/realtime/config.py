@@ -254,6 +254,11 @@ def apply_turn_detection(
     cfg.eagerness = turn.eagerness or "auto"
 
 
+def turn_choice(choice: str | dict) -> str | dict | None:
+    """A tool choice as a turn carries it: `auto` is the LLM's own default, so it is left unset."""
+    return None if choice == "auto" else choice
+
+
 def apply_stt(cfg: Config, opening: Opening) -> None:
     """The session's recognition and barge-in as the client configured them."""
     t, o = cfg.transcription, opening.stt
@@ -268,7 +273,7 @@ def apply_stt(cfg: Config, opening: Opening) -> None:
     o.pad_ms = cfg.prefix_padding_ms
     o.instructions = cfg.instructions
     o.tools = cfg.tools or None
-    o.tool_choice = None if cfg.tool_choice == "auto" else cfg.tool_choice
+    o.tool_choice = turn_choice(cfg.tool_choice)
     o.prompt = t.prompt if t else None
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from services.common import ids
 
 from . import protocol as rt
-from .config import Refused, modalities
+from .config import Refused, modalities, turn_choice
 from .connection import Connection
 from .held import HeldTurns
 from .idle import IdleWatch
@@ -112,7 +112,7 @@ class Conversation:
         if params.tool_choice is not None:
             choice = tool_choice(params.tool_choice, tools, "response.tool_choice")
         asked = {"instructions": params.instructions or cfg.instructions, "tools": tools or None}
-        asked["tool_choice"] = None if choice == "auto" else choice
+        asked["tool_choice"] = turn_choice(choice)
         spoken = self.held.take()  # a response answers every turn since the last one
         if self.pending:
             first = self.pending[0]

@@ -17,6 +17,7 @@ import time
 from nats.errors import Error as NatsError
 
 from . import protocol as rt
+from .config import turn_choice
 from .connection import Connection
 
 POLL_S = 0.25
@@ -81,5 +82,5 @@ class IdleWatch:
         conn.out.silence_item(message_id)
         self.conversation.open_response(message_id, cfg.modalities)
         text = SILENCE.format(seconds=cfg.idle_timeout_ms / 1000)
-        choice = None if cfg.tool_choice == "auto" else cfg.tool_choice
+        choice = turn_choice(cfg.tool_choice)
         await session.submit_text(message_id, seq, text, cfg.instructions, cfg.tools or None, choice)

@@ -125,9 +125,9 @@ async def test_a_superseded_turn_is_kept_and_each_character_closed_unanswered():
 async def test_a_turn_held_for_its_client_is_stored_unanswered_and_its_answer_sees_it_once():
     w = World(["Sunny."])
     held = schemas.UserTurn(
-        conversation_id=CONV, message_id=ids.new_id(), session_id="s", turn_seq=0, source="voice", text="Weather?"
+        conversation_id=CONV, message_id=ids.new_id(), session_id="s", turn_seq=0, source="voice", text="Weather?",
+        hold=True,
     )
-    held.hold = True
     await w.turn(held).hold(version=0)
     await w.turn(held).announce_held()
     assert w.llm.prompts == [] and w.done() == []
