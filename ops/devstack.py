@@ -91,6 +91,7 @@ class NatsServer:
     proc: subprocess.Popen | None = None
     config: Path | None = None
     env: dict[str, str] | None = None
+    cluster: ClusterPart | None = None
 
     @property
     def url(self) -> str:
@@ -100,13 +101,7 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if self.config is None:
             conf = self.store_dir / "nats.conf"
-            conf.write_text(
-                f"""listen: 127.0.0.1:{self.port}
-http: 127.0.0.1:{self.monitor_port}
-max_payload: 8MB
-jetstream {{ store_dir: "{self.store_dir / "js"}" }}
-"""
-            )
+            conf.write_text(self._config_text())
             args = ["-c", str(conf)]
         else:
             args = ["-c", str(self.config), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port)]
@@ -120,9 +115,87 @@ jetstream {{ store_dir: "{self.store_dir / "js"}" }}
         wait_for_port(self.port, proc=self.proc)
         return self
 
+    def _config_text(self) -> str:
+        text = f"""listen: 127.0.0.1:{self.port}
+http: 127.0.0.1:{self.monitor_port}
+max_payload: 8MB
+"""
+        if self.cluster is None:
+            return text + f'jetstream {{ store_dir: "{self.store_dir / "js"}" }}\n'
+        c = self.cluster
+        routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in c.routes)
+        # As deploy/nats/nats.conf: every write on disk before JetStream acknowledges it.
+        return (
+            text
+            + f"""server_name: {c.name}
+jetstream {{ store_dir: "{self.store_dir / "js"}", sync_interval: always }}
+cluster {{
+  name: parley
+  listen: 127.0.0.1:{c.port}
+  routes: [{routes}]
+  no_advertise: true
+{f"  advertise: {c.advertise}" if c.advertise else ""}
+}}
+"""
+        )
+
     def stop(self) -> None:
         if self.proc:
             _stop(self.proc)
+
+    def kill(self) -> None:
+        """kill -9: no goodbye to its routes or clients, nothing flushed."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def monitor(self, path: str) -> dict:
+        """A page of the monitoring port (`/jsz?raft=1`, `/routez`)."""
+        return httpx.get(f"http://127.0.0.1:{self.monitor_port}{path}", timeout=5).json()
+
+
+@dataclass
+class ClusterPart:
+    """A node's place in a cluster: its name, its route port, the route ports it dials, and
+    the route address it tells its peers (None: its own)."""
+
+    name: str
+    port: int = field(default_factory=free_port)
+    routes: list[int] = field(default_factory=list)
+    advertise: str | None = None
+
+
+@dataclass
+class NatsCluster:
+    """`size` nats-servers in one JetStream cluster on loopback (a node per folder under
+    `root`), each dialling the others' route ports; `route_port(i, j)`, when given, is the port
+    node i dials to reach node j (a proxy in front of j's routes, for partitions)."""
+
+    root: Path
+    size: int = 3
+    nodes: list[NatsServer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.nodes = [NatsServer(self.root / f"n{i + 1}", cluster=ClusterPart(f"n{i + 1}")) for i in range(self.size)]
+
+    def start(self, route_port=None, advertise: str | None = None) -> NatsCluster:
+        for i, node in enumerate(self.nodes):
+            part = node.cluster
+            part.routes = [
+                route_port(i, j) if route_port else other.cluster.port for j, other in enumerate(self.nodes) if j != i
+            ]
+            part.advertise = advertise
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def url(self, ports: list[int] | None = None) -> str:
+        """Every node's client address (or these ports'), as PARLEY_NATS_URL lists them."""
+        return ",".join(f"nats://127.0.0.1:{p}" for p in (ports or [n.port for n in self.nodes]))
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def _pg_bin() -> Path:

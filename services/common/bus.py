@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,13 +19,17 @@ from nats.aio.msg import Msg as NatsMsg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from . import metrics, schemas, subjects
 from .outages import dependency_down
 from .settings import ServiceSettings
 
 C = TypeVar("C", bound=schemas.Control)
+
+_LEADERLESS = (nats.errors.NoRespondersError, NoStreamResponseError, ServiceUnavailableError, NatsTimeout)
+"""What a JetStream publish raises while its stream elects a leader, or its server has just
+been lost and the client is moving to another."""
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +45,16 @@ class Retry(Exception):
 class Bus:
     """A connected client: core NATS for live media and control, JetStream for facts."""
 
-    def __init__(self, nc: NATS):
+    def __init__(self, nc: NATS, replicas: int = 1, publish_patience_s: float = 15.0, heartbeat_s: float = 1.0):
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
+        self.replicas = replicas
+        """Copies of each stream and bucket this client declares (`PARLEY_NATS_REPLICAS`)."""
+        self.publish_patience_s = publish_patience_s
+        self.heartbeat_s = heartbeat_s
+        """Idle heartbeat of the ordered consumers that follow a stream live (a session's events,
+        its mic audio): two missed and nats.py makes the consumer again, on the stream's new
+        leader if the old one was lost."""
         self.declared = False
         """This client declared the streams (`ensure_streams`), so it declares them again
         after a reconnect."""
@@ -93,7 +105,27 @@ class Bus:
 
     async def publish_fact(self, subject: str, msg: msgspec.Struct, msg_id: str) -> None:
         """JetStream publish, awaited until the stream has stored it; de-duplicated by msg_id."""
-        await self.js.publish(subject, schemas.encode(msg), headers={"Nats-Msg-Id": msg_id})
+        await self.store(subject, schemas.encode(msg), {"Nats-Msg-Id": msg_id})
+
+    async def store(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        """JetStream publish that rides out a stream with no leader for a while: a cluster that
+        lost a node elects new leaders for its streams within seconds, and a fact refused
+        meanwhile would cost a turn (or, at the gateway, a retryable error for the client to
+        resend). Sent again under the same `Nats-Msg-Id`, so a first try that was stored but
+        whose acknowledgement was lost is dropped as a duplicate. Past `publish_patience_s`
+        the error is raised, as an outage."""
+        give_up_at = time.monotonic() + self.publish_patience_s
+        delay = 0.1
+        while True:
+            try:
+                await self.js.publish(subject, payload, headers=headers)
+                return
+            except _LEADERLESS as exc:
+                if time.monotonic() + delay > give_up_at:
+                    raise
+                log.info("%s not stored yet (%s); trying again in %.1f s", subject, type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
 
     async def publish_event(self, ev: schemas.Event, msg_id: str) -> None:
         """A final-form client event: stored in PARLEY_EVENTS (for resume) and relayed live."""
@@ -127,22 +159,24 @@ async def connect(settings: ServiceSettings, name: str) -> Bus:
     # so no service sees another's replies or JetStream deliveries.
     inbox = f"_INBOX.{settings.nats_user}" if settings.nats_user else "_INBOX"
     nc = await nats.connect(
-        servers=[settings.nats_url],
+        servers=[url.strip() for url in settings.nats_url.split(",") if url.strip()],
         name=f"{name}@{settings.instance_id}",
         user=settings.nats_user,
         password=settings.nats_password,
         inbox_prefix=inbox,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        ping_interval=settings.nats_ping_interval_s,
+        max_outstanding_pings=2,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
-    bus = Bus(nc)
+    bus = Bus(nc, settings.nats_replicas, settings.nats_publish_patience_s, settings.nats_heartbeat_s)
     return bus
 
 
-def _stream_config(spec: subjects.StreamSpec, first_seq: int | None = None) -> StreamConfig:
+def _stream_config(spec: subjects.StreamSpec, replicas: int, first_seq: int | None = None) -> StreamConfig:
     return StreamConfig(
         name=spec.name,
         description=spec.description,
@@ -154,6 +188,7 @@ def _stream_config(spec: subjects.StreamSpec, first_seq: int | None = None) -> S
         duplicate_window=spec.duplicate_window_s or None,
         discard=spec.discard,
         max_msg_size=spec.max_msg_size,
+        num_replicas=replicas,
         first_seq=first_seq,
     )
 
@@ -168,23 +203,72 @@ def _first_seq(spec: subjects.StreamSpec) -> int | None:
     return int(time.time() * 1_000_000) if spec.storage == StorageType.MEMORY else None
 
 
-async def ensure_streams(bus: Bus) -> None:
-    """Create or update every stream; safe to run from every replica at every start, and run
-    again by each of them after reconnecting (see `Bus.reconnected`)."""
-    for spec in subjects.STREAMS:
+async def ensure_streams(bus: Bus, patience_s: float = 120.0) -> None:
+    """Create or update every stream and bucket; safe to run from every replica at every start,
+    and run again by each of them after reconnecting (see `Bus.reconnected`). An update also
+    moves a stream made at another replica count to this one (JetStream copies it over).
+
+    A cluster still electing its leaders, or busy creating the streams for the other services
+    starting beside this one, may not answer in time: every step can be taken again, so the
+    whole is tried again for up to `patience_s`."""
+    give_up_at = time.monotonic() + patience_s
+    while True:
         try:
-            await bus.js.stream_info(spec.name)
+            await _declare(bus)
+            bus.declared = True
+            return
+        except _LEADERLESS as exc:
+            if time.monotonic() > give_up_at:
+                raise
+            log.warning("declaring the streams failed (%s); trying again", type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+
+async def _declare(bus: Bus) -> None:
+    n = bus.replicas
+    for spec in subjects.STREAMS:
+        wanted = _stream_config(spec, n)
+        try:
+            current = (await bus.js.stream_info(spec.name)).config
         except NotFoundError:
             try:
-                await bus.js.add_stream(_stream_config(spec, _first_seq(spec)))
+                await bus.js.add_stream(_stream_config(spec, n, _first_seq(spec)))
                 continue
             except BadRequestError:
-                pass  # another replica created it first
-        await bus.js.update_stream(_stream_config(spec))
-    await bus.js.create_key_value(bucket=subjects.CANCEL_BUCKET, ttl=3600)
-    await bus.js.create_key_value(bucket=subjects.TURNS_BUCKET, ttl=3600, history=1)
-    await bus.js.create_key_value(bucket=subjects.TOOL_RESULTS_BUCKET, ttl=3600, history=1)
-    bus.declared = True
+                current = None  # another replica created it first
+        if current is None or _differs(current, wanted):
+            # Only a change is proposed: every update is a write through the meta leader, and
+            # every replica of every service declares at each start.
+            await bus.js.update_stream(wanted)
+    await _ensure_bucket(bus, subjects.CANCEL_BUCKET, history=1)
+    await _ensure_bucket(bus, subjects.TURNS_BUCKET, history=1)
+    await _ensure_bucket(bus, subjects.TOOL_RESULTS_BUCKET, history=1)
+
+
+def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    """Whether a setting Parley makes (not one the server filled in) is not as wanted."""
+    return any(
+        getattr(current, f.name) != value
+        for f in dataclasses.fields(wanted)
+        if (value := getattr(wanted, f.name)) is not None
+    )
+
+
+async def _ensure_bucket(bus: Bus, bucket: str, history: int, ttl_s: float = 3600) -> None:
+    """Create a KV bucket, or bring one made by an older release (another replica count, age or
+    history) to these settings: creating it again with a changed config is refused."""
+    stream = f"KV_{bucket}"
+    try:
+        config = (await bus.js.stream_info(stream)).config
+    except NotFoundError:
+        try:
+            await bus.js.create_key_value(bucket=bucket, ttl=ttl_s, history=history, replicas=bus.replicas)
+            return
+        except BadRequestError:  # another replica created it first
+            config = (await bus.js.stream_info(stream)).config
+    wanted = {"num_replicas": bus.replicas, "max_age": ttl_s, "max_msgs_per_subject": history}
+    if any(getattr(config, k) != v for k, v in wanted.items()):
+        await bus.js.update_stream(dataclasses.replace(config, **wanted))
 
 
 @dataclass

@@ -9,7 +9,7 @@ import errno
 import asyncpg
 import nats.errors
 from botocore.exceptions import BotoCoreError, ClientError
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 _NATS_DOWN = (
     nats.errors.ConnectionClosedError,
@@ -18,6 +18,7 @@ _NATS_DOWN = (
     nats.errors.OutboundBufferLimitError,
     nats.errors.NoRespondersError,  # a JetStream publish while the stream is being recovered
     ServiceUnavailableError,
+    NoStreamResponseError,  # the same, as a JetStream publish in a cluster electing a leader
 )
 _PG_DOWN = (
     asyncpg.PostgresConnectionError,  # the connection was lost or refused

@@ -56,7 +56,7 @@ async def keep(bus: Bus, conversation_id: str, message_id: str, sentence: Stored
     if sentence.first_audio_at is not None:
         headers[FIRST_AUDIO_HEADER] = repr(sentence.first_audio_at)
     subject = subjects.speech(conversation_id, message_id, sentence.index)
-    await bus.js.publish(subject, sentence.pcm16, headers=headers)
+    await bus.store(subject, sentence.pcm16, headers)
 
 
 async def read(bus: Bus, conversation_id: str, message_id: str, index: int) -> StoredSentence | None:

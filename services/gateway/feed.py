@@ -65,6 +65,7 @@ class Feed:
                 subjects.event_all(self.conv),
                 stream=subjects.EVENTS_STREAM,
                 ordered_consumer=True,
+                idle_heartbeat=self.bus.heartbeat_s,
                 config=config,
                 cb=self._on_event,
             )

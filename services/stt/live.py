@@ -95,6 +95,7 @@ class LiveSession:
             await self.bus.js.subscribe(
                 subjects.audio_in(self.conv),
                 ordered_consumer=True,
+                idle_heartbeat=self.bus.heartbeat_s,
                 deliver_policy=DeliverPolicy.NEW if self._started else DeliverPolicy.ALL,
                 cb=self._on_audio,
             )

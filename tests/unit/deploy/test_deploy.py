@@ -153,12 +153,17 @@ def test_the_nats_config_is_valid_and_needs_every_password():
     assert missing.returncode != 0 and users["tts"] in missing.stdout + missing.stderr
 
 
+NATS_NODES = ("nats-1", "nats-2", "nats-3")
+
+
 def test_compose_runs_that_nats_config_and_gives_each_service_its_own_user():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     users = _nats_users()
-    nats = compose["nats"]
-    assert "./deploy/nats:/etc/nats/parley:ro" in nats["volumes"]
-    assert nats["command"][:2] == ["-c", "/etc/nats/parley/nats.conf"]
+    nats = compose["nats-1"]
+    for node in NATS_NODES:
+        assert "./deploy/nats:/etc/nats/parley:ro" in compose[node]["volumes"]
+        assert compose[node]["command"][:2] == ["-c", "/etc/nats/parley/nats.conf"]
+        assert compose[node]["environment"] == nats["environment"]
     assert set(nats["environment"]) == set(users.values())
     for name in SERVICES:
         env = compose[name]["environment"]
@@ -186,3 +191,29 @@ def test_kubernetes_includes_that_nats_config_and_gives_each_service_its_own_use
             env = {e["name"]: e for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]}
             assert env["PARLEY_NATS_USER"]["value"] == name
             assert env["PARLEY_NATS_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "parley-nats", "key": name}}
+
+
+def test_every_deployment_runs_a_three_node_cluster_with_three_replicas_synced_to_disk():
+    """Compose and Kubernetes run what the cluster fault tests run (tests/e2e/test_cluster_faults.py):
+    three nats-servers in one cluster, every write synced before it is acknowledged, and the
+    services declaring three replicas of every stream and bucket, reaching every node."""
+    conf = (NATS_DIR / "nats.conf").read_text()
+    assert re.search(r"jetstream\s*\{[^}]*sync_interval:\s*always", conf)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    routes = ",".join(f"nats://{node}:6222" for node in NATS_NODES)
+    for node in NATS_NODES:
+        args = compose[node]["command"]
+        flags = dict(zip(args[::2], args[1::2], strict=True))
+        assert flags["--name"] == node and flags["--cluster_name"] == "parley" and flags["--routes"] == routes
+        assert compose[node]["volumes"][0] == f"{node}:/data"  # a store of its own
+    for name in SERVICES:
+        env = compose[name]["environment"]
+        assert env["PARLEY_NATS_REPLICAS"] == "3"
+        assert env["PARLEY_NATS_URL"] == ",".join(f"nats://{node}:4222" for node in NATS_NODES)
+        assert set(NATS_NODES) <= set(compose[name]["depends_on"])
+    values = yaml.safe_load((K8S / "nats-values.yaml").read_text())["config"]
+    assert values["cluster"] == {"enabled": True, "replicas": 3}
+    assert values["jetstream"]["merge"]["sync_interval"] == "always"
+    for overlay in ("dev", "prod"):
+        configs = [d for d in _render(overlay) if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("config")]
+        assert configs and all(d["data"]["PARLEY_NATS_REPLICAS"] == "3" for d in configs)
