@@ -98,6 +98,7 @@ def base_env(nats_server, database_url, s3, fake_llm):
         "PARLEY_LLM_BASE_URL": fake_llm.base_url,
         "PARLEY_LLM_MODEL": "fake-model",
         "PARLEY_LLM_FIRST_TOKEN_TIMEOUT_S": "10",
+        "PARLEY_LLM_STALL_TIMEOUT_S": "5",
         "PARLEY_DRAIN_TIMEOUT_S": "10",
         "PARLEY_LOG_LEVEL": "INFO",
         "PARLEY_AUTH_JWT_SECRET": TEST_JWT_SECRET,

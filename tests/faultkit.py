@@ -156,6 +156,7 @@ async def whole(
         await asyncio.sleep(0.5)
     where = await queues(infra)
     saw = "; ".join([await seen(infra, c) for c in clients if outstanding(c, audio)])
+    saw += "; rows: " + await rows_of(infra, [p.split()[1].rstrip(":") for p in problems if p.startswith("turn ")])
     raise AssertionError(
         f"not whole after {deadline_s:.0f} s (logs in {infra['logs']}): {problems}; queues: {where}; seen: {saw}"
     )
@@ -178,6 +179,23 @@ async def seen(infra, client: Client) -> str:
     finally:
         await pool.close()
     return "; ".join(out)
+
+
+async def rows_of(infra, turns: list[str]) -> str:
+    """The stored rows of turns that were not answered, and of their replies, for a failure message."""
+    pool = await db.create_pool(infra["settings"].database_url)
+    try:
+        found = []
+        for turn in turns:
+            rows = await pool.fetch(
+                "SELECT id::text, role, status, left(text, 40) AS text, error FROM messages"
+                " WHERE id=$1::uuid OR reply_to=$1::uuid",
+                turn,
+            )
+            found.append(f"{turn}: {[dict(r) for r in rows]}")
+        return "; ".join(found)
+    finally:
+        await pool.close()
 
 
 async def queues(infra) -> str:

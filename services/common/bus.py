@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg as NatsMsg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, RawStreamMsg, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from . import metrics, schemas, subjects
@@ -120,8 +121,9 @@ class Bus:
             try:
                 await self.js.publish(subject, payload, headers=headers)
                 return
-            except _LEADERLESS as exc:
-                if time.monotonic() + delay > give_up_at:
+            except Exception as exc:
+                if not (isinstance(exc, _LEADERLESS) or dependency_down(exc)) or time.monotonic() + delay > give_up_at:
+                    log.warning("%s not stored (%s: %s)", subject, type(exc).__name__, exc)
                     raise
                 log.info("%s not stored yet (%s); trying again in %.1f s", subject, type(exc).__name__, delay)
             await asyncio.sleep(delay)
@@ -287,7 +289,9 @@ class WorkQueue:
 
 
 Handler = Callable[[NatsMsg], Awaitable[None]]
-GiveUp = Callable[[NatsMsg, BaseException], Awaitable[None]]
+GiveUp = Callable[[NatsMsg | RawStreamMsg, BaseException], Awaitable[None]]
+"""Publishes a message's failure (only its `data` is read): on its last delivery, or when
+its last handler died (read back from the stream then)."""
 
 
 class Worker:
@@ -302,6 +306,12 @@ class Worker:
     message kept in progress, for up to `outage_patience_s`: `max_deliver` bounds what a bad
     message may cost, and a few seconds of outage would otherwise spend it (a turn's four
     deliveries are gone within two seconds) and fail turns that nothing was wrong with.
+
+    A message whose last delivery died with its process (a turn that crashes every
+    orchestrator taking it) is never handed to `give_up` here. JetStream publishes a
+    max-deliveries advisory for it, and PARLEY_EXHAUSTED keeps those advisories. A second
+    worker reads this queue's ones, gives up on the message and takes it out of the stream,
+    so even this failure reaches the client.
     """
 
     def __init__(
@@ -324,8 +334,27 @@ class Worker:
         self._loop_task: asyncio.Task | None = None
         self._fetching = False
         self._fetched_at = 0.0
+        self._exhausted: Worker | None = None
+        if queue.stream in subjects.WORK_QUEUES:
+            advisories = subjects.max_deliveries(queue.stream, queue.durable)
+            exhausted = WorkQueue(subjects.EXHAUSTED_STREAM, f"{queue.durable}-exhausted", advisories)
+            self._exhausted = Worker(bus, exhausted, self._give_up_exhausted, concurrency=1, service=service)
+
+    async def _give_up_exhausted(self, advisory: NatsMsg) -> None:
+        seq = json.loads(advisory.data)["stream_seq"]
+        try:
+            msg = await self.bus.js.get_msg(self.queue.stream, seq)
+        except NotFoundError:
+            return  # given up on already (a term whose acknowledgement was lost), or removed
+        log.warning("%s message %d ran out of deliveries with its handler gone; giving up", self.queue.durable, seq)
+        if self.give_up is not None:
+            tries = self.queue.max_deliver
+            await self.give_up(msg, RuntimeError(f"its handler stopped during each of its {tries} tries"))
+        await self.bus.js.delete_msg(self.queue.stream, seq)
 
     async def start(self) -> None:
+        if self._exhausted is not None:
+            await self._exhausted.start()
         q = self.queue
         cfg = ConsumerConfig(
             name=q.durable,
@@ -454,6 +483,8 @@ class Worker:
             await self._sub.unsubscribe()
         except Exception:
             pass
+        if self._exhausted is not None:
+            await self._exhausted.drain(timeout)
 
     async def _take_stragglers(self) -> None:
         """A fetch's lingering pull (open up to its 1 s) may deliver after the fetch returned;

@@ -101,6 +101,14 @@ SPEECH_STREAM, SPEECH_ALL = "PARLEY_SPEECH", "parley.speech.*.*.*"
 REPLIES_STREAM, REPLIES_ALL = "PARLEY_REPLIES", "parley.reply.*"
 INTERRUPTS_STREAM, INTERRUPTS_ALL = "PARLEY_INTERRUPTS", "parley.interrupt.*"
 EVENTS_STREAM, EVENTS_ALL = "PARLEY_EVENTS", "parley.event.*.*"
+EXHAUSTED_STREAM = "PARLEY_EXHAUSTED"
+WORK_QUEUES = [TURNS_STREAM, TTS_STREAM, REPLIES_STREAM, INTERRUPTS_STREAM]
+
+
+def max_deliveries(stream: str, durable: str = "*") -> str:
+    """JetStream's advisory that a consumer's message ran out of deliveries unacknowledged
+    (the process handling its last delivery died): nothing else would ever say so."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,13 @@ STREAMS: list[StreamSpec] = [
         [INTERRUPTS_ALL],
         retention=RetentionPolicy.WORK_QUEUE,
         description="interrupted replies with the playback position, for the orchestrator to store",
+    ),
+    StreamSpec(
+        EXHAUSTED_STREAM,
+        [max_deliveries(stream) for stream in WORK_QUEUES],
+        retention=RetentionPolicy.WORK_QUEUE,
+        max_age_s=7 * 24 * 3600,
+        description="work-queue messages that ran out of deliveries, for their service to fail visibly",
     ),
     StreamSpec(
         EVENTS_STREAM,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from services.common.ids import DEMO_AVATAR_ID
 from services.common.settings import ServiceSettings
@@ -39,6 +39,10 @@ class GatewaySettings(ServiceSettings):
     """Mic audio may arrive at most this much faster than real time, after a burst allowance."""
     audio_burst_s: float = 5.0
     """Jitter allowance: frames bunched by the network (or a stalled client) up to this much audio pass."""
+    mic_outage_hold_s: float = Field(default=5.0, ge=0)
+    """Mic audio a session holds while the bus is down, passed on in order once it is back
+    (a blip loses no word); past it, frames are dropped and the client is told
+    (`audio_not_heard`), since speech that late would be answered out of its moment."""
     max_text_chars: int = 4000
     max_tool_result_bytes: int = 65536
     """The most a client tool's answer may hold (the orchestrator's own limit is the same)."""

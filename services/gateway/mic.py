@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 from services.common import bus as busmod
@@ -39,7 +40,7 @@ class MicInput:
         settings: GatewaySettings,
         conversation_id: str,
         session_id: str,
-        on_error: Callable[[str, str], None],
+        on_error: Callable[..., None],
     ):
         self.bus = bus
         self.settings = settings
@@ -51,6 +52,10 @@ class MicInput:
         """Samples published so far: each frame's offset in the session."""
         self._budget = AudioBudget(settings.audio_burst_s, settings.max_audio_rate)
         self._rate_error_at = 0.0
+        self._held: deque[tuple[bytes, AudioMeta]] = deque()
+        """Frames that came while the bus was down, oldest first."""
+        self._held_samples = 0
+        self._unheard_error_at = 0.0
 
     async def publish(self, frame: bytes) -> None:
         """Mic audio (PCM16, 16 kHz) onto the bus, within the frame-size and rate limits."""
@@ -79,4 +84,27 @@ class MicInput:
         )
         self.seq += 1
         self.samples += len(frame) // 2
+        if not self.bus.nc.is_connected:
+            self._hold(frame, meta)
+            return
+        while self._held:
+            held, held_meta = self._held.popleft()
+            await self.bus.nc.publish(subjects.audio_in(self.conv), held, headers=held_meta.headers())
+        self._held_samples = 0
         await self.bus.nc.publish(subjects.audio_in(self.conv), frame, headers=meta.headers())
+
+    def _hold(self, frame: bytes, meta: AudioMeta) -> None:
+        """Keep a frame for when the bus is back, or drop it once the hold is full. Offsets
+        go on counting, so the STT worker hears a dropped stretch as the gap it was (and an
+        utterance cut by it ends there)."""
+        samples = len(frame) // 2
+        if self._held_samples + samples <= self.settings.mic_outage_hold_s * 16000:
+            self._held.append((frame, meta))
+            self._held_samples += samples
+            return
+        metrics.EVENTS.labels("gateway", "audio_dropped_bus_down").inc()
+        now = time.monotonic()
+        if now - self._unheard_error_at >= 5.0:
+            self._unheard_error_at = now
+            message = "the bus is down: mic audio is not reaching speech recognition and what is said now is not heard"
+            self._error("audio_not_heard", message, retryable=True)

@@ -140,6 +140,7 @@ class ChatClient:
         max_tokens: int = 400,
         connect_timeout_s: float = 5.0,
         first_token_timeout_s: float = 15.0,
+        stall_timeout_s: float = 15.0,
         total_timeout_s: float = 120.0,
         retries: int = 2,
         usage: bool = True,
@@ -155,6 +156,7 @@ class ChatClient:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.first_token_timeout_s = first_token_timeout_s
+        self.stall_timeout_s = stall_timeout_s
         self.total_timeout_s = total_timeout_s
         self.retries = retries
         self.usage = usage
@@ -205,19 +207,30 @@ class ChatClient:
                 if (limits := rate_limits(resp.headers)) is not None:
                     yield limits
                 events = source.aiter_sse().__aiter__()
-                first = True
+                first, finished = True, False
                 while True:
-                    limit = self.first_token_timeout_s if first else deadline - loop.time()
+                    left = deadline - loop.time()
+                    limit = self.first_token_timeout_s if first else min(self.stall_timeout_s, left)
                     try:
                         async with asyncio.timeout(max(limit, 0.001)):
                             sse = await events.__anext__()
                     except StopAsyncIteration:
-                        return
+                        if finished:
+                            return
+                        # A server or proxy that died mid-reply can end the body cleanly: without
+                        # this the part streamed so far would be stored as the whole reply.
+                        raise LLMBadResponse("the stream ended before the reply did (no [DONE])") from None
                     except TimeoutError as exc:
-                        raise LLMTimeout("no token in time" if first else "reply took too long") from exc
+                        if first:
+                            raise LLMTimeout("no token in time") from exc
+                        if limit < left:
+                            raise LLMTimeout(f"the stream stalled: no token for {limit:g} s") from exc
+                        raise LLMTimeout("reply took too long") from exc
                     if sse.data.strip() == "[DONE]":
                         return
-                    for delta in _deltas(sse.data):
+                    deltas, ends = _deltas(sse.data)
+                    finished = finished or ends
+                    for delta in deltas:
                         first = False
                         yield delta
         except httpx.ConnectError as exc:
@@ -228,7 +241,8 @@ class ChatClient:
             raise LLMBadResponse(f"malformed or broken stream: {exc}") from exc
 
 
-def _deltas(data: str) -> list[Delta]:
+def _deltas(data: str) -> tuple[list[Delta], bool]:
+    """A chunk's deltas, and whether it ends the reply (a `finish_reason`)."""
     try:
         chunk = json.loads(data)
     except json.JSONDecodeError as exc:
@@ -242,7 +256,8 @@ def _deltas(data: str) -> list[Delta]:
         if isinstance(usage, dict):
             out.append(TokenUsage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)))
         if not choices:
-            return out
+            return out, False
+        ends = bool(choices[0].get("finish_reason"))
         delta = choices[0].get("delta") or {}
         if delta.get("content"):
             out.append(delta["content"])
@@ -251,6 +266,6 @@ def _deltas(data: str) -> list[Delta]:
             out.append(
                 ToolCallPart(int(call.get("index", 0)), call.get("id"), fn.get("name"), fn.get("arguments") or "")
             )
-        return out
+        return out, ends
     except (AttributeError, TypeError, ValueError) as exc:
         raise LLMBadResponse(f"unexpected chunk shape: {data[:80]!r}") from exc

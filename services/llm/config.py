@@ -18,6 +18,10 @@ class LlmSettings(ServiceSettings):
     """How soon an edited avatar (persona, voice, deletion) reaches conversations already cached."""
     llm_connect_timeout_s: float = 5.0
     llm_first_token_timeout_s: float = 15.0
+    llm_stall_timeout_s: float = 15.0
+    """The longest a reply's stream may go without a token once it has begun: an endpoint that
+    hangs mid-reply fails the reply (`llm_timeout`) instead of holding the turn until
+    `llm_total_timeout_s`."""
     llm_stream_usage: bool = True
     """Ask the stream for its token usage (`stream_options.include_usage`); off for an endpoint
     that refuses the field."""

@@ -64,6 +64,7 @@ class Orchestrator(Service):
             max_tokens=s.llm_max_tokens,
             connect_timeout_s=s.llm_connect_timeout_s,
             first_token_timeout_s=s.llm_first_token_timeout_s,
+            stall_timeout_s=s.llm_stall_timeout_s,
             total_timeout_s=s.llm_total_timeout_s,
             usage=s.llm_stream_usage,
         )

@@ -9,6 +9,7 @@ import pytest
 
 from services.common import ids
 from tests.client import Client
+from tests.fakes.llm_server import reply_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
@@ -84,8 +85,19 @@ async def test_unknown_conversation_is_refused(stack):
     assert client.close_code == 4404
 
 
-@pytest.mark.parametrize("mode,code", [("http_401", "llm_auth"), ("malformed", "llm_bad_response")])
+@pytest.mark.parametrize(
+    "mode,code",
+    [
+        ("http_401", "llm_auth"),
+        ("malformed", "llm_bad_response"),
+        ("drop", "llm_bad_response"),
+        ("stall", "llm_timeout"),
+    ],
+)
 async def test_failing_llm_is_an_error_event_and_a_failed_reply(stack, fake_llm, mode, code):
+    """The endpoint refusing, answering garbage, ending its stream mid-reply (no `[DONE]`) or
+    hanging mid-reply (`PARLEY_LLM_STALL_TIMEOUT_S`, 5 s on the test stack): an error event,
+    the reply stored `failed`, the user message kept, and the conversation's next turn answered."""
     client = Client(stack["ws_url"])
     await client.connect(user="erin")
     fake_llm.mode = mode
@@ -106,6 +118,9 @@ async def test_failing_llm_is_an_error_event_and_a_failed_reply(stack, fake_llm,
         await conn.close()
     assert user_row["text"] == "Are you there?"
     assert reply_row["status"] == "failed" and code in reply_row["error"]
+    await client.send_json({"type": "text", "text": "And now?"})
+    after = await client.wait_for(lambda r: [d for d in r.events("reply.done") if d["status"] == "complete"], 30)
+    assert after[0]["text"] == reply_for("And now?")
     await client.close()
 
 

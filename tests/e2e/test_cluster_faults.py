@@ -114,6 +114,10 @@ def _wait(pred, timeout: float, what: str):
 
 
 async def _settle(cluster: devstack.NatsCluster, timeout: float = 60) -> float:
+    """Until the cluster is whole again; a node an earlier test left down is started."""
+    for node in cluster.nodes:
+        if node.proc is None or node.proc.poll() is not None:
+            await asyncio.to_thread(node.start)
     started = time.monotonic()
     await asyncio.to_thread(_wait, lambda: _settled(cluster), timeout, "settled cluster")
     return time.monotonic() - started
@@ -136,6 +140,24 @@ async def _answer_time(client: Client, text: str, since: float) -> float:
     turn = await typed(client, text)
     assert (await answered(client, turn))["status"] == "complete"
     return time.monotonic() - since
+
+
+async def _sent(client: Client, text: str, client_seq: int) -> tuple[str, int]:
+    """A typed turn sent as a client following the protocol sends it: again under the same
+    `client_seq` after a retryable `bus_unavailable`. Its user message id, and how many times
+    it was sent again."""
+    resent = 0
+    while True:
+        errors = len(client.received.events("error"))
+        await client.send_json({"type": "text", "text": text, "client_seq": client_seq})
+        outcome = await client.wait_for(
+            lambda r, seen=errors: [e for e in r.events("user.message") if e["text"] == text]
+            or [e for e in r.events("error")[seen:] if e["code"] == "bus_unavailable"],
+            60,
+        )
+        if outcome[0]["type"] == "user.message":
+            return outcome[0]["message_id"], resent
+        resent += 1
 
 
 async def _answered_after(clustered, clients: list[Client], speech_wav, label: str) -> Client:
@@ -181,31 +203,41 @@ async def test_the_stream_leader_killed_mid_turn(clustered, speech_wav):
 
 async def test_the_meta_leader_killed_while_sessions_start(clustered, speech_wav):
     """kill -9 of the meta leader (the node that creates streams and consumers), then a new
-    session at once, whose STT worker and gateway need new consumers: the turns go on while
-    the others elect a meta leader, and the new session hears its person."""
+    session at once, whose STT worker and gateway need new consumers. The turns under way go
+    on while the others elect a meta leader. The session started during the election gets
+    speech input, or (when its STT worker could not make its consumer within the gateway's
+    open attempts) a retryable `stt_unavailable` and typed text; a session started after the
+    election hears its person."""
     cluster: devstack.NatsCluster = clustered["cluster"]
     await _settle(cluster)
     speaker, typists, speaking = await _live(clustered, ["cl-meta-speaker", "cl-meta-a"], speech_wav)
     victim = _meta_leader(cluster)
     _node(cluster, victim).kill()
     killed_at = time.monotonic()
-    newcomer = (await connect(clustered, ["cl-meta-newcomer"]))[0]
-    assert newcomer.received.events("session.started")[0]["speech_input"]
+    during = (await connect(clustered, ["cl-meta-during"]))[0]
     started_s = time.monotonic() - killed_at
-    await newcomer.stream_wav(speech_wav)
-    heard = await newcomer.wait_for(lambda r: r.events("transcript.final"), WHOLE_DEADLINE_S)
-    assert (await answered(newcomer, heard[0]["message_id"]))["status"] == "complete"
+    if during.received.events("session.started")[0]["speech_input"]:
+        await during.stream_wav(speech_wav)
+        heard = await during.wait_for(lambda r: r.events("transcript.final"), WHOLE_DEADLINE_S)
+        turn = heard[0]["message_id"]
+        outcome = "with speech input"
+    else:
+        (error,) = [e for e in during.received.events("error") if e["code"] == "stt_unavailable"]
+        assert error["retryable"]
+        turn = await typed(during, "Typed, since speech input is unavailable")
+        outcome = "without speech input (stt_unavailable)"
+    assert (await answered(during, turn))["status"] == "complete"
     answered_s = time.monotonic() - killed_at
     await speaking
     later = await _answered_after(clustered, typists, speech_wav, "meta-kill")
     elected = _meta_leader(cluster)
-    clients = [speaker, *typists, newcomer, later]
+    clients = [speaker, *typists, during, later]
     whole_s = await whole(clustered, clients, killed_at)
     _node(cluster, victim).start()
     caught_up_s = await _settle(cluster)
     print(
-        f"killed meta leader {victim} ({elected} elected); a session started {started_s:.1f} s after the kill, "
-        f"its spoken turn answered {answered_s:.1f} s after it; whole {whole_s:.1f} s after; "
+        f"killed meta leader {victim} ({elected} elected); a session started {started_s:.1f} s after the kill "
+        f"{outcome}, its turn answered {answered_s:.1f} s after the kill; whole {whole_s:.1f} s after; "
         f"restarted, caught up in {caught_up_s:.1f} s"
     )
     for c in clients:
@@ -226,12 +258,14 @@ async def test_a_node_cut_off_for_ten_seconds(clustered, speech_wav):
     for proxy in cut:
         proxy.cut()
     cut_at = time.monotonic()
-    sending = asyncio.create_task(typed(typists[1], "Are you there while a node is cut off?"))
-    await asyncio.sleep(10)
-    for proxy in cut:
-        proxy.mend()
+    try:
+        sending = asyncio.create_task(_sent(typists[1], "Are you there while a node is cut off?", 7))
+        await asyncio.sleep(10)
+    finally:
+        for proxy in cut:
+            proxy.mend()
     mended_at = time.monotonic()
-    during = await sending
+    during, resent = await sending
     await speaking
     assert (await answered(typists[1], during))["status"] == "complete"
     answered_s = time.monotonic() - cut_at
@@ -241,7 +275,8 @@ async def test_a_node_cut_off_for_ten_seconds(clustered, speech_wav):
     caught_up_s = await _settle(cluster)
     print(
         f"cut off {victim} for {mended_at - cut_at:.1f} s; a turn typed at the cut answered {answered_s:.1f} s "
-        f"after it; whole {whole_s:.1f} s after it was mended; caught up {caught_up_s:.1f} s"
+        f"after it ({resent} resent after bus_unavailable); whole {whole_s:.1f} s after it was mended; "
+        f"caught up {caught_up_s:.1f} s"
     )
     for c in clients:
         await c.close()

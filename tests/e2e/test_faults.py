@@ -207,6 +207,53 @@ async def test_an_orchestrator_killed_mid_reply_answers_the_turn_once(stack, llm
     await client.close()
 
 
+async def test_a_turn_whose_every_delivery_dies_with_its_orchestrator_fails_visibly(stack, llm_process, fake_llm):
+    """kill -9 of the orchestrator on each of a turn's four deliveries (a turn that crashes
+    every orchestrator taking it): no delivery ends in `give_up`, so nothing in the process
+    could say the turn failed. JetStream's max-deliveries advisory, kept in PARLEY_EXHAUSTED,
+    is read by the restarted orchestrator: the client gets `turn_failed` for its message, and
+    the turn is gone from the queue."""
+    text = "A question that no orchestrator survives"
+    client = Client(stack["ws_url"])
+    await client.connect(user="fault-last-delivery")
+    fake_llm.mode = "silent"  # each delivery stays with the LLM until its orchestrator dies
+    try:
+        await client.send_json({"type": "text", "text": text})
+        user_id = (await client.wait_for(lambda r: r.events("user.message"), 30))[0]["message_id"]
+        for delivery in range(1, 5):
+            await _until(_async(lambda n=delivery: _llm_calls(fake_llm, text) >= n), 60)
+            llm_process.proc.kill()
+            llm_process.proc.wait()
+            if delivery == 4:
+                fake_llm.mode = "ok"
+            llm_process.start()
+            llm_process.wait_ready()
+        killed_at = time.monotonic()
+        failed = await client.wait_for(lambda r: [e for e in r.events("error") if e.get("message_id") == user_id], 120)
+    finally:
+        fake_llm.mode = "ok"
+    took_s = time.monotonic() - killed_at
+    assert [e["code"] for e in failed] == ["turn_failed"]
+    assert "each of its 4 tries" in failed[0]["message"]
+    assert _llm_calls(fake_llm, text) == 4
+    await _settled(stack, "PARLEY_TURNS", "llm")
+    await _settled(stack, subjects.EXHAUSTED_STREAM, "llm-exhausted")
+    assert not [r for r in await _replies(stack, user_id) if r["status"] == "streaming"]
+    after = "And a question after it"
+    await client.send_json({"type": "text", "text": after})
+    done = await client.wait_for(lambda r: [d for d in r.events("reply.done") if d["text"] == reply_for(after)], 60)
+    assert done[0]["status"] == "complete"
+    print(f"turn_failed reached the client {took_s:.1f} s after the fourth orchestrator was restarted")
+    await client.close()
+
+
+def _async(pred):
+    async def check():
+        return pred()
+
+    return check
+
+
 def _delta_span(client: Client, reply_id: str) -> tuple[int, int]:
     """Where a reply's streamed text began and ended among everything the client received."""
     at = [

@@ -162,3 +162,53 @@ async def test_nats_restarted_under_live_conversations(infra, speech_wav):
     await speaker.wait_for(lambda r: r.events("transcript.final")[finals:], 30)
     for c in clients:
         await c.close()
+
+
+async def test_nats_down_for_thirty_seconds_while_a_person_speaks(infra, speech_wav):
+    """nats-server stopped for 30 s while a person goes on speaking and another types. The
+    gateway holds 5 s of mic audio, then drops it and tells the client (`audio_not_heard`); a
+    typed turn gets a retryable `bus_unavailable` after the publish patience and is sent
+    again under its `client_seq` once the bus is back, stored once. What was accepted before
+    the outage is whole, and speech after it is heard and answered."""
+    nats: devstack.NatsServer = infra["nats"]
+    speaker, typist = await connect(infra, ["infra-down-speaker", "infra-down-typist"])
+    await speaker.stream_wav(speech_wav)
+    await speaker.wait_for(lambda r: r.events("transcript.final"), 60)
+    talking = asyncio.Event()
+
+    async def talk() -> None:
+        while not talking.is_set():
+            await speaker.stream_wav(speech_wav)
+
+    speaking = asyncio.create_task(talk())
+    await asyncio.sleep(1)
+    await asyncio.to_thread(nats.stop)
+    down_at = time.monotonic()
+    await typist.send_json({"type": "text", "text": "Typed while the bus is down", "client_seq": 1})
+
+    def error(client: Client, code: str) -> list[dict]:
+        return [e for e in client.received.events("error") if e["code"] == code]
+
+    await speaker.wait_for(lambda r: error(speaker, "audio_not_heard"), 30)
+    unheard_s = time.monotonic() - down_at
+    refused = await typist.wait_for(lambda r: error(typist, "bus_unavailable") or r.events("user.message"), 30)
+    await asyncio.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+    await asyncio.to_thread(nats.start)
+    back_at = time.monotonic()
+    finals_at_back = len(speaker.received.events("transcript.final"))
+    if not typist.received.events("user.message"):
+        assert refused[0]["retryable"]
+        await typist.send_json({"type": "text", "text": "Typed while the bus is down", "client_seq": 1})
+    await typist.wait_for(lambda r: r.events("user.message"), 60)
+    await speaker.wait_for(lambda r: r.events("transcript.final")[finals_at_back:], 90)
+    talking.set()
+    await speaking
+    whole_s = await whole(infra, [speaker, typist], back_at, audio=False)
+    typed_turns = [e for e in typist.received.events("user.message") if e["text"] == "Typed while the bus is down"]
+    assert len({e["message_id"] for e in typed_turns}) == 1  # sent twice, one turn
+    print(
+        f"NATS down {back_at - down_at:.1f} s; audio_not_heard {unheard_s:.1f} s after it went down; "
+        f"whole {whole_s:.1f} s after it was back"
+    )
+    for c in (speaker, typist):
+        await c.close()

@@ -51,7 +51,7 @@ class FakeLLM(ThreadedServer):
     def __init__(self, port: int | None = None) -> None:
         super().__init__(port)
         self.requests: list[dict] = []
-        self.mode = "ok"  # ok | http_500 | http_401 | http_429 | malformed | silent | endless
+        self.mode = "ok"  # ok | http_500 | http_401 | http_429 | malformed | silent | endless | stall | drop
         self.token_delay_s = 0.005
         self.tool_arguments: dict[str, dict] = {}
         self.bad_arguments: str | None = None
@@ -95,6 +95,10 @@ class FakeLLM(ThreadedServer):
                 if self.mode == "malformed" and i == 3:
                     yield "data: {not json\n\n"
                     return
+                if self.mode == "drop" and i == 3:
+                    return  # the body ends cleanly mid-reply, as from a server or proxy that died
+                while self.mode == "stall" and i == 3:
+                    await asyncio.sleep(0.1)  # hangs mid-reply
                 piece = word if i == 0 else " " + word
                 chunk = {
                     "id": "x",

@@ -69,3 +69,46 @@ async def test_worker_acks_retries_and_gives_up(bus):
     assert seen == {b"ok": 1, b"later": 2, b"poison": 3}
     assert given_up == [b"poison"]
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_message_whose_every_handler_died_is_given_up_on(tmp_path):
+    """A handler that never finishes, as one whose process is killed on each delivery: no
+    delivery reaches `give_up` in the worker, JetStream's max-deliveries advisory (kept in
+    PARLEY_EXHAUSTED) does, and the message is taken out of its queue."""
+    from ops import devstack
+
+    server = devstack.NatsServer(tmp_path).start()  # its own: a work queue takes one consumer per subject
+    bus = await busmod.connect(ServiceSettings(nats_url=server.url), "test")
+    released = asyncio.Event()
+    given_up: list[tuple[bytes, str]] = []
+
+    async def dies(msg):
+        await released.wait()
+
+    async def give_up(msg, exc):
+        given_up.append((msg.data, str(exc)))
+
+    queue = busmod.WorkQueue(
+        subjects.INTERRUPTS_STREAM, "test-dying", subjects.INTERRUPTS_ALL, ack_wait_s=1, max_deliver=2
+    )
+    worker = busmod.Worker(bus, queue, dies, concurrency=4, give_up=give_up, service="test")
+    try:
+        await busmod.ensure_streams(bus)
+        await worker.start()
+        await bus.js.publish(subjects.interrupt("doomed"), b"doomed")
+        for _ in range(300):
+            if given_up:
+                break
+            await asyncio.sleep(0.1)
+        assert given_up == [(b"doomed", "its handler stopped during each of its 2 tries")]
+        for _ in range(50):  # the advisory is acked once given up on, the message deleted
+            left = [(await bus.js.stream_info(s)).state.messages for s in (queue.stream, subjects.EXHAUSTED_STREAM)]
+            if left == [0, 0]:
+                break
+            await asyncio.sleep(0.1)
+        assert left == [0, 0]
+    finally:
+        released.set()
+        await worker.drain(2)
+        await bus.close()
+        server.stop()

@@ -179,6 +179,25 @@ async def test_mic_frames_are_published_with_their_offset_in_the_session(live):
     assert {m.session_id for m in metas} == {live.session.audio_session_id}
 
 
+
+async def test_mic_audio_while_the_bus_is_down_is_held_a_while_then_dropped_with_a_reason(live):
+    """A blip loses no word: frames are held while the bus is down and passed on in order once
+    it is back. Past the hold they are dropped and the client hears why; offsets go on
+    counting, so the STT worker sees the gap for what it was."""
+    live.host.settings.mic_outage_hold_s = 0.04  # two 20 ms frames
+    live.bus.nc.is_connected = False
+    for _ in range(4):
+        live.socket.inbox.put_nowait({"type": "websocket.receive", "bytes": b"\x00\x00" * 320})
+    await _until(lambda: [e for e in live.wire.sent if isinstance(e, events.Error)])
+    assert not live.bus.on("parley.audio.")
+    (error,) = [e for e in live.wire.sent if isinstance(e, events.Error)]
+    assert error.code == "audio_not_heard" and error.retryable and "not heard" in error.message
+    live.bus.nc.is_connected = True
+    live.socket.inbox.put_nowait({"type": "websocket.receive", "bytes": b"\x00\x00" * 320})
+    await _until(lambda: len(live.bus.on("parley.audio.")) == 3)
+    metas = [AudioMeta.from_headers(p.headers) for p in live.bus.on("parley.audio.")]
+    assert [(m.chunk_seq, m.offset) for m in metas] == [(0, 0), (1, 320), (4, 1280)]
+
 async def _playing(live) -> tuple[str, str, AudioMeta]:
     """A reply whose first chunk (0.1 s) has gone out to the client."""
     conv, reply = live.session.conv, ids.new_id()

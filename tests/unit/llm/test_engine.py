@@ -192,3 +192,33 @@ async def test_a_stream_that_never_ends_is_cut_at_the_total_timeout(fake_llm):
     finally:
         fake_llm.mode = "ok"
     assert got  # tokens flowed until the deadline
+
+
+async def test_a_stream_that_stalls_mid_reply_fails_at_the_stall_timeout(fake_llm):
+    fake_llm.mode = "stall"
+    c = ChatClient(fake_llm.base_url, None, "m", stall_timeout_s=0.3, total_timeout_s=30, retries=0)
+    got = []
+    try:
+        with pytest.raises(LLMTimeout, match="stalled"):
+            async for delta in c.stream([{"role": "user", "content": "hi"}]):
+                got.append(delta)
+    finally:
+        fake_llm.mode = "ok"
+    assert len([d for d in got if isinstance(d, str)]) == 3  # the words before the stall
+
+
+async def test_a_stream_that_ends_without_done_is_not_a_whole_reply(fake_llm):
+    """A body that ends cleanly mid-reply (a server or proxy that died) is an error, not a
+    short reply; a last chunk with a `finish_reason` ends a reply as `[DONE]` does."""
+    from services.llm.client import _deltas
+
+    fake_llm.mode = "drop"
+    c = ChatClient(fake_llm.base_url, None, "m", retries=0)
+    try:
+        with pytest.raises(LLMBadResponse, match="DONE"):
+            await _collect(c)
+    finally:
+        fake_llm.mode = "ok"
+    stop = '{"choices": [{"index": 0, "delta": {"content": "."}, "finish_reason": "stop"}]}'
+    going = '{"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}'
+    assert _deltas(stop) == (["."], True) and _deltas(going) == (["a"], False)
