@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from .outages import dependency_down
 from .settings import ServiceSettings
 
 C = TypeVar("C", bound=schemas.Control)
+T = TypeVar("T")
 
 _LEADERLESS = (nats.errors.NoRespondersError, NoStreamResponseError, ServiceUnavailableError, NatsTimeout)
 """What a JetStream publish raises while its stream elects a leader, or its server has just
@@ -115,17 +117,21 @@ class Bus:
         resend). Sent again under the same `Nats-Msg-Id`, so a first try that was stored but
         whose acknowledgement was lost is dropped as a duplicate. Past `publish_patience_s`
         the error is raised, as an outage."""
+        await self.patiently(subject, functools.partial(self.js.publish, subject, payload, headers=headers))
+
+    async def patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, made again while it fails as an outage (a stream or the cluster without a
+        leader, the connection moving) for up to `publish_patience_s`; then its error."""
         give_up_at = time.monotonic() + self.publish_patience_s
         delay = 0.1
         while True:
             try:
-                await self.js.publish(subject, payload, headers=headers)
-                return
+                return await call()
             except Exception as exc:
                 if not (isinstance(exc, _LEADERLESS) or dependency_down(exc)) or time.monotonic() + delay > give_up_at:
-                    log.warning("%s not stored (%s: %s)", subject, type(exc).__name__, exc)
+                    log.warning("%s failed (%s: %s)", what, type(exc).__name__, exc)
                     raise
-                log.info("%s not stored yet (%s); trying again in %.1f s", subject, type(exc).__name__, delay)
+                log.info("%s not done yet (%s); trying again in %.1f s", what, type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(2 * delay, 1.0)
 

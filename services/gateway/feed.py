@@ -4,6 +4,7 @@ types (events.py) and handed to the reply relay and the wire."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -59,17 +60,19 @@ class Feed:
         self._subs.append(await self.bus.nc.subscribe(subjects.speech_all(self.conv), cb=self._on_live))
 
     async def follow(self, config: ConsumerConfig) -> None:
+        """Follow the conversation's final events; the consumer is made patiently, since a
+        cluster electing its meta leader cannot make one for a few seconds."""
         self.live = True
-        self._subs.append(
-            await self.bus.js.subscribe(
-                subjects.event_all(self.conv),
-                stream=subjects.EVENTS_STREAM,
-                ordered_consumer=True,
-                idle_heartbeat=self.bus.heartbeat_s,
-                config=config,
-                cb=self._on_event,
-            )
+        subscribe = functools.partial(
+            self.bus.js.subscribe,
+            subjects.event_all(self.conv),
+            stream=subjects.EVENTS_STREAM,
+            ordered_consumer=True,
+            idle_heartbeat=self.bus.heartbeat_s,
+            config=config,
+            cb=self._on_event,
         )
+        self._subs.append(await self.bus.patiently(f"the event feed of {self.conv}", subscribe))
 
     async def close(self) -> None:
         self.closed = True

@@ -111,7 +111,15 @@ class Session:
             await self.wire.refuse(exc.code, exc.reason)
             return
         self._recorded = True
-        await self._begin(admitted)
+        try:
+            await self._begin(admitted)
+        except (TimeoutError, NatsError) as exc:
+            # The bus stayed out of reach past its patience (a cluster with no meta leader
+            # cannot make the session's consumer): the client hears it and tries again.
+            log.warning("session could not begin: %s", type(exc).__name__, extra=ctx(conversation_id=self.conv))
+            await self.wire.refuse(protocol.CLOSE_TRY_AGAIN, f"bus_unavailable: {type(exc).__name__}; try again")
+            await self._teardown()
+            return
         self.gw.sessions.add(self)
         metrics.ACTIVE_SESSIONS.labels("gateway").set(len(self.gw.sessions))
         sender = asyncio.create_task(self.socket.sender())

@@ -4,6 +4,7 @@ through the worker's batcher, published as speech events, partials and final tur
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Coroutine
@@ -91,15 +92,15 @@ class LiveSession:
     async def start(self) -> None:
         # A takeover reads the audio kept in AUDIO_IN from its start (bounded by the stream's
         # age limit) and skips to `replay_from`; a new session reads what comes from now on.
-        self._subs.append(
-            await self.bus.js.subscribe(
-                subjects.audio_in(self.conv),
-                ordered_consumer=True,
-                idle_heartbeat=self.bus.heartbeat_s,
-                deliver_policy=DeliverPolicy.NEW if self._started else DeliverPolicy.ALL,
-                cb=self._on_audio,
-            )
+        subscribe = functools.partial(
+            self.bus.js.subscribe,
+            subjects.audio_in(self.conv),
+            ordered_consumer=True,
+            idle_heartbeat=self.bus.heartbeat_s,
+            deliver_policy=DeliverPolicy.NEW if self._started else DeliverPolicy.ALL,
+            cb=self._on_audio,
         )
+        self._subs.append(await self.bus.patiently(f"the mic audio of {self.conv}", subscribe))
         for kind, on in (
             (schemas.SessionEnd, self._on_end),
             (schemas.UtteranceCommit, self._on_commit),

@@ -67,10 +67,10 @@ def _jsz(cluster: devstack.NatsCluster) -> dict[str, dict]:
 
 
 def _meta_leader(cluster: devstack.NatsCluster) -> str | None:
-    for page in _jsz(cluster).values():
-        if leader := page.get("meta_cluster", {}).get("leader"):
-            return leader
-    return None
+    """The meta leader every running node names (None while they disagree: a node that has
+    just rejoined may still name the one before)."""
+    named = {page.get("meta_cluster", {}).get("leader") for page in _jsz(cluster).values()}
+    return named.pop() if len(named) == 1 else None
 
 
 def _streams(cluster: devstack.NatsCluster) -> dict[str, dict]:
@@ -211,7 +211,7 @@ async def test_the_meta_leader_killed_while_sessions_start(clustered, speech_wav
     cluster: devstack.NatsCluster = clustered["cluster"]
     await _settle(cluster)
     speaker, typists, speaking = await _live(clustered, ["cl-meta-speaker", "cl-meta-a"], speech_wav)
-    victim = _meta_leader(cluster)
+    victim = await asyncio.to_thread(_wait, lambda: _meta_leader(cluster), 30, "agreed meta leader")
     _node(cluster, victim).kill()
     killed_at = time.monotonic()
     during = (await connect(clustered, ["cl-meta-during"]))[0]

@@ -157,6 +157,34 @@ async def live():
     await asyncio.wait_for(running, 5)
 
 
+
+async def test_a_session_whose_event_feed_cannot_be_made_is_told_to_try_again():
+    """The bus stays out of reach past its patience while the session begins (a cluster with no
+    meta leader cannot make the consumer of its final events): the session is refused 1013
+    with the reason, not dropped with 1006, and nothing of it is left behind."""
+    import nats.errors
+
+    bus = MemoryBus()
+    bus.publish_patience_s = 0.3
+    bus.responders[subjects.STT_OPEN] = lambda _: schemas.encode(schemas.SttOpened(ok=True, worker_id="stt-1"))
+    tries = []
+
+    async def no_meta_leader(*args, **kwargs):
+        tries.append(args)
+        raise nats.errors.TimeoutError
+
+    bus.js.subscribe = no_meta_leader
+    host = SimpleNamespace(
+        bus=bus, db=FakeDatabase(), auth=FakeAuth(), settings=GatewaySettings(), sessions=set(), doorway=Doorway(8)
+    )
+    socket, wire = FakeSocket(), RecordingWire(Opening(token="t", avatar_ids=[AVATAR.id]))
+    session = Session(host, socket, wire)
+    await asyncio.wait_for(session.run(), 5)
+    assert len(tries) > 1  # tried again within the patience
+    code, reason = wire.refused
+    assert code == 1013 and reason.startswith("bus_unavailable")
+    assert session not in host.sessions
+
 async def test_a_session_opens_speech_input_with_the_avatars_names_and_follows_the_conversation(live):
     conv = live.session.conv
     (started,) = [e for e in live.wire.sent if isinstance(e, events.SessionStarted)]
