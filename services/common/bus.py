@@ -21,7 +21,7 @@ from nats.aio.msg import Msg as NatsMsg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RawStreamMsg, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from . import metrics, schemas, subjects
 from .outages import dependency_down
@@ -30,9 +30,6 @@ from .settings import ServiceSettings
 C = TypeVar("C", bound=schemas.Control)
 T = TypeVar("T")
 
-_LEADERLESS = (nats.errors.NoRespondersError, NoStreamResponseError, ServiceUnavailableError, NatsTimeout)
-"""What a JetStream publish raises while its stream elects a leader, or its server has just
-been lost and the client is moving to another."""
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +125,7 @@ class Bus:
             try:
                 return await call()
             except Exception as exc:
-                if not (isinstance(exc, _LEADERLESS) or dependency_down(exc)) or time.monotonic() + delay > give_up_at:
+                if not dependency_down(exc) or time.monotonic() + delay > give_up_at:
                     log.warning("%s failed (%s: %s)", what, type(exc).__name__, exc)
                     raise
                 log.info("%s not done yet (%s); trying again in %.1f s", what, type(exc).__name__, delay)
@@ -225,8 +222,8 @@ async def ensure_streams(bus: Bus, patience_s: float = 120.0) -> None:
             await _declare(bus)
             bus.declared = True
             return
-        except _LEADERLESS as exc:
-            if time.monotonic() > give_up_at:
+        except Exception as exc:
+            if not dependency_down(exc) or time.monotonic() > give_up_at:
                 raise
             log.warning("declaring the streams failed (%s); trying again", type(exc).__name__)
             await asyncio.sleep(1.0)
